@@ -1,0 +1,47 @@
+"""The `beam-rnn` console script: one subcommand per driver in `pipelines/`.
+
+    beam-rnn preprocess --output out/prep [--input ... --format ...] [Beam flags]
+    beam-rnn <command> --help
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# Subcommand → driver module; each module exposes `main(argv) -> int` and `run(argv)`.
+COMMANDS = {
+    "preprocess": "pipelines.preprocess",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: beam-rnn <command> [options] [Beam pipeline flags]", "", "commands:"]
+    for name, module in COMMANDS.items():
+        lines.append(f"  {name:<12} python -m {module}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Dispatch to a driver and exit with its status (see runtime.hard_exit for why)."""
+    from beam_rnn.runtime import hard_exit
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        hard_exit(0 if args else 2)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"beam-rnn: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        hard_exit(2)
+    module = importlib.import_module(COMMANDS[command])
+    try:
+        code = module.main(rest)
+    except SystemExit as e:  # argparse errors (exit 2) and explicit exits keep their code
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    hard_exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    main()

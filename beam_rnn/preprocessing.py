@@ -1,0 +1,184 @@
+"""The one definition of how text becomes token ids: the TFT `preprocessing_fn`.
+
+Training reads the ids this graph produced, serving runs the same graph inside
+the exported SavedModel, and streaming mirrors it (tested against it).  The module
+can also be used as a TFX Transform module file (`preprocessing_fn` with defaults).
+
+Id layout (ready for `Embedding(mask_zero=True)`):
+    0                       padding
+    1 .. num_oov_buckets    out-of-vocabulary buckets
+    num_oov_buckets + 1 ..  words, most frequent first
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from beam_rnn import constants as C
+
+# The tutorial's TextVectorization standardisation ("lower_and_strip_punctuation")
+# uses exactly this pattern; we add HTML tag stripping because IMDB reviews carry
+# `<br />` tags that would otherwise become the token "br".
+PUNCTUATION_REGEX = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
+HTML_TAG_REGEX = r"<[^>]*>"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Configuration of the text → token id mapping.
+
+    Attributes:
+        vocab_size: Keep at most this many words (top-k by frequency); the id space
+            of a model is `vocab_size + num_oov_buckets + 1` at most.
+        min_frequency: Drop words seen fewer times than this in the analysed split.
+        num_oov_buckets: Number of hashed out-of-vocabulary ids (>= 1).
+        max_tokens: Truncate documents to their first `max_tokens` tokens (None: keep all).
+        labelled: Whether documents carry labels.
+        label_type: "int" (labels are already 0..K-1) or "string" (a label vocabulary is built).
+        label_set: Declared labels; for string labels their order defines the ids.
+        eval_fraction: Fraction of documents (by hash of the id) held out for evaluation.
+    """
+
+    vocab_size: int = 20000
+    min_frequency: int = 2
+    num_oov_buckets: int = C.DEFAULT_NUM_OOV_BUCKETS
+    max_tokens: int | None = None
+    labelled: bool = True
+    label_type: str = C.LABEL_TYPE_INT
+    label_set: tuple[str, ...] | None = None
+    eval_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
+        if self.num_oov_buckets < 1:
+            raise ValueError(f"num_oov_buckets must be >= 1, got {self.num_oov_buckets}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.label_type not in C.LABEL_TYPES:
+            raise ValueError(f"label_type must be one of {C.LABEL_TYPES}, got {self.label_type!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.label_set is not None:
+            object.__setattr__(self, "label_set", tuple(str(x) for x in self.label_set))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (written next to the transform_fn)."""
+        d = dataclasses.asdict(self)
+        d["label_set"] = list(self.label_set) if self.label_set is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessConfig":
+        """Inverse of `to_dict` (unknown keys are ignored for forward compatibility)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if kwargs.get("label_set") is not None:
+            kwargs["label_set"] = tuple(kwargs["label_set"])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def raw_feature_spec(config: PreprocessConfig) -> dict[str, tf.io.FixedLenFeature]:
+    """The raw document features the preprocessing graph expects."""
+    spec = {
+        C.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        C.TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
+    }
+    if config.labelled:
+        dtype = tf.int64 if config.label_type == C.LABEL_TYPE_INT else tf.string
+        spec[C.LABEL_KEY] = tf.io.FixedLenFeature([], dtype)
+    return spec
+
+
+def standardize(text: tf.Tensor) -> tf.Tensor:
+    """Lower-case (ASCII, like TextVectorization), drop HTML tags and punctuation."""
+    text = tf.strings.lower(text)
+    # A tag becomes a space: "end.<br />Next" must split into two words.
+    text = tf.strings.regex_replace(text, HTML_TAG_REGEX, " ")
+    return tf.strings.regex_replace(text, PUNCTUATION_REGEX, "")
+
+
+def tokenize(text: tf.Tensor, max_tokens: int | None = None) -> tf.RaggedTensor:
+    """Standardise and split on whitespace; optionally keep the first `max_tokens`."""
+    tokens = tf.strings.split(standardize(text))
+    if max_tokens is not None:
+        tokens = tokens[:, :max_tokens]
+    return tokens
+
+
+def _to_reserved_layout(ids: tf.SparseTensor, num_words: tf.Tensor, num_oov_buckets: int) -> tf.SparseTensor:
+    """Move TFT's ids (words 0..V-1, OOV V..V+k-1) to 0=pad, 1..k=OOV, words from k+1."""
+    values = ids.values
+    num_words = tf.cast(num_words, values.dtype)
+    values = tf.where(values >= num_words, values - num_words + 1, values + num_oov_buckets + 1)
+    return tf.SparseTensor(ids.indices, values, ids.dense_shape)
+
+
+def make_preprocessing_fn(config: PreprocessConfig) -> Callable[[dict], dict]:
+    """Build the TFT preprocessing_fn for `config`.
+
+    Args:
+        config: The tokenisation and vocabulary settings.
+
+    Returns:
+        A function mapping raw features `{id, text[, label]}` to
+        `{token_ids (sparse int64), id[, label (int64)]}`.
+    """
+
+    def preprocessing_fn(inputs: dict) -> dict:
+        tokens = tokenize(inputs[C.TEXT_KEY], config.max_tokens).to_sparse()
+        ids = tft.compute_and_apply_vocabulary(
+            tokens,
+            top_k=config.vocab_size,
+            frequency_threshold=config.min_frequency,
+            num_oov_buckets=config.num_oov_buckets,
+            vocab_filename=C.VOCAB_FILENAME,
+        )
+        num_words = tft.experimental.get_vocabulary_size_by_name(C.VOCAB_FILENAME)
+        outputs = {
+            C.TOKEN_IDS_KEY: _to_reserved_layout(ids, num_words, config.num_oov_buckets),
+            C.TRANSFORMED_ID_KEY: tf.identity(inputs[C.ID_KEY]),
+        }
+        if config.labelled and C.LABEL_KEY in inputs:
+            outputs[C.TRANSFORMED_LABEL_KEY] = _transform_label(inputs[C.LABEL_KEY], config)
+        return outputs
+
+    return preprocessing_fn
+
+
+def _transform_label(label: tf.Tensor, config: PreprocessConfig) -> tf.Tensor:
+    if config.label_type == C.LABEL_TYPE_INT:
+        return tf.cast(label, tf.int64)
+    if config.label_set is not None:
+        # Declared labels: their order is the id order, so ids do not depend on counts.
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(config.label_set)), tf.range(len(config.label_set), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
+        return table.lookup(label)
+    return tft.compute_and_apply_vocabulary(label, num_oov_buckets=0, vocab_filename=C.LABEL_VOCAB_FILENAME)
+
+
+# A TFX Transform module file needs a module-level `preprocessing_fn`.
+preprocessing_fn = make_preprocessing_fn(PreprocessConfig())
+
+
+def label_names(config: PreprocessConfig, label_vocab: Sequence[str] | None = None) -> list[str] | None:
+    """Names of label ids 0..K-1 for string labels (declared set or built vocabulary)."""
+    if config.label_type != C.LABEL_TYPE_STRING:
+        return None
+    if config.label_set is not None:
+        return list(config.label_set)
+    return list(label_vocab) if label_vocab is not None else None

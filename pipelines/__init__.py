@@ -1,0 +1,1 @@
+"""Thin runnable drivers: `python -m pipelines.<name> --help`."""

@@ -1,0 +1,181 @@
+"""Preprocess a text corpus: read, split, build the vocabulary, tokenise (TFT).
+
+    python -m pipelines.preprocess --input 'data/*.csv' --format csv --output out/prep
+    python -m pipelines.preprocess --output out/prep          # IMDB (see --imdb)
+
+Unknown flags go to Beam's PipelineOptions untouched, so
+`--runner DataflowRunner --project P --region R --temp_location gs://...
+--setup_file ./setup.py` runs the same job on Dataflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from beam_rnn import constants as C
+
+
+def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = False) -> None:
+    """Flags that describe a corpus (shared by every driver that reads one)."""
+    group = parser.add_argument_group("corpus")
+    group.add_argument("--input", nargs="+", required=input_required, metavar="PATTERN",
+                       help="File pattern(s) or directory (aclimdb). Local paths, globs or gs://. "
+                       "Default: the IMDB reviews (see --imdb).")
+    group.add_argument("--format", choices=C.FORMATS, default=None,
+                       help="Corpus format (default: csv, or what --imdb resolves to).")
+    group.add_argument("--text-column", default=C.TEXT_KEY, help="Text column/field (csv, tsv, jsonl, tfrecord, parquet).")
+    group.add_argument("--label-column", default=C.LABEL_KEY, help="Label column/field.")
+    group.add_argument("--id-column", default=None, help="Id column/field (default: derived from file and position).")
+    group.add_argument("--unlabelled", action="store_true", help="The corpus has no labels.")
+    group.add_argument("--label-type", choices=C.LABEL_TYPES, default=C.LABEL_TYPE_INT,
+                       help="int: labels are 0..K-1 (pos/neg names accepted for file_per_label and aclimdb); "
+                       "string: a label vocabulary is built.")
+    group.add_argument("--labels", default=None,
+                       help="Comma-separated declared label set; rows with other labels are dead-lettered. "
+                       "For string labels the order defines the ids.")
+    group.add_argument("--imdb", default=None,
+                       help=f"Local IMDB copy (train.csv or an aclImdb tree) used when --input is absent; "
+                       f"also ${C.IMDB_ENV_VAR}. Without either, aclImdb_v1.tar.gz is downloaded once and cached.")
+
+
+def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill in --input/--format (IMDB by default) and check the input exists; exit 2 if not."""
+    from beam_rnn import datasets
+    from beam_rnn.runtime import input_matches
+
+    if not known.input:
+        try:
+            source = datasets.resolve_imdb(known.imdb)
+        except datasets.DatasetError as e:
+            parser.error(str(e))
+        known.input = [source.pattern]
+        if known.format is None:
+            known.format = source.format
+        if source.format == C.FORMAT_CSV and known.id_column is None:
+            known.id_column = C.ID_KEY
+        logging.info("Corpus: %s", source.description)
+    if known.format is None:
+        known.format = C.FORMAT_CSV
+    if known.format == C.FORMAT_TEXT:
+        known.unlabelled = True
+    missing = input_matches(known.input)
+    if missing:
+        parser.error(f"--input matches no files: {', '.join(missing)}")
+
+
+def read_corpus_transform(known: argparse.Namespace):
+    """The ReadCorpus transform the corpus flags describe."""
+    from beam_rnn.io import ReadCorpus
+
+    return ReadCorpus(
+        known.input if len(known.input) > 1 else known.input[0],
+        format=known.format,
+        text_column=known.text_column,
+        label_column=known.label_column,
+        id_column=known.id_column,
+        labelled=not known.unlabelled,
+        label_type=known.label_type,
+        label_set=known.labels.split(",") if known.labels else None,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beam-rnn preprocess", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_args(parser)
+    parser.add_argument("--output", required=True, help="Output directory (local or gs://).")
+    parser.add_argument("--vocab-size", type=int, default=20000, help="Keep the top-k words (default 20000).")
+    parser.add_argument("--min-frequency", type=int, default=2, help="Drop words seen fewer times (default 2).")
+    parser.add_argument("--num-oov-buckets", type=int, default=C.DEFAULT_NUM_OOV_BUCKETS, help="OOV ids (default 1).")
+    parser.add_argument("--max-tokens", type=int, default=None, help="Truncate documents to this many tokens.")
+    parser.add_argument("--eval-fraction", type=float, default=0.2,
+                        help="Fraction held out for evaluation, by hash of the id (default 0.2).")
+    parser.add_argument("--batch-size", type=int, default=1000, help="Documents per Arrow record batch.")
+    parser.add_argument("--keep-tmp", action="store_true", help="Keep OUTPUT/tmp (TFT temp files).")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
+    """Build and run the preprocessing pipeline; returns the statistics written.
+
+    Args:
+        argv: Command-line arguments (default: sys.argv[1:]); unknown flags are
+            Beam pipeline options.
+        save_main_session: Pickle the main session for remote workers.
+
+    Returns:
+        The contents of OUTPUT/stats.json.
+    """
+    import apache_beam as beam
+    import tensorflow as tf
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    from beam_rnn.io import WriteJsonLines
+    from beam_rnn.preprocessing import PreprocessConfig
+    from beam_rnn.runtime import counters
+    from beam_rnn.transform import AnalyzeAndTransform, dead_letter_reason_counts, finalize_stats, write_partial_stats
+
+    parser = build_parser()
+    known, pipeline_args = parser.parse_known_args(argv)
+    resolve_corpus(known, parser)
+    try:
+        config = PreprocessConfig(
+            vocab_size=known.vocab_size,
+            min_frequency=known.min_frequency,
+            num_oov_buckets=known.num_oov_buckets,
+            max_tokens=known.max_tokens,
+            labelled=not known.unlabelled,
+            label_type=known.label_type,
+            label_set=tuple(known.labels.split(",")) if known.labels else None,
+            eval_fraction=known.eval_fraction,
+        )
+        read = read_corpus_transform(known)
+    except ValueError as e:
+        parser.error(str(e))
+
+    output = known.output
+    tmp_dir = os.path.join(output, C.TMP_DIR)
+    if tf.io.gfile.exists(os.path.join(output, C.TRANSFORMED_DIR)):
+        # Stale shards from an earlier run would be mixed into this run's data.
+        tf.io.gfile.rmtree(os.path.join(output, C.TRANSFORMED_DIR))
+    for stale in (C.DEAD_LETTER_DIR, C.TMP_DIR):
+        if tf.io.gfile.exists(os.path.join(output, stale)):
+            tf.io.gfile.rmtree(os.path.join(output, stale))
+    tf.io.gfile.makedirs(tmp_dir)
+
+    options = PipelineOptions(pipeline_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=tmp_dir):
+        docs, dead = p | "ReadCorpus" >> read
+        result = docs | "AnalyzeAndTransform" >> AnalyzeAndTransform(
+            config=config, output_dir=output, batch_size=known.batch_size
+        )
+        _ = dead | "WriteDeadLetter" >> WriteJsonLines(os.path.join(output, C.DEAD_LETTER_DIR, "dead_letter"))
+        write_partial_stats(result.stats, dead_letter_reason_counts(dead), tmp_dir)
+    pipeline_result = p.result
+    stats = finalize_stats(output, config=config, counters=counters(pipeline_result, "beam_rnn.io"))
+    with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    if not known.keep_tmp:
+        tf.io.gfile.rmtree(tmp_dir)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.INFO)
+    stats = run(argv)
+    print(json.dumps({k: stats[k] for k in ("rows_in", "documents_out", "dead_lettered", "reconciled",
+                                            "vocabulary_words")}))
+    return 0
+
+
+if __name__ == "__main__":
+    from beam_rnn.runtime import hard_exit
+
+    hard_exit(main(sys.argv[1:]))
