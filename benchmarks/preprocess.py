@@ -33,7 +33,7 @@ DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "imdb" / "train.csv"
 def run_ours(input_path: str, output: str) -> int:
     from pipelines import preprocess
 
-    stats = preprocess.run(["--input", input_path, "--format", "csv", "--id-column", "id", "--output", output,
+    stats = preprocess.run(["--input", input_path, "--format", "csv", "--output", output,
                             "--runner", "DirectRunner"])
     return stats["documents_out"]
 
@@ -49,11 +49,14 @@ def run_baseline(input_path: str, output: str) -> int:
     from beam_rnn.preprocessing import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
     from beam_rnn.transform import _split_fn
 
+    # The IMDB CSV's `id` column repeats across labels (0..12499 per label), so both
+    # pipelines use ReadCorpus's derived ids (file:row), which are unique.
+
     config = PreprocessConfig()
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_feature_spec(config)))
     tmp = os.path.join(output, "tmp")
     with beam.Pipeline(argv=["--runner", "DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):
-        docs, _ = p | ReadCorpus(input_path, format="csv", id_column="id")
+        docs, _ = p | ReadCorpus(input_path, format="csv")
         train, ev = docs | beam.Partition(_split_fn, 2, config.eval_fraction)
         (train_t, train_meta), tfn = (train, metadata) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
             make_preprocessing_fn(config))

@@ -56,8 +56,6 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
         known.input = [source.pattern]
         if known.format is None:
             known.format = source.format
-        if source.format == C.FORMAT_CSV and known.id_column is None:
-            known.id_column = C.ID_KEY
         logging.info("Corpus: %s", source.description)
     if known.format is None:
         known.format = C.FORMAT_CSV

@@ -1,0 +1,408 @@
+"""Pure model builders for the bidirectional and streaming text classifiers.
+
+No training and no I/O here: a `ModelConfig` goes in, a tf_keras model (or a
+per-token step function over one) comes out.
+
+Both models take right-padded token ids ``[batch, time]`` (0 = padding, masked
+by ``Embedding(mask_zero=True)``) and return LOGITS: ``[batch, 1]`` for binary
+tasks, ``[batch, K]`` for K > 2 classes.  The sigmoid / softmax belongs to the
+loss and the export, so the same model serves both.
+
+* "bilstm" is the TensorFlow tutorial "Text classification with an RNN".
+* "lstm" is unidirectional and built only from standard Keras recurrent layers,
+  so that `make_tf_step` (TF) and `beam_rnn.rnn_step` (NumPy) can replay it one
+  token at a time with carried state and reproduce the full pass exactly.
+
+Layers are named deterministically ("embedding", "rnn_0", ..., "dense_hidden",
+"dropout", "logits") so exports can find weights by name, and every initialiser
+is seeded from ``config.seed`` so a config always builds the same weights
+without touching the global random state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from beam_rnn import constants, rnn_step
+
+KIND_BILSTM = constants.MODEL_BILSTM
+KIND_LSTM = constants.MODEL_LSTM
+KINDS = (KIND_BILSTM, KIND_LSTM)
+CELLS = rnn_step.CELLS
+
+EMBEDDING_LAYER = "embedding"
+DENSE_HIDDEN_LAYER = "dense_hidden"
+DROPOUT_LAYER = "dropout"
+LOGITS_LAYER = "logits"
+INPUT_NAME = "token_ids"
+
+# The tutorial's stacked variant ends with Dropout(0.5); used when the config
+# leaves dropout at 0.
+_TUTORIAL_STACKED_DROPOUT = 0.5
+
+_CELL_LAYERS: dict[str, Callable[..., keras.layers.Layer]] = {
+    rnn_step.CELL_LSTM: keras.layers.LSTM,
+    rnn_step.CELL_GRU: keras.layers.GRU,
+    rnn_step.CELL_SIMPLE_RNN: keras.layers.SimpleRNN,
+}
+
+
+# Cell classes behind those layers, to check a model matches its config.
+_CELL_TYPES: dict[str, type] = {
+    rnn_step.CELL_LSTM: keras.layers.LSTMCell,
+    rnn_step.CELL_GRU: keras.layers.GRUCell,
+    rnn_step.CELL_SIMPLE_RNN: keras.layers.SimpleRNNCell,
+}
+
+
+def rnn_layer_name(index: int) -> str:
+    """Returns the name of recurrent layer `index` ("rnn_0" is nearest the embedding)."""
+    return f"rnn_{index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of one classifier; JSON-able for the model card.
+
+    Attributes:
+        kind: "bilstm" (tutorial bidirectional model) or "lstm" (streaming).
+        vocab_size: Number of token ids, including 0 (padding) and the OOV ids.
+        num_classes: 2 gives one logit; K > 2 gives K logits.
+        embedding_dim: Embedding width.
+        units: Recurrent units per layer (per direction for "bilstm").
+        layers: Number of stacked recurrent layers.
+        cell: "lstm", "gru" or "simple_rnn".
+        dense_units: Width of the relu hidden layer of the head.
+        dropout: Rate of the Dropout before the logits (0 = no Dropout layer).
+        stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
+            Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
+            Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
+        seed: Seed of every initialiser (and of the Dropout layer).
+    """
+
+    kind: str
+    vocab_size: int
+    num_classes: int = 2
+    embedding_dim: int = 64
+    units: int = 64
+    layers: int = 1
+    cell: str = rnn_step.CELL_LSTM
+    dense_units: int = 64
+    dropout: float = 0.0
+    stacked_tutorial: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        """Validates the fields so a bad config fails before any model is built."""
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
+        if self.cell not in CELLS:
+            raise ValueError(f"Unknown cell {self.cell!r}; expected one of {CELLS}.")
+        for name in ("vocab_size", "num_classes", "embedding_dim", "units", "layers", "dense_units", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {value!r}.")
+        # 0 = padding and 1 = OOV are always present, so a usable vocabulary
+        # has at least one real word after them.
+        if self.vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 (padding, OOV, one word), got {self.vocab_size}.")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+        for name in ("embedding_dim", "units", "layers", "dense_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}.")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.stacked_tutorial:
+            if self.kind != KIND_BILSTM:
+                raise ValueError("stacked_tutorial only applies to kind 'bilstm'.")
+            if self.layers != 1:
+                raise ValueError("stacked_tutorial fixes the depth at two layers; leave layers=1.")
+            if self.units < 2:
+                raise ValueError("stacked_tutorial needs units >= 2 (the second layer has units // 2).")
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the logits: 1 for binary, K otherwise."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Builds a config from `to_dict` output.
+
+        Args:
+            values: Field name -> value; missing fields take their defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: On unknown keys (a typo in a model card should not be
+                silently ignored) or invalid values.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig keys {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**dict(values))
+
+
+class _Seeds:
+    """Hands out distinct, reproducible initialiser seeds derived from one base seed."""
+
+    def __init__(self, base: int) -> None:
+        self._next = base * 1000
+
+    def take(self) -> int:
+        seed = self._next
+        self._next += 1
+        return seed
+
+
+def _recurrent_layer(
+    config: ModelConfig,
+    units: int,
+    seeds: _Seeds,
+    name: str,
+    return_sequences: bool,
+    go_backwards: bool = False,
+) -> keras.layers.Layer:
+    """One standard Keras recurrent layer of `config.cell` with seeded initialisers.
+
+    Default activations (and GRU reset_after=True) are kept on purpose: the
+    NumPy step in `rnn_step` hard-codes exactly those.
+    """
+    return _CELL_LAYERS[config.cell](
+        units,
+        return_sequences=return_sequences,
+        go_backwards=go_backwards,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),
+        recurrent_initializer=keras.initializers.Orthogonal(seed=seeds.take()),
+        name=name,
+    )
+
+
+def _bidirectional(config: ModelConfig, units: int, seeds: _Seeds, name: str, return_sequences: bool) -> keras.layers.Layer:
+    # An explicit backward layer: otherwise Bidirectional clones the forward
+    # layer's config, seeds included, and both directions start identical.
+    forward = _recurrent_layer(config, units, seeds, f"{name}_forward", return_sequences)
+    backward = _recurrent_layer(config, units, seeds, f"{name}_backward", return_sequences, go_backwards=True)
+    return keras.layers.Bidirectional(forward, backward_layer=backward, name=name)
+
+
+def build_classifier(config: ModelConfig) -> keras.Model:
+    """Builds the (untrained, uncompiled) classifier described by `config`.
+
+    Args:
+        config: Model hyper-parameters.
+
+    Returns:
+        A functional tf_keras model: int token ids ``[batch, time]`` (right
+        0-padded; int32 is accepted too) -> float32 logits ``[batch, out]``.
+    """
+    seeds = _Seeds(config.seed)
+    inputs = keras.Input(shape=(None,), dtype="int64", name=INPUT_NAME)
+    x = keras.layers.Embedding(
+        config.vocab_size,
+        config.embedding_dim,
+        mask_zero=True,
+        embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seeds.take()),
+        name=EMBEDDING_LAYER,
+    )(inputs)
+
+    dropout = config.dropout
+    if config.kind == KIND_BILSTM:
+        if config.stacked_tutorial:
+            widths = [config.units, config.units // 2]
+            dropout = dropout or _TUTORIAL_STACKED_DROPOUT
+        else:
+            widths = [config.units] * config.layers
+        for index, units in enumerate(widths):
+            last = index == len(widths) - 1
+            x = _bidirectional(config, units, seeds, rnn_layer_name(index), return_sequences=not last)(x)
+    else:
+        for index in range(config.layers):
+            last = index == config.layers - 1
+            x = _recurrent_layer(config, config.units, seeds, rnn_layer_name(index), return_sequences=not last)(x)
+
+    x = keras.layers.Dense(
+        config.dense_units,
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),
+        name=DENSE_HIDDEN_LAYER,
+    )(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, seed=seeds.take(), name=DROPOUT_LAYER)(x)
+    logits = keras.layers.Dense(
+        config.num_outputs,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),
+        name=LOGITS_LAYER,
+    )(x)
+    return keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
+
+
+def _require_streaming(config: ModelConfig) -> None:
+    if config.kind != KIND_LSTM:
+        raise ValueError(
+            f"Model kind {config.kind!r} has no per-token step: only the unidirectional "
+            f"{KIND_LSTM!r} model can be run one token at a time."
+        )
+
+
+def state_spec(config: ModelConfig) -> list[tuple[str, int]]:
+    """Names and widths of the streaming model's per-layer states.
+
+    Args:
+        config: A config of kind "lstm".
+
+    Returns:
+        ``[("h_0", units), ("c_0", units), ("h_1", units), ...]`` for LSTM;
+        ``[("h_0", units), ("h_1", units), ...]`` for GRU / SimpleRNN. This is
+        the order of the state lists of `make_tf_step` and `rnn_step`.
+
+    Raises:
+        ValueError: If the config is not a streaming one.
+    """
+    _require_streaming(config)
+    names = ["h", "c"] if config.cell == rnn_step.CELL_LSTM else ["h"]
+    return [(f"{name}_{layer}", config.units) for layer in range(config.layers) for name in names]
+
+
+def initial_states(config: ModelConfig, batch_size: int | tf.Tensor) -> list[tf.Tensor]:
+    """Zero states for `batch_size` streams (what Keras starts a sequence with).
+
+    Args:
+        config: A config of kind "lstm".
+        batch_size: Python int or scalar int tensor (usable inside tf.function).
+
+    Returns:
+        float32 tensors ``[batch_size, units]`` in `state_spec` order.
+    """
+    return [tf.zeros(tf.stack([batch_size, units]), dtype=tf.float32) for _, units in state_spec(config)]
+
+
+def step_input_signature(config: ModelConfig) -> list[Any]:
+    """The fixed `tf.function` input signature of the step: ``[token_ids, states]``.
+
+    Args:
+        config: A config of kind "lstm".
+
+    Returns:
+        ``[TensorSpec([None], int64), [TensorSpec([None, units], float32), ...]]``.
+    """
+    states = [tf.TensorSpec([None, units], tf.float32, name=name) for name, units in state_spec(config)]
+    return [tf.TensorSpec([None], tf.int64, name=INPUT_NAME), states]
+
+
+def make_tf_step(
+    model: keras.Model, config: ModelConfig
+) -> Callable[[tf.Tensor, Sequence[tf.Tensor]], tuple[tf.Tensor, list[tf.Tensor]]]:
+    """Returns a per-token step over `model`'s own weights.
+
+    The step uses the model's variables (embedding table, each recurrent
+    layer's ``layer.cell``, the dense head), so it stays in sync with training
+    and is saved with the model when attached to the same `tf.Module`. Wrap it
+    with ``tf.function(step, input_signature=step_input_signature(config))``.
+
+    Args:
+        model: A model built by `build_classifier(config)` (possibly trained).
+        config: Its config (kind "lstm").
+
+    Returns:
+        ``step(token_ids int64[batch], states list of float32[batch, units])
+        -> (logits float32[batch, out], new_states)``. Rows whose token id is 0
+        keep their state (as Keras masking does); logits are always those of
+        the sequence so far.
+
+    Raises:
+        ValueError: If the config is not a streaming one or the model does not
+            match it.
+    """
+    _require_streaming(config)
+    embedding = model.get_layer(EMBEDDING_LAYER)
+    cells = [model.get_layer(rnn_layer_name(i)).cell for i in range(config.layers)]
+    dense_hidden = model.get_layer(DENSE_HIDDEN_LAYER)
+    logits_layer = model.get_layer(LOGITS_LAYER)
+    for i, cell in enumerate(cells):
+        if cell.units != config.units or not isinstance(cell, _CELL_TYPES[config.cell]):
+            raise ValueError(f"Layer {rnn_layer_name(i)!r} does not match config cell={config.cell!r}, units={config.units}.")
+    per_layer = 2 if config.cell == rnn_step.CELL_LSTM else 1
+    num_states = per_layer * config.layers
+
+    def step(token_ids: tf.Tensor, states: Sequence[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        if len(states) != num_states:
+            raise ValueError(f"Expected {num_states} state tensors, got {len(states)}.")
+        token_ids = tf.convert_to_tensor(token_ids)
+        keep = tf.expand_dims(tf.not_equal(token_ids, 0), -1)
+        x = tf.gather(embedding.embeddings, token_ids)
+        new_states: list[tf.Tensor] = []
+        for layer, cell in enumerate(cells):
+            old = list(states[layer * per_layer : (layer + 1) * per_layer])
+            x, cell_states = cell(x, old, training=False)
+            cell_states = tf.nest.flatten(cell_states)
+            # Masking semantics: a padding token carries the previous state.
+            kept = [tf.where(keep, new, prev) for new, prev in zip(cell_states, old)]
+            new_states.extend(kept)
+            x = kept[0]
+        logits = logits_layer(dense_hidden(x))
+        return logits, new_states
+
+    return step
+
+
+def extract_step_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
+    """Flattens a streaming model's weights for `beam_rnn.rnn_step`.
+
+    Args:
+        model: A model built by `build_classifier(config)` (possibly trained).
+        config: Its config (kind "lstm").
+
+    Returns:
+        A flat dict, savable with ``np.savez(path, **weights)``:
+        "meta.format_version", "meta.cell", "meta.num_layers", "meta.units",
+        "meta.num_classes" (0-d arrays), "embedding", "rnn_{i}.kernel",
+        "rnn_{i}.recurrent_kernel", "rnn_{i}.bias", "dense_hidden.kernel",
+        "dense_hidden.bias", "logits.kernel", "logits.bias" (float32).
+
+    Raises:
+        ValueError: If the config is not a streaming one.
+    """
+    _require_streaming(config)
+
+    def f32(variable: tf.Variable) -> np.ndarray:
+        return np.asarray(variable.numpy(), dtype=np.float32)
+
+    weights: dict[str, np.ndarray] = {
+        rnn_step.META_FORMAT_VERSION: np.asarray(rnn_step.FORMAT_VERSION, dtype=np.int64),
+        rnn_step.META_CELL: np.asarray(config.cell),
+        rnn_step.META_NUM_LAYERS: np.asarray(config.layers, dtype=np.int64),
+        rnn_step.META_UNITS: np.asarray(config.units, dtype=np.int64),
+        rnn_step.META_NUM_CLASSES: np.asarray(config.num_classes, dtype=np.int64),
+        rnn_step.EMBEDDING: f32(model.get_layer(EMBEDDING_LAYER).embeddings),
+    }
+    for i in range(config.layers):
+        cell = model.get_layer(rnn_layer_name(i)).cell
+        weights[rnn_step.layer_key(i, "kernel")] = f32(cell.kernel)
+        weights[rnn_step.layer_key(i, "recurrent_kernel")] = f32(cell.recurrent_kernel)
+        weights[rnn_step.layer_key(i, "bias")] = f32(cell.bias)
+    dense_hidden = model.get_layer(DENSE_HIDDEN_LAYER)
+    logits_layer = model.get_layer(LOGITS_LAYER)
+    weights[rnn_step.DENSE_HIDDEN_KERNEL] = f32(dense_hidden.kernel)
+    weights[rnn_step.DENSE_HIDDEN_BIAS] = f32(dense_hidden.bias)
+    weights[rnn_step.LOGITS_KERNEL] = f32(logits_layer.kernel)
+    weights[rnn_step.LOGITS_BIAS] = f32(logits_layer.bias)
+    # Validate shapes now, at export time, rather than at the first Beam step.
+    rnn_step.StepWeights.from_dict(weights, precompute=False)
+    return weights
