@@ -124,11 +124,29 @@ def _to_reserved_layout(ids: tf.SparseTensor, num_words: tf.Tensor, num_oov_buck
     return tf.SparseTensor(ids.indices, values, ids.dense_shape)
 
 
-def make_preprocessing_fn(config: PreprocessConfig) -> Callable[[dict], dict]:
+def unit_weights(tokens: tf.SparseTensor) -> tf.Tensor:
+    """Weight 1.0 per token, so TFT counts tokens with a weighted (per-batch) analyzer.
+
+    With weights, TFT's vocabulary analyzer sums counts per unique token inside
+    the TF graph for each batch, and only (token, count) pairs of a batch reach
+    Beam; without them it flattens *every token* into a Python element before
+    counting.  The counts, thresholds and frequency order are the same (integer
+    sums are exact in float32 per batch and summed in float64 across batches);
+    benchmarks/preprocess.py checks the vocabularies are byte-identical.
+    """
+    # TFT flattens a sparse x to its values and the weights alike, so the weights
+    # are the dense values-shaped tensor.
+    return tf.ones_like(tokens.values, dtype=tf.float32)
+
+
+def make_preprocessing_fn(config: PreprocessConfig, *, weighted_counts: bool = True) -> Callable[[dict], dict]:
     """Build the TFT preprocessing_fn for `config`.
 
     Args:
         config: The tokenisation and vocabulary settings.
+        weighted_counts: Count token frequencies through TFT's weighted analyzer
+            (see `unit_weights`); False gives the plain, per-token Python path,
+            used as the benchmark baseline.
 
     Returns:
         A function mapping raw features `{id, text[, label]}` to
@@ -140,6 +158,7 @@ def make_preprocessing_fn(config: PreprocessConfig) -> Callable[[dict], dict]:
         ids = tft.compute_and_apply_vocabulary(
             tokens,
             top_k=config.vocab_size,
+            weights=unit_weights(tokens) if weighted_counts else None,
             frequency_threshold=config.min_frequency,
             num_oov_buckets=config.num_oov_buckets,
             vocab_filename=C.VOCAB_FILENAME,

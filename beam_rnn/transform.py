@@ -217,7 +217,7 @@ class AnalyzeAndTransform(beam.PTransform):
         def to_batches(pcoll: beam.PCollection, name: str) -> beam.PCollection:
             return (
                 pcoll
-                | f"Batch{name}" >> beam.BatchElements(min_batch_size=min(100, self._batch_size), max_batch_size=self._batch_size)
+                | f"Batch{name}" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
                 | f"ToRecordBatch{name}" >> beam.Map(documents_to_record_batch, arrow_schema)
             )
 
