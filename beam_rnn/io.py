@@ -1,0 +1,1031 @@
+"""Reading labelled text corpora into documents, and writing dead letters.
+
+`ReadCorpus` turns corpus files (local or any Beam filesystem such as gs://) into
+one dict per document::
+
+    {"id": str, "text": str, "label": int | str}   # "label" absent when unlabelled
+
+plus a dead-letter PCollection holding every row that could not become a document::
+
+    {"source": "<path>:<n>", "row": str, "reason": "<code>: <detail>", "stage": "read"}
+
+Nothing disappears: every raw row (line, CSV record, JSON line, TFRecord, Parquet
+row, aclImdb file) is counted once in the ``rows_in`` counter and ends up either as a
+document or as a dead letter, so ``rows_in == documents_out + dead_letter``.
+
+Formats (`beam_rnn.constants.FORMATS`):
+
+* ``csv`` / ``tsv``: header row, columns chosen by name, RFC-4180 quoting (the
+  ``excel`` / ``excel-tab`` dialects of the csv module, strict mode).
+* ``jsonl``: one JSON object per line.
+* ``text``: one unlabelled document per line.
+* ``labeled_lines``: ``<label> <text>`` per line (SST files).
+* ``file_per_label``: one document per line, label = file name extension
+  (``rt-polarity.pos`` -> ``pos``).
+* ``aclimdb``: the IMDB tree ``{train,test}/{pos,neg}/*.txt``, one document per file.
+* ``tfrecord``: tf.Example records (uncompressed or GZIP).
+* ``parquet``: columns chosen by name.
+
+Every file is opened through `apache_beam.io.filesystems.FileSystems` and streamed,
+never read whole (except aclImdb files, each of which is one document).  Files
+with a compression extension (``.gz``, ``.bz2``...) are decompressed transparently.
+
+Decisions worth knowing:
+
+* A CSV / TSV / JSONL / Parquet / tf.Example source without the text (or label)
+  column is not an error at construction or read time: each of its rows becomes a
+  ``missing_text`` (``missing_label``) dead letter naming the column.
+* A file that cannot be parsed at all (corrupt gzip, TFRecord, Parquet, or a
+  broken CSV header) yields one ``unreadable_file`` dead letter (counted as one
+  row) after whatever rows were read before the damage.  I/O errors are not
+  caught, so the runner retries the bundle.
+* Every pattern must match at least one file; otherwise the pipeline fails.
+* Undecodable bytes become U+FFFD, one per byte, counted in ``replaced_chars``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import gzip
+import json
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from beam_rnn.constants import (
+    DEAD_REASON_KEY,
+    DEAD_ROW_KEY,
+    DEAD_SOURCE_KEY,
+    DEAD_STAGE_KEY,
+    FORMAT_ACLIMDB,
+    FORMAT_CSV,
+    FORMAT_FILE_PER_LABEL,
+    FORMAT_JSONL,
+    FORMAT_LABELED_LINES,
+    FORMAT_PARQUET,
+    FORMAT_TEXT,
+    FORMAT_TFRECORD,
+    FORMAT_TSV,
+    FORMATS,
+    ID_KEY,
+    LABEL_KEY,
+    LABEL_TYPE_INT,
+    LABEL_TYPE_STRING,
+    LABEL_TYPES,
+    TEXT_KEY,
+)
+
+# --- Dead-letter reason codes ---------------------------------------------------
+REASON_UNPARSEABLE_ROW = "unparseable_row"
+REASON_INVALID_JSON = "invalid_json"
+REASON_MISSING_TEXT = "missing_text"
+REASON_EMPTY_TEXT = "empty_text"
+REASON_MISSING_LABEL = "missing_label"
+REASON_INVALID_LABEL = "invalid_label"
+REASON_LABEL_NOT_IN_SET = "label_not_in_set"
+REASON_UNREADABLE_FILE = "unreadable_file"
+REASON_CODES = (
+    REASON_UNPARSEABLE_ROW,
+    REASON_INVALID_JSON,
+    REASON_MISSING_TEXT,
+    REASON_EMPTY_TEXT,
+    REASON_MISSING_LABEL,
+    REASON_INVALID_LABEL,
+    REASON_LABEL_NOT_IN_SET,
+    REASON_UNREADABLE_FILE,
+)
+
+READ_STAGE = "read"
+DEAD_LETTER_TAG = "dead_letter"
+
+# --- Counters -------------------------------------------------------------------
+METRICS_NAMESPACE = "beam_rnn.io"
+COUNTER_FILES_IN = "files_in"
+COUNTER_ROWS_IN = "rows_in"
+COUNTER_DOCUMENTS_OUT = "documents_out"
+COUNTER_DEAD_LETTER = "dead_letter"
+COUNTER_REPLACED_CHARS = "replaced_chars"
+COUNTER_ROWS_WITH_REPLACED_BYTES = "rows_with_replaced_bytes"
+
+# Polarity directory / extension names of the IMDB and MR corpora, accepted as int
+# labels only for the formats whose label *is* such a name.
+POLARITY_LABELS: Mapping[str, int] = {"pos": 1, "neg": 0}
+_POLARITY_FORMATS = (FORMAT_FILE_PER_LABEL, FORMAT_ACLIMDB)
+
+# Formats whose fields are addressed by column / feature name.
+_COLUMN_FORMATS = (FORMAT_CSV, FORMAT_TSV, FORMAT_JSONL, FORMAT_TFRECORD, FORMAT_PARQUET)
+
+_GLOB_CHARS = "*?["
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+# Undecodable bytes are decoded with "surrogateescape" (one lone surrogate per bad
+# byte) and then swapped for U+FFFD here, which gives an exact count of the
+# replacements; any other lone surrogate (e.g. a JSON "\udc80" escape) cannot be
+# written as UTF-8 downstream either, so it is replaced and counted the same way.
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT_CHAR = "\ufffd"
+_TFRECORD_ROW_REPR_CHARS = 1000
+_PARQUET_BATCH_ROWS = 1024
+# Every pattern must match: a typo in a path is an error, not an empty corpus.
+_DISALLOW_EMPTY = fileio.EmptyMatchTreatment.DISALLOW
+# Contents that cannot be parsed at all.  OSError (other than a corrupt gzip
+# stream) is deliberately absent: an I/O failure should fail the bundle so that the
+# runner retries it, not silently turn a whole file into one dead letter.
+_CORRUPT_FILE_ERRORS = (ValueError, EOFError, zlib.error, gzip.BadGzipFile, csv.Error)
+
+
+# --- Pure helpers ---------------------------------------------------------------------
+def dead_letter(source: str, row: str, reason: str, *, stage: str = READ_STAGE) -> dict[str, str]:
+    """Builds a dead-letter record.
+
+    Args:
+      source: Where the row came from, ``"<path>:<n>"`` or ``"<path>"``.
+      row: The original row as text (raw CSV lines, the JSON line, a short repr...).
+      reason: ``"<code>: <detail>"`` with a code from `REASON_CODES`.
+      stage: The pipeline stage that rejected the row.
+
+    Returns:
+      A dict with the `DEAD_*_KEY` keys.
+    """
+    return {
+        DEAD_SOURCE_KEY: source,
+        DEAD_ROW_KEY: row,
+        DEAD_REASON_KEY: reason,
+        DEAD_STAGE_KEY: stage,
+    }
+
+
+def reason_code(reason: str) -> str:
+    """Returns the code part of a ``"<code>: <detail>"`` reason string."""
+    return reason.split(":", 1)[0].strip()
+
+
+def _reason(code: str, detail: str) -> str:
+    return f"{code}: {detail}"
+
+
+def glob_root(pattern: str) -> str:
+    """Returns the longest directory prefix of `pattern` that holds no glob character.
+
+    Document ids are derived relative to this directory, so moving the corpus root
+    (or reading it from gs:// instead of a local copy) does not change them.
+
+    Args:
+      pattern: A file path or Beam glob (``*``, ``**``, ``?``, ``[...]``).
+
+    Returns:
+      The directory without a trailing slash; ``""`` for a relative pattern whose
+      first component already holds a glob.
+    """
+    positions = [pattern.find(c) for c in _GLOB_CHARS if c in pattern]
+    prefix = pattern[: min(positions)] if positions else pattern
+    slash = prefix.rfind("/")
+    return prefix[:slash] if slash >= 0 else ""
+
+
+def relative_path(path: str, root: str) -> str:
+    """Returns `path` relative to the directory `root`.
+
+    Args:
+      path: A matched file path (Beam returns it with the pattern's own prefix).
+      root: A directory from `glob_root`.
+
+    Returns:
+      The path below `root`; the base name if `path` is not below `root`.
+    """
+    if not root:
+        return path.lstrip("/") if "://" not in path else FileSystems.split(path)[1]
+    prefix = root.rstrip("/") + "/"
+    if path.startswith(prefix):
+        return path[len(prefix):].lstrip("/")
+    return FileSystems.split(path)[1]
+
+
+def derive_id(relpath: str, position: int | None = None) -> str:
+    """Returns a stable document id from the file's relative path and row number.
+
+    Args:
+      relpath: Path relative to the corpus root (see `glob_root`).
+      position: 1-based row / line / record number; None when the file is the
+        document (aclImdb).
+
+    Returns:
+      ``"<relpath>:<position>"`` or ``"<relpath>"``.
+    """
+    return relpath if position is None else f"{relpath}:{position}"
+
+
+def replace_lone_surrogates(text: str) -> tuple[str, int]:
+    """Replaces lone surrogates (escaped undecodable bytes) with U+FFFD.
+
+    Args:
+      text: Text decoded with ``errors="surrogateescape"``.
+
+    Returns:
+      The cleaned text and the number of characters replaced.
+    """
+    return _LONE_SURROGATE_RE.subn(_REPLACEMENT_CHAR, text)
+
+
+def decode_bytes(data: bytes, encoding: str) -> tuple[str, int]:
+    """Decodes bytes, replacing each undecodable byte with U+FFFD.
+
+    Args:
+      data: Raw bytes.
+      encoding: An ASCII-compatible codec name.
+
+    Returns:
+      The text and the number of replaced characters.
+    """
+    return replace_lone_surrogates(data.decode(encoding, errors="surrogateescape"))
+
+
+def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -> int | str:
+    """Parses one raw label value.
+
+    Args:
+      value: The raw value: a str from text formats, or an int / float / str from
+        JSON, Parquet and tf.Example.
+      label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
+      accept_polarity: Map ``"pos"`` -> 1 and ``"neg"`` -> 0 (case-insensitive) for
+        int labels.
+
+    Returns:
+      A python int (int labels) or a stripped str (string labels).
+
+    Raises:
+      ValueError: The value is not a valid label of that type.
+    """
+    if isinstance(value, bool):
+        # bool is an int subclass; True/False as a class id is almost surely a
+        # schema mistake, so it is rejected rather than read as 1/0.
+        raise ValueError(f"boolean label {value!r}")
+    if label_type == LABEL_TYPE_STRING:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, int):
+            return str(value)
+        raise ValueError(f"label of type {type(value).__name__} is not a string")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        # Integral floats come from CSV->DataFrame->Parquet round trips with NaNs.
+        if value.is_integer():
+            return int(value)
+        raise ValueError(f"label {value!r} is not an integer")
+    if isinstance(value, str):
+        stripped = value.strip()
+        if accept_polarity and stripped.lower() in POLARITY_LABELS:
+            return POLARITY_LABELS[stripped.lower()]
+        # A regex rather than bare int(): int() also accepts "1_000" and non-ASCII
+        # digits, which are not labels anyone meant to write.
+        if _INT_RE.fullmatch(stripped):
+            return int(stripped)
+        raise ValueError(f"label {value!r} is not an integer")
+    raise ValueError(f"label of type {type(value).__name__} is not an integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """Validated, normalised `ReadCorpus` settings (picklable, shipped to workers).
+
+    Attributes:
+      format: One of `FORMATS`.
+      text_column: Column / field / feature holding the text.
+      label_column: Column / field / feature holding the label.
+      id_column: Column / field / feature holding the id, or None to derive ids.
+      labelled: Whether documents carry a label.
+      label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
+      label_set: Declared labels (already parsed to `label_type`), or None.
+      encoding: ASCII-compatible text encoding of the files.
+    """
+
+    format: str
+    text_column: str = TEXT_KEY
+    label_column: str = LABEL_KEY
+    id_column: str | None = None
+    labelled: bool = True
+    label_type: str = LABEL_TYPE_INT
+    label_set: Iterable[Any] | None = None  # a frozenset of parsed labels once constructed
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"Unknown corpus format {self.format!r}; expected one of {FORMATS}.")
+        if self.label_type not in LABEL_TYPES:
+            raise ValueError(f"Unknown label_type {self.label_type!r}; expected one of {LABEL_TYPES}.")
+        if self.format == FORMAT_TEXT and self.labelled:
+            raise ValueError(
+                "Format 'text' holds one unlabelled document per line: pass labelled=False "
+                "(or use 'labeled_lines' for '<label> <text>' lines)."
+            )
+        if self.id_column is not None and self.format not in _COLUMN_FORMATS:
+            raise ValueError(
+                f"id_column is only meaningful for the column formats {_COLUMN_FORMATS}, "
+                f"not {self.format!r} (its ids are derived from file and line)."
+            )
+        if not self.text_column or not self.label_column or self.id_column == "":
+            raise ValueError("text_column, label_column and id_column must be non-empty names.")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError as e:
+            raise ValueError(f"Unknown encoding {self.encoding!r}.") from e
+        # Files are split into lines on b"\n" before decoding; that is only sound
+        # for encodings in which "\n" is the single byte 0x0A (not UTF-16/32).
+        if "\n".encode(self.encoding) != b"\n":
+            raise ValueError(f"Encoding {self.encoding!r} is not ASCII-compatible; re-encode the corpus.")
+        if self.label_set is not None:
+            object.__setattr__(self, "label_set", self._normalise_label_set(self.label_set))
+
+    @property
+    def accepts_polarity(self) -> bool:
+        """Whether "pos"/"neg" are accepted as int labels for this format."""
+        return self.format in _POLARITY_FORMATS
+
+    def _normalise_label_set(self, labels: Iterable[Any]) -> frozenset[int | str]:
+        if isinstance(labels, (str, bytes)):
+            raise ValueError("label_set must be a sequence of labels, not a single string.")
+        normalised = set()
+        for label in labels:
+            try:
+                normalised.add(parse_label(label, self.label_type, accept_polarity=self.accepts_polarity))
+            except ValueError as e:
+                raise ValueError(f"Invalid entry {label!r} in label_set: {e}") from e
+        if not normalised:
+            raise ValueError("label_set must not be empty.")
+        return frozenset(normalised)
+
+    def field_name(self, key: str) -> str:
+        """Returns how the field for `key` is called in messages about this format."""
+        if self.format not in _COLUMN_FORMATS:
+            return key
+        return {TEXT_KEY: self.text_column, LABEL_KEY: self.label_column}.get(key, self.id_column or key)
+
+
+def _normalise_id(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    text = value.strip() if isinstance(value, str) else str(value).strip()
+    return text or None
+
+
+def build_document(
+    fields: Mapping[str, Any], default_id: str, config: CorpusConfig
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Validates the fields of one parsed row and builds the document.
+
+    Args:
+      fields: Values found in the row under `ID_KEY`, `TEXT_KEY` and `LABEL_KEY`; a
+        key is absent when the row (or file) has no such column / field.
+      default_id: The derived id, used when the row has no non-empty id.
+      config: The reader settings.
+
+    Returns:
+      ``(document, None)`` or ``(None, reason)``.
+    """
+    if TEXT_KEY not in fields or fields[TEXT_KEY] is None:
+        return None, _reason(REASON_MISSING_TEXT, f"no value for {config.field_name(TEXT_KEY)!r}")
+    text = fields[TEXT_KEY]
+    if not isinstance(text, str):
+        return None, _reason(
+            REASON_UNPARSEABLE_ROW,
+            f"{config.field_name(TEXT_KEY)!r} holds a {type(text).__name__}, not a string",
+        )
+    if not text.strip():
+        return None, _reason(REASON_EMPTY_TEXT, f"{config.field_name(TEXT_KEY)!r} is empty or whitespace")
+    document: dict[str, Any] = {ID_KEY: _normalise_id(fields.get(ID_KEY)) or default_id, TEXT_KEY: text}
+    if not config.labelled:
+        return document, None
+
+    raw_label = fields.get(LABEL_KEY)
+    if raw_label is None or (isinstance(raw_label, str) and not raw_label.strip()):
+        return None, _reason(REASON_MISSING_LABEL, f"no value for {config.field_name(LABEL_KEY)!r}")
+    try:
+        label = parse_label(raw_label, config.label_type, accept_polarity=config.accepts_polarity)
+    except ValueError as e:
+        return None, _reason(REASON_INVALID_LABEL, str(e))
+    if config.label_set is not None and label not in config.label_set:
+        declared = sorted(config.label_set, key=str)
+        return None, _reason(REASON_LABEL_NOT_IN_SET, f"label {label!r} not in {declared}")
+    document[LABEL_KEY] = label
+    return document, None
+
+
+# --- Raw rows ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RawRecord:
+    """One raw row of a corpus file, before validation.
+
+    Attributes:
+      position: 1-based row / line / record number, None when the file is the row.
+      raw: The original row as text, for dead letters.
+      fields: Values under `ID_KEY` / `TEXT_KEY` / `LABEL_KEY` (keys absent when
+        the row has no such value); None when the row could not be parsed.
+      error: The ``"<code>: <detail>"`` reason when the row could not be parsed.
+      replaced_chars: Undecodable bytes replaced with U+FFFD in this row.
+    """
+
+    position: int | None
+    raw: str
+    fields: Mapping[str, Any] | None = None
+    error: str | None = None
+    replaced_chars: int = 0
+
+
+class Outcome(NamedTuple):
+    """What one raw row became: exactly one of `document` / `dead_letter` is set."""
+
+    document: dict[str, Any] | None
+    dead_letter: dict[str, str] | None
+    replaced_chars: int
+
+
+def record_outcome(record: RawRecord, path: str, id_root: str, config: CorpusConfig) -> Outcome:
+    """Turns a raw row into a document or a dead letter.
+
+    Args:
+      record: The raw row.
+      path: The file it came from.
+      id_root: Directory that ids are relative to.
+      config: The reader settings.
+
+    Returns:
+      The `Outcome`.
+    """
+    source = derive_id(path, record.position)
+    if record.error is not None:
+        return Outcome(None, dead_letter(source, record.raw, record.error), record.replaced_chars)
+    default_id = derive_id(relative_path(path, id_root), record.position)
+    document, reason = build_document(record.fields or {}, default_id, config)
+    if document is None:
+        return Outcome(None, dead_letter(source, record.raw, reason), record.replaced_chars)
+    return Outcome(document, None, record.replaced_chars)
+
+
+# --- Format readers: path -> Iterator[RawRecord] ------------------------------------
+def _decoded_lines(handle: BinaryIO, encoding: str) -> Iterator[tuple[str, int]]:
+    """Yields ``(line, replaced_chars)``, lines split on b"\\n" and keeping it."""
+    # readline rather than iteration: Beam's CompressedFile has no __iter__.
+    for raw_line in iter(handle.readline, b""):
+        yield decode_bytes(raw_line, encoding)
+
+
+def _strip_eol(line: str) -> str:
+    return line.rstrip("\r\n")
+
+
+def _read_lines(
+    path: str, config: CorpusConfig, parse: Callable[[str], Mapping[str, Any]]
+) -> Iterator[RawRecord]:
+    """Reads a one-document-a-line file; `parse` maps a non-blank line to fields."""
+    with FileSystems.open(path) as handle:
+        for line_number, (line, replaced) in enumerate(_decoded_lines(handle, config.encoding), start=1):
+            line = _strip_eol(line)
+            if not line.strip():
+                continue  # blank lines are layout, not rows
+            yield RawRecord(line_number, line, fields=parse(line), replaced_chars=replaced)
+
+
+def read_text(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``text``: one unlabelled document per line."""
+    return _read_lines(path, config, lambda line: {TEXT_KEY: line})
+
+
+def split_labeled_line(line: str) -> dict[str, str]:
+    """Splits ``"<label> <text>"`` at the first whitespace run; the text is kept as is."""
+    parts = line.lstrip().split(None, 1)
+    return {LABEL_KEY: parts[0], TEXT_KEY: parts[1] if len(parts) > 1 else ""}
+
+
+def read_labeled_lines(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``labeled_lines``: ``<label> <text>`` per line."""
+    return _read_lines(path, config, split_labeled_line)
+
+
+def label_from_file_name(path: str) -> str | None:
+    """Returns the label encoded as a file name extension (``rt-polarity.pos``)."""
+    name = FileSystems.split(path)[1]
+    if CompressionTypes.detect_compression_type(name) != CompressionTypes.UNCOMPRESSED:
+        name = name.rsplit(".", 1)[0]  # rt-polarity.pos.gz -> rt-polarity.pos
+    stem, dot, extension = name.rpartition(".")
+    return extension if dot and stem and extension else None
+
+
+def read_file_per_label(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``file_per_label``: one document per line, label = extension."""
+    label = label_from_file_name(path)
+    extra = {} if label is None else {LABEL_KEY: label}
+    return _read_lines(path, config, lambda line: {TEXT_KEY: line, **extra})
+
+
+def parse_json_line(line: str) -> tuple[Mapping[str, Any] | None, str | None]:
+    """Parses one JSONL line into an object, or returns an `invalid_json` reason."""
+    try:
+        value = json.loads(line)
+    except ValueError as e:
+        return None, _reason(REASON_INVALID_JSON, str(e))
+    if not isinstance(value, dict):
+        return None, _reason(REASON_INVALID_JSON, f"line holds a JSON {type(value).__name__}, not an object")
+    return value, None
+
+
+def _select_fields(row: Mapping[str, Any], config: CorpusConfig) -> tuple[dict[str, Any], int]:
+    """Picks id / text / label from a named row, replacing lone surrogates in strings."""
+    wanted = {TEXT_KEY: config.text_column}
+    if config.labelled:
+        wanted[LABEL_KEY] = config.label_column
+    if config.id_column is not None:
+        wanted[ID_KEY] = config.id_column
+    fields, replaced = {}, 0
+    for key, column in wanted.items():
+        if column in row:
+            value = row[column]
+            if isinstance(value, str):
+                value, count = replace_lone_surrogates(value)
+                replaced += count
+            fields[key] = value
+    return fields, replaced
+
+
+def read_jsonl(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``jsonl``: one JSON object per line, fields by name."""
+    with FileSystems.open(path) as handle:
+        for line_number, (line, replaced) in enumerate(_decoded_lines(handle, config.encoding), start=1):
+            line = _strip_eol(line)
+            if not line.strip():
+                continue
+            row, error = parse_json_line(line)
+            if error is not None:
+                yield RawRecord(line_number, line, error=error, replaced_chars=replaced)
+                continue
+            fields, escaped = _select_fields(row, config)
+            yield RawRecord(line_number, line, fields=fields, replaced_chars=replaced + escaped)
+
+
+class _LineRecorder:
+    """Feeds decoded lines to csv.reader, remembering those of the current record."""
+
+    def __init__(self, lines: Iterator[tuple[str, int]]):
+        self._lines = lines
+        self.lines: list[str] = []
+        self.replaced_chars = 0
+        self.line_number = 0
+
+    def __iter__(self) -> _LineRecorder:
+        return self
+
+    def __next__(self) -> str:
+        line, replaced = next(self._lines)
+        self.lines.append(line)
+        self.replaced_chars += replaced
+        self.line_number += 1
+        return line
+
+    def take(self) -> tuple[str, int, int, int]:
+        """Returns (raw text, replaced chars, first line, last line) and resets."""
+        raw = _strip_eol("".join(self.lines))
+        first = self.line_number - len(self.lines) + 1
+        taken = (raw, self.replaced_chars, first, self.line_number)
+        self.lines, self.replaced_chars = [], 0
+        return taken
+
+
+def _is_blank_row(row: Sequence[str]) -> bool:
+    return len(row) <= 1 and not "".join(row).strip()
+
+
+def read_delimited(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads formats ``csv`` / ``tsv``: header row, then one record per row.
+
+    Rows are numbered from 1 after the header (blank lines are not rows).  A row
+    with the wrong number of fields or broken quoting is an `unparseable_row`; a
+    header without the text (or label) column makes every row a `missing_text`
+    (`missing_label`) dead letter naming the column, so nothing disappears.
+    """
+    dialect = "excel-tab" if config.format == FORMAT_TSV else "excel"
+    with FileSystems.open(path) as handle:
+        recorder = _LineRecorder(_decoded_lines(handle, config.encoding))
+        reader = csv.reader(recorder, dialect=dialect, strict=True)
+        header: list[str] | None = None
+        position = 0
+        while True:
+            try:
+                row = next(reader)
+                error = None
+            except StopIteration:
+                return
+            except csv.Error as e:
+                row, error = None, str(e)
+            raw, replaced, first, last = recorder.take()
+            if row is not None and _is_blank_row(row):
+                continue
+            if header is None:
+                if row is None:
+                    raise ValueError(f"unparseable header row: {error}")
+                # A UTF-8 byte-order mark would otherwise stick to the first name.
+                header = [name.lstrip("\ufeff").strip() for name in row]
+                continue
+            position += 1
+            lines = f"line {first}" if first == last else f"lines {first}-{last}"
+            if row is None:
+                yield RawRecord(position, raw, error=_reason(REASON_UNPARSEABLE_ROW, f"{error} ({lines})"),
+                                replaced_chars=replaced)
+            elif len(row) != len(header):
+                detail = f"{len(row)} fields, header has {len(header)} ({lines})"
+                error = _reason(REASON_UNPARSEABLE_ROW, detail)
+                yield RawRecord(position, raw, error=error, replaced_chars=replaced)
+            else:
+                fields, _ = _select_fields(dict(zip(header, row)), config)
+                yield RawRecord(position, raw, fields=fields, replaced_chars=replaced)
+
+
+def read_aclimdb_file(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads one aclImdb review file: the whole file is the document."""
+    with FileSystems.open(path) as handle:
+        text, replaced = decode_bytes(handle.read(), config.encoding)
+    label = FileSystems.split(FileSystems.split(path)[0])[1]  # .../pos/0_9.txt -> pos
+    yield RawRecord(None, text, fields={TEXT_KEY: text, LABEL_KEY: label}, replaced_chars=replaced)
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c  # pylint: disable=import-outside-toplevel
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _is_tfrecord_header(header: bytes) -> bool:
+    if len(header) < 12:
+        return False
+    length_bytes, (length_crc,) = header[:8], struct.unpack("<I", header[8:12])
+    return _masked_crc32c(length_bytes) == length_crc
+
+
+def _tfrecord_compression(path: str) -> str:
+    """Picks the compression of a TFRecord file from its first bytes, then its name."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        head = handle.read(12)
+    if not head or _is_tfrecord_header(head):
+        return CompressionTypes.UNCOMPRESSED
+    if head[:2] == b"\x1f\x8b":
+        return CompressionTypes.GZIP
+    return CompressionTypes.AUTO
+
+
+def iter_tfrecords(handle: BinaryIO) -> Iterator[bytes]:
+    """Yields the payloads of a TFRecord stream, checking both CRCs.
+
+    Raises:
+      ValueError: The stream is truncated or a checksum does not match.
+    """
+    while True:
+        header = handle.read(12)
+        if not header:
+            return
+        if len(header) != 12 or not _is_tfrecord_header(header):
+            raise ValueError("corrupt TFRecord length header")
+        (length,) = struct.unpack("<Q", header[:8])
+        payload = handle.read(length)
+        footer = handle.read(4)
+        if len(payload) != length or len(footer) != 4:
+            raise ValueError("truncated TFRecord")
+        if _masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
+            raise ValueError("TFRecord data checksum mismatch")
+        yield payload
+
+
+def example_fields(example: Any, config: CorpusConfig) -> tuple[dict[str, Any] | None, str | None, int]:
+    """Extracts id / text / label from a tf.train.Example.
+
+    Text and id come from bytes features (an int64 id is accepted too); the label
+    from an int64 or bytes feature (or an integral float).  A feature with no
+    values counts as absent; one with several values is an `unparseable_row`.
+
+    Returns:
+      ``(fields, None, replaced_chars)`` or ``(None, reason, 0)``.
+    """
+    wanted = {TEXT_KEY: config.text_column}
+    if config.labelled:
+        wanted[LABEL_KEY] = config.label_column
+    if config.id_column is not None:
+        wanted[ID_KEY] = config.id_column
+    feature_map = example.features.feature
+    fields, replaced = {}, 0
+    for key, name in wanted.items():
+        if name not in feature_map:
+            continue
+        feature = feature_map[name]
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        if len(values) > 1:
+            detail = f"feature {name!r} has {len(values)} values, expected 1"
+            return None, _reason(REASON_UNPARSEABLE_ROW, detail), 0
+        if not values:
+            continue
+        value = values[0]
+        if isinstance(value, bytes):
+            value, count = decode_bytes(value, config.encoding)
+            replaced += count
+        fields[key] = value
+    return fields, None, replaced
+
+
+def read_tfrecord(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``tfrecord``: tf.Example records, uncompressed or GZIP."""
+    # Imported here so that importing beam_rnn.io (e.g. on the launcher) stays cheap.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
+
+    with FileSystems.open(path, compression_type=_tfrecord_compression(path)) as handle:
+        for position, payload in enumerate(iter_tfrecords(handle), start=1):
+            try:
+                example = tf.train.Example.FromString(payload)
+            except DecodeError as e:
+                row = repr(payload[:_TFRECORD_ROW_REPR_CHARS])
+                error = _reason(REASON_UNPARSEABLE_ROW, f"not a tf.Example: {e}")
+                yield RawRecord(position, row, error=error)
+                continue
+            row = str(example)[:_TFRECORD_ROW_REPR_CHARS]
+            fields, error, replaced = example_fields(example, config)
+            yield RawRecord(position, row, fields=fields, error=error, replaced_chars=replaced)
+
+
+def _json_row(row: Mapping[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, default=repr)
+
+
+def read_parquet(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+    """Reads format ``parquet``, one record batch at a time, columns by name."""
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        parquet_file = pq.ParquetFile(handle)
+        present = set(parquet_file.schema_arrow.names)
+        wanted = [config.text_column] + ([config.label_column] if config.labelled else [])
+        wanted += [config.id_column] if config.id_column is not None else []
+        # Absent columns are left out rather than failing the file: their rows then
+        # become missing_text / missing_label dead letters, like CSV rows do.
+        # (With no column at all, iter_batches still yields one {} per row.)
+        columns = [c for c in dict.fromkeys(wanted) if c in present]
+        position = 0
+        for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+            for row in batch.to_pylist():
+                position += 1
+                decoded, replaced = {}, 0
+                for column, value in row.items():
+                    if isinstance(value, bytes):  # binary (not string) columns
+                        value, count = decode_bytes(value, config.encoding)
+                        replaced += count
+                    decoded[column] = value
+                fields, escaped = _select_fields(decoded, config)
+                raw = _json_row(decoded)
+                yield RawRecord(position, raw, fields=fields, replaced_chars=replaced + escaped)
+
+
+_READERS: Mapping[str, Callable[[str, CorpusConfig], Iterator[RawRecord]]] = {
+    FORMAT_CSV: read_delimited,
+    FORMAT_TSV: read_delimited,
+    FORMAT_JSONL: read_jsonl,
+    FORMAT_TEXT: read_text,
+    FORMAT_LABELED_LINES: read_labeled_lines,
+    FORMAT_FILE_PER_LABEL: read_file_per_label,
+    FORMAT_ACLIMDB: read_aclimdb_file,
+    FORMAT_TFRECORD: read_tfrecord,
+    FORMAT_PARQUET: read_parquet,
+}
+
+
+def read_corpus_file(path: str, id_root: str, config: CorpusConfig) -> Iterator[Outcome]:
+    """Reads one corpus file, yielding one `Outcome` per raw row.
+
+    A file whose contents cannot be parsed at all (corrupt gzip / TFRecord /
+    Parquet, CSV header broken) ends in one `unreadable_file` dead letter holding
+    the rows not yet read; I/O errors propagate so the runner can retry.
+
+    Args:
+      path: The file.
+      id_root: Directory that derived ids are relative to.
+      config: The reader settings.
+
+    Yields:
+      One `Outcome` per raw row.
+    """
+    try:
+        for record in _READERS[config.format](path, config):
+            yield record_outcome(record, path, id_root, config)
+    except _CORRUPT_FILE_ERRORS as e:
+        reason = _reason(REASON_UNREADABLE_FILE, f"{type(e).__name__}: {e}")
+        yield Outcome(None, dead_letter(path, "", reason), 0)
+
+
+# --- File matching -------------------------------------------------------------------------
+def match_aclimdb(root: str) -> list[tuple[str, str]]:
+    """Lists the review files of an aclImdb tree.
+
+    `root` is either the tree (``.../aclImdb``: reads every split's ``pos`` and
+    ``neg``) or one split (``.../aclImdb/train``).  ``unsup`` is never read.  Ids
+    are relative to the tree in both cases (``train/pos/0_9.txt``), so they do
+    not depend on which form was given.
+
+    Args:
+      root: The aclImdb directory or one split directory.
+
+    Returns:
+      ``(id_root, path)`` pairs, sorted by path.
+
+    Raises:
+      FileNotFoundError: No review file was found.
+    """
+    root = root.rstrip("/")
+    parent = FileSystems.split(root)[0]
+    patterns = {
+        FileSystems.join(root, "*", "pos", "*.txt"): root,
+        FileSystems.join(root, "*", "neg", "*.txt"): root,
+        FileSystems.join(root, "pos", "*.txt"): parent,
+        FileSystems.join(root, "neg", "*.txt"): parent,
+    }
+    files = []
+    for pattern, result in zip(patterns, FileSystems.match(list(patterns))):
+        files += [(patterns[pattern], metadata.path) for metadata in result.metadata_list]
+    if not files:
+        raise FileNotFoundError(
+            f"No aclImdb review files ({{split}}/{{pos,neg}}/*.txt or {{pos,neg}}/*.txt) under {root!r}."
+        )
+    return sorted(files, key=lambda pair: pair[1])
+
+
+# --- Beam transforms ------------------------------------------------------------------------
+class _ReadFileFn(beam.DoFn):
+    """Reads one ``(id_root, path)`` file into documents and dead letters."""
+
+    def __init__(self, config: CorpusConfig):
+        super().__init__()
+        self._config = config
+        self._files_in = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILES_IN)
+        self._rows_in = Metrics.counter(METRICS_NAMESPACE, COUNTER_ROWS_IN)
+        self._documents_out = Metrics.counter(METRICS_NAMESPACE, COUNTER_DOCUMENTS_OUT)
+        self._dead_letter = Metrics.counter(METRICS_NAMESPACE, COUNTER_DEAD_LETTER)
+        self._replaced_chars = Metrics.counter(METRICS_NAMESPACE, COUNTER_REPLACED_CHARS)
+        self._rows_with_replaced = Metrics.counter(METRICS_NAMESPACE, COUNTER_ROWS_WITH_REPLACED_BYTES)
+
+    def process(self, element: tuple[str, str]) -> Iterator[Any]:
+        id_root, path = element
+        self._files_in.inc()
+        for outcome in read_corpus_file(path, id_root, self._config):
+            self._rows_in.inc()
+            if outcome.replaced_chars:
+                self._replaced_chars.inc(outcome.replaced_chars)
+                self._rows_with_replaced.inc()
+            if outcome.document is not None:
+                self._documents_out.inc()
+                yield outcome.document
+            else:
+                self._dead_letter.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, outcome.dead_letter)
+
+
+class ReadCorpusResult(NamedTuple):
+    """The outputs of `ReadCorpus`: unpack it or use the attributes."""
+
+    documents: beam.PCollection
+    dead_letter: beam.PCollection
+
+
+class ReadCorpus(beam.PTransform):
+    """Reads a text corpus into ``{"id", "text", "label"}`` documents and dead letters.
+
+    Example::
+
+        docs, dead = p | "ReadImdb" >> ReadCorpus("gs://b/imdb/*.csv", format="csv")
+
+    Ids: the `id_column` value when given and non-empty, else
+    ``"<relpath>:<n>"`` where relpath is the file path relative to the longest
+    glob-free directory of the pattern (`glob_root`) and n the 1-based row number:
+    the physical line number for line formats (text, labeled_lines,
+    file_per_label, jsonl; blank lines keep their numbers but are not rows), the
+    record number after the header for csv / tsv, the record number for tfrecord
+    / parquet.  aclImdb ids are ``"<split>/<pos|neg>/<file>.txt"``.
+
+    Labels: ``label_type="int"`` parses integers (``" 1 "`` ok); for the
+    file_per_label and aclimdb formats the polarity names ``pos`` -> 1 and
+    ``neg`` -> 0 are accepted as well (also in `label_set`).
+    ``label_type="string"`` keeps the stripped string.
+
+    Undecodable bytes are replaced with U+FFFD (one per byte) and counted, never
+    dropped.  Files matching several patterns are read once per pattern.
+    """
+
+    def __init__(
+        self,
+        file_pattern: str | Sequence[str],
+        *,
+        format: str,  # pylint: disable=redefined-builtin
+        text_column: str = TEXT_KEY,
+        label_column: str = LABEL_KEY,
+        id_column: str | None = None,
+        labelled: bool = True,
+        label_type: str = LABEL_TYPE_INT,
+        label_set: Sequence[str] | None = None,
+        encoding: str = "utf-8",
+    ):
+        """Validates the settings.
+
+        Args:
+          file_pattern: A file pattern (glob) or several; for ``aclimdb`` the tree
+            root(s) instead.
+          format: One of `beam_rnn.constants.FORMATS`.
+          text_column: Column / JSON field / feature with the text.
+          label_column: Column / JSON field / feature with the label.
+          id_column: Column / JSON field / feature with the id (column formats only).
+          labelled: False for unlabelled corpora (documents get no label key).
+          label_type: ``"int"`` or ``"string"``.
+          label_set: Declared labels; other labels are dead-lettered.
+          encoding: ASCII-compatible encoding of the files.
+
+        Raises:
+          ValueError: Invalid settings.
+        """
+        super().__init__()
+        patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(
+                f"file_pattern must be a non-empty pattern or list of patterns, got {file_pattern!r}."
+            )
+        self._patterns = patterns
+        self._config = CorpusConfig(
+            format=format,
+            text_column=text_column,
+            label_column=label_column,
+            id_column=id_column,
+            labelled=labelled,
+            label_type=label_type,
+            label_set=label_set,  # normalised (and type-checked) by CorpusConfig
+            encoding=encoding,
+        )
+
+    @property
+    def config(self) -> CorpusConfig:
+        """The validated settings."""
+        return self._config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReadCorpusResult:
+        if self._config.format == FORMAT_ACLIMDB:
+            files = (
+                pbegin
+                | "Roots" >> beam.Create(self._patterns)
+                | "MatchAclImdb" >> beam.FlatMap(match_aclimdb)
+            )
+        else:
+            matched = []
+            for i, pattern in enumerate(self._patterns):
+                root = glob_root(pattern)
+                matched.append(
+                    pbegin
+                    | f"Match[{i}]" >> fileio.MatchFiles(pattern, empty_match_treatment=_DISALLOW_EMPTY)
+                    | f"WithRoot[{i}]" >> beam.Map(lambda metadata, root=root: (root, metadata.path))
+                )
+            files = tuple(matched) | "Files" >> beam.Flatten()
+        outputs = (
+            files
+            # Spread files over workers: the match step emits them all from one bundle.
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadFiles"
+            >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, main="documents")
+        )
+        return ReadCorpusResult(outputs.documents, outputs[DEAD_LETTER_TAG])
+
+
+def _to_json_line(element: Any) -> str:
+    return json.dumps(element, ensure_ascii=False, sort_keys=True)
+
+
+class WriteJsonLines(beam.PTransform):
+    """Writes each element as one JSON line to ``<prefix>-SSSSS-of-NNNNN.jsonl``."""
+
+    def __init__(self, file_path_prefix: str, *, num_shards: int = 0):
+        """Configures the writer.
+
+        Args:
+          file_path_prefix: Output path prefix (any Beam filesystem).
+          num_shards: Number of shards; 0 lets the runner choose.
+        """
+        super().__init__()
+        self._prefix = file_path_prefix
+        self._num_shards = num_shards
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return (
+            pcoll
+            | "ToJson" >> beam.Map(_to_json_line)
+            | "Write"
+            >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
+        )
