@@ -1,0 +1,569 @@
+"""Tests for beam_rnn.export: SavedModel signatures, .keras file, step weights, model card.
+
+One module-scoped fixture runs two tiny preprocessing pipelines (binary labels
+with one OOV bucket; three string labels with two OOV buckets and truncation),
+exports three models (streaming LSTM and BiLSTM on the binary data; a 2-layer
+GRU streaming model on the 3-class data), computes reference outputs in-process
+from the TFT transform graph and the Keras models, then DELETES the
+preprocessing outputs.  The exports are then exercised in fresh subprocesses:
+one that imports only tensorflow (beam_rnn is not even importable there), and
+one that loads model.keras the way Beam's stock TFModelHandlerNumpy does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from beam_rnn import constants as C
+from beam_rnn import export, models, preprocessing, rnn_step
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+WORDS = "good great fine bad awful poor movie film plot actor the a and of".split()
+
+# Raw texts every export is checked on: empty, OOV words, tags, punctuation, case,
+# a long text (beyond max_tokens of the 3-class preprocessing), a lone OOV word.
+TEXTS = [
+    "",
+    "Good movie, GREAT plot!<br /><br />The actor... was fine.",
+    "zzqx unknownword qqwertyzz bad",
+    "the",
+    "<i>awful</i> film; poor plot & 'bad' actor -- of the a and",
+    " ".join(WORDS * 2),
+    "xyzzy",
+    "   ",
+]
+
+SERVE_TOL = 1e-6
+STEP_TOL = 1e-5
+
+
+def _docs(n: int, labels: list, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        k = rng.randint(0, 12)
+        text = " ".join(rng.choice(WORDS) for _ in range(k))
+        docs.append({"id": f"doc{i}", "text": text.capitalize() + ".<br />", "label": labels[i % len(labels)]})
+    return docs
+
+
+def _preprocess(out: str, docs: list[dict], cfg: preprocessing.PreprocessConfig) -> dict:
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+
+    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=out + "/tmp"):
+        r = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out)
+        write_partial_stats(r.stats, p | "NoDead" >> beam.Create([{}]), out + "/tmp")
+    stats = finalize_stats(out, config=cfg, counters={})
+    with open(out + "/" + C.PREPROCESS_CONFIG_FILE, "w") as f:
+        f.write(cfg.to_json())
+    shutil.rmtree(out + "/tmp")
+    return stats
+
+
+def _randomize(model: keras.Model, seed: int) -> None:
+    """Larger random weights so probabilities are far from 0.5 and differ per text."""
+    rng = np.random.default_rng(seed)
+    new = []
+    for w in model.get_weights():
+        scale = 1.5 / np.sqrt(w.shape[0]) if w.ndim == 2 else 0.5
+        new.append((rng.standard_normal(w.shape) * scale).astype(np.float32))
+    model.set_weights(new)
+
+
+def _tft_ids(transformed_dir: str, texts: list[str]) -> np.ndarray:
+    import tensorflow_transform as tft
+
+    layer = tft.TFTransformOutput(transformed_dir).transform_features_layer()
+    ids = layer({C.TEXT_KEY: tf.constant(texts)})[C.TOKEN_IDS_KEY]
+    return tf.sparse.to_dense(ids).numpy()
+
+
+def _reference_probs(model: keras.Model, num_classes: int, ids: np.ndarray) -> np.ndarray:
+    padded = ids if ids.shape[1] else np.zeros((ids.shape[0], 1), np.int64)
+    logits = model(tf.constant(padded, tf.int64), training=False)
+    if num_classes == 2:
+        return tf.sigmoid(logits[:, 0]).numpy()
+    return tf.nn.softmax(logits, axis=-1).numpy()
+
+
+# The tf-only consumer: no beam_rnn (not even importable: no PYTHONPATH, cwd
+# elsewhere), no TFT, no tf_keras, no Beam.  (`import tensorflow` itself pulls
+# in parts of Keras 3; that is TensorFlow's business, so it is not checked.)
+_TF_ONLY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    spec = json.load(open(sys.argv[1]))
+    texts = spec["texts"]
+    for name, case in spec["cases"].items():
+        loaded = tf.saved_model.load(case["path"])
+        sigs = loaded.signatures
+        out = {}
+        serve = sigs["serving_default"]
+        served = serve(text=tf.constant(texts))
+        for key, value in served.items():
+            out["serve." + key] = value.numpy()
+        tok = sigs["tokenize"](text=tf.constant(texts))
+        ids = tok["token_ids"].numpy()
+        out["tokenize.token_ids"] = ids
+        out["tokenize.lengths"] = tok["lengths"].numpy()
+        by_ids = sigs["classify_ids"](token_ids=tf.constant(ids))
+        out["classify_ids.probabilities"] = by_ids["probabilities"].numpy()
+        only_empty = serve(text=tf.constant(["", ""]))
+        out["serve_empty.probabilities"] = only_empty["probabilities"].numpy()
+        if case["streaming"]:
+            state = sigs["initial_state"](batch_size=tf.constant(len(texts), tf.int32))
+            out["initial_state.names"] = np.array(sorted(state))
+            result = None
+            for t in range(ids.shape[1]):
+                result = sigs["step"](token_ids=tf.constant(ids[:, t]), **state)
+                state = {k: result[k] for k in state}
+            out["step.probabilities"] = result["probabilities"].numpy()
+            out["step.label"] = result["label"].numpy()
+        signatures = {}
+        for key, fn in sigs.items():
+            signatures[key] = {
+                "inputs": sorted(fn.structured_input_signature[1]),
+                "outputs": sorted(fn.structured_outputs),
+            }
+        out["signatures"] = np.array(json.dumps(signatures))
+        np.savez(case["result"], **out)
+    mods = sorted(m for m in sys.modules if m.split(".")[0] in ("beam_rnn", "tensorflow_transform", "tf_keras", "apache_beam"))
+    print(json.dumps({"modules": mods}))
+    """
+)
+
+# Loads model.keras exactly as apache_beam's TFModelHandlerNumpy does
+# (tf.keras.models.load_model), after the documented `import beam_rnn.export`.
+_KERAS_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import numpy as np
+    import tensorflow as tf
+    import beam_rnn.export  # documented requirement: registers the tokeniser, picks tf_keras
+
+    spec = json.load(open(sys.argv[1]))
+    texts = spec["texts"]
+    report = {"keras": tf.keras.__name__, "hub": importlib.util.find_spec("tensorflow_hub") is not None}
+    report["flavour"] = beam_rnn.export.tf_keras_flavour()
+    for name, case in spec["cases"].items():
+        model = tf.keras.models.load_model(case["keras"])
+        probs = model.predict(np.array(texts, dtype=object), verbose=0)
+        out = {"predict": probs}
+        if report["hub"]:
+            from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+            handler = TFModelHandlerNumpy(model_uri=case["keras"])
+            stock = handler.load_model()
+            results = list(handler.run_inference([np.array(t, dtype=object) for t in texts], stock))
+            out["handler"] = np.stack([np.asarray(r.inference) for r in results])
+        np.savez(case["result"], **out)
+    print(json.dumps(report))
+    """
+)
+
+
+def _run(script: str, spec_path: Path, *, cwd: Path, pythonpath: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.run(
+        [PYTHON, "-c", script, str(spec_path)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    prep_binary = str(root / "prep_binary")
+    prep_multi = str(root / "prep_multi")
+    cfg_binary = preprocessing.PreprocessConfig(vocab_size=50, min_frequency=1, eval_fraction=0.25)
+    cfg_multi = preprocessing.PreprocessConfig(
+        vocab_size=10,
+        min_frequency=1,
+        num_oov_buckets=2,
+        max_tokens=8,
+        label_type=C.LABEL_TYPE_STRING,
+        label_set=("neg", "neu", "pos"),
+        eval_fraction=0.25,
+    )
+    stats_binary = _preprocess(prep_binary, _docs(60, [0, 1], seed=1), cfg_binary)
+    stats_multi = _preprocess(prep_multi, _docs(60, ["neg", "neu", "pos"], seed=2), cfg_multi)
+
+    small = dict(embedding_dim=8, units=6, dense_units=5)
+    v_binary = stats_binary["vocab_size_with_reserved"]
+    v_multi = stats_multi["vocab_size_with_reserved"]
+    cases = {
+        "lstm": (prep_binary, stats_binary, models.ModelConfig(kind="lstm", vocab_size=v_binary, seed=1, **small)),
+        "bilstm": (
+            prep_binary,
+            stats_binary,
+            models.ModelConfig(kind="bilstm", vocab_size=v_binary, dropout=0.25, seed=2, **small),
+        ),
+        "gru3": (
+            prep_multi,
+            stats_multi,
+            models.ModelConfig(kind="lstm", vocab_size=v_multi, num_classes=3, cell="gru", layers=2, seed=3, **small),
+        ),
+    }
+    out = {"root": root, "cases": {}}
+    for i, (name, (prep, stats, cfg)) in enumerate(cases.items()):
+        model = models.build_classifier(cfg)
+        _randomize(model, seed=10 + i)
+        model_dir = str(root / "models" / name)
+        metrics = {"accuracy": np.float32(0.75), "loss": 0.5, "train_seconds": 1.25, "epochs": np.int64(2)}
+        # Built-in verification on one export (it is covered by the checks below for all).
+        card = export.export_model(model, cfg, prep, model_dir, metrics, verify=(name == "lstm"))
+        ids = _tft_ids(prep, TEXTS)
+        with open(os.path.join(prep, C.TRANSFORM_FN_DIR, "assets", C.VOCAB_FILENAME)) as f:
+            vocab = [line.rstrip("\n") for line in f]
+        out["cases"][name] = {
+            "config": cfg,
+            "model_dir": model_dir,
+            "card": card,
+            "stats": stats,
+            "preprocess_config": cfg_binary if prep == prep_binary else cfg_multi,
+            "tft_ids": ids,
+            "reference": _reference_probs(model, cfg.num_classes, ids),
+            "vocab": vocab,
+        }
+    # Everything below must work without the preprocessing outputs.
+    shutil.rmtree(prep_binary)
+    shutil.rmtree(prep_multi)
+
+    spec_dir = root / "spec"
+    spec_dir.mkdir()
+    tf_spec = {
+        "texts": TEXTS,
+        "cases": {
+            name: {
+                "path": os.path.join(c["model_dir"], C.SAVED_MODEL_DIR),
+                "streaming": c["config"].kind == "lstm",
+                "result": str(spec_dir / f"tf_{name}.npz"),
+            }
+            for name, c in out["cases"].items()
+        },
+    }
+    (spec_dir / "tf.json").write_text(json.dumps(tf_spec))
+    out["tf_report"] = _run(_TF_ONLY_SCRIPT, spec_dir / "tf.json", cwd=spec_dir, pythonpath=None)
+    keras_spec = {
+        "texts": TEXTS,
+        "cases": {
+            name: {"keras": os.path.join(c["model_dir"], C.KERAS_FILE), "result": str(spec_dir / f"keras_{name}.npz")}
+            for name, c in out["cases"].items()
+        },
+    }
+    (spec_dir / "keras.json").write_text(json.dumps(keras_spec))
+    extra = os.environ.get("PYTHONPATH")
+    out["keras_report"] = _run(
+        _KERAS_SCRIPT, spec_dir / "keras.json", cwd=spec_dir, pythonpath=os.pathsep.join(filter(None, [str(REPO_ROOT), extra]))
+    )
+    for name, c in out["cases"].items():
+        with np.load(spec_dir / f"tf_{name}.npz") as data:
+            c["tf"] = {k: data[k] for k in data.files}
+        with np.load(spec_dir / f"keras_{name}.npz", allow_pickle=False) as data:
+            c["keras"] = {k: data[k] for k in data.files}
+    return out
+
+
+CASES = ["lstm", "bilstm", "gru3"]
+STREAMING = ["lstm", "gru3"]
+
+
+def test_preprocessing_outputs_were_deleted_and_subprocess_used_only_tensorflow(exported):
+    assert not (exported["root"] / "prep_binary").exists()
+    assert not (exported["root"] / "prep_multi").exists()
+    assert exported["tf_report"]["modules"] == []
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_signatures(exported, name):
+    case = exported["cases"][name]
+    sigs = json.loads(str(case["tf"]["signatures"]))
+    expected = {"serving_default", "classify_ids", "tokenize"}
+    if name in STREAMING:
+        expected |= {"initial_state", "step"}
+    assert set(sigs) == expected
+    # Only `text` is fed: TFT pruned the id/label inputs of the preprocessing_fn.
+    assert sigs["serving_default"]["inputs"] == ["text"]
+    assert sigs["serving_default"]["outputs"] == ["label", "logits", "probabilities"]
+    assert sigs["classify_ids"]["inputs"] == ["token_ids"]
+    assert sigs["tokenize"]["outputs"] == ["lengths", "token_ids"]
+    if name in STREAMING:
+        names = sorted(n for n, _ in models.state_spec(case["config"]))
+        assert sigs["initial_state"]["inputs"] == ["batch_size"]
+        assert sigs["initial_state"]["outputs"] == names
+        assert sigs["step"]["inputs"] == sorted(names + ["token_ids"])
+        assert sigs["step"]["outputs"] == sorted(names + ["label", "logits", "probabilities"])
+        assert list(case["tf"]["initial_state.names"]) == names
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_serving_default_matches_in_process_model(exported, name):
+    case = exported["cases"][name]
+    probs = case["tf"]["serve.probabilities"]
+    ref = case["reference"]
+    num_classes = case["config"].num_classes
+    assert probs.dtype == np.float32
+    assert probs.shape == ((len(TEXTS),) if num_classes == 2 else (len(TEXTS), num_classes))
+    np.testing.assert_allclose(probs, ref, atol=SERVE_TOL, rtol=0)
+    # Non-degenerate: the texts do not all get the same answer.
+    assert np.ptp(probs, axis=0).max() > 1e-3
+    labels = case["tf"]["serve.label"]
+    assert labels.dtype == np.int64
+    if num_classes == 2:
+        np.testing.assert_array_equal(labels, (ref > 0.5).astype(np.int64))
+        assert case["tf"]["serve.logits"].shape == (len(TEXTS), 1)
+    else:
+        np.testing.assert_array_equal(labels, ref.argmax(axis=1))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # A batch of only empty texts (no time step at all) works and equals the "" row.
+    np.testing.assert_allclose(case["tf"]["serve_empty.probabilities"][0], probs[0], atol=SERVE_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_tokenize_matches_tft_transform(exported, name):
+    case = exported["cases"][name]
+    ids = case["tf"]["tokenize.token_ids"]
+    tft_ids = case["tft_ids"]
+    assert ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, tft_ids)
+    np.testing.assert_array_equal(case["tf"]["tokenize.lengths"], (tft_ids != 0).sum(axis=1))
+    k = case["preprocess_config"].num_oov_buckets
+    # Every OOV bucket is used, so the .keras check below also covers OOV hashing.
+    assert set(ids[(ids >= 1) & (ids <= k)].tolist()) == set(range(1, k + 1))
+    if case["preprocess_config"].max_tokens:
+        assert ids.shape[1] == case["preprocess_config"].max_tokens
+    np.testing.assert_allclose(case["tf"]["classify_ids.probabilities"], case["tf"]["serve.probabilities"], atol=SERVE_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", STREAMING)
+def test_step_signature_replays_serving(exported, name):
+    case = exported["cases"][name]
+    np.testing.assert_allclose(case["tf"]["step.probabilities"], case["tf"]["serve.probabilities"], atol=STEP_TOL, rtol=0)
+    np.testing.assert_array_equal(case["tf"]["step.label"], case["tf"]["serve.label"])
+
+
+@pytest.mark.parametrize("name", STREAMING)
+def test_numpy_step_weights_replay_serving(exported, name):
+    case = exported["cases"][name]
+    weights = rnn_step.StepWeights.load(os.path.join(case["model_dir"], C.STEP_WEIGHTS_FILE))
+    ids = case["tf"]["tokenize.token_ids"]
+    state = rnn_step.initial_state(weights, batch=len(TEXTS))
+    for t in range(ids.shape[1]):
+        logits, state = rnn_step.step_batch(weights, ids[:, t], state)
+    probs = rnn_step.probabilities(logits, case["config"].num_classes)
+    if case["config"].num_classes == 2:
+        probs = probs[:, 0]
+    np.testing.assert_allclose(probs, case["tf"]["serve.probabilities"], atol=STEP_TOL, rtol=0)
+
+
+def test_bilstm_has_no_step_weights(exported):
+    assert not os.path.exists(os.path.join(exported["cases"]["bilstm"]["model_dir"], C.STEP_WEIGHTS_FILE))
+
+
+def _python_tokenize(text: str, vocab: list[str], cfg: preprocessing.PreprocessConfig) -> list[int]:
+    """What a NumPy/Python streaming worker does with vocab.txt + preprocess_config.json (1 OOV id)."""
+    lower = text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
+    lower = re.sub(preprocessing.HTML_TAG_REGEX, " ", lower)
+    tokens = re.sub(preprocessing.PUNCTUATION_REGEX, "", lower).split()[: cfg.max_tokens]
+    index = {w: i + cfg.num_oov_buckets + 1 for i, w in enumerate(vocab)}
+    return [index.get(t, 1) for t in tokens]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_vocab_and_config_copied_next_to_weights(exported, name):
+    case = exported["cases"][name]
+    with open(os.path.join(case["model_dir"], export.VOCAB_TEXT_FILE), encoding="utf-8") as f:
+        vocab = [line.rstrip("\n") for line in f]
+    assert vocab == case["vocab"]
+    with open(os.path.join(case["model_dir"], C.PREPROCESS_CONFIG_FILE)) as f:
+        cfg = preprocessing.PreprocessConfig.from_dict(json.load(f))
+    assert cfg == case["preprocess_config"]
+    if cfg.num_oov_buckets == 1:  # hashed OOV buckets need TF's fingerprint; one bucket does not
+        ids = case["tf"]["tokenize.token_ids"]
+        for row, text in zip(ids, TEXTS):
+            expected = _python_tokenize(text, vocab, cfg)
+            assert list(row[: len(expected)]) == expected and not row[len(expected) :].any()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_keras_file_matches_saved_model(exported, name):
+    assert exported["keras_report"]["keras"].startswith("tf_keras"), exported["keras_report"]
+    assert exported["keras_report"]["flavour"] == "tf_keras"
+    case = exported["cases"][name]
+    probs = case["keras"]["predict"]
+    served = case["tf"]["serve.probabilities"]
+    assert probs.shape[0] == len(TEXTS)
+    np.testing.assert_allclose(probs.reshape(served.shape), served, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_stock_tf_model_handler_numpy_loads_keras_file(exported, name):
+    if not exported["keras_report"]["hub"]:
+        pytest.skip(
+            "tensorflow_hub is not installed: apache_beam.ml.inference.tensorflow_inference "
+            "imports it, so TFModelHandlerNumpy cannot be used here (pip install tensorflow-hub)"
+        )
+    case = exported["cases"][name]
+    served = case["tf"]["serve.probabilities"]
+    np.testing.assert_allclose(case["keras"]["handler"].reshape(served.shape), served, atol=1e-5, rtol=0)
+
+
+def test_import_after_keras_3_was_resolved_warns(tmp_path):
+    """The trap of importing Beam's TF handler (tensorflow_hub) before beam_rnn is reported."""
+    script = textwrap.dedent(
+        """
+        import json, warnings
+        import tensorflow as tf
+        tf.keras.models  # resolves tf.keras: Keras 3, TF_USE_LEGACY_KERAS is unset
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import beam_rnn.export
+        print(json.dumps({"flavour": beam_rnn.export.tf_keras_flavour(), "warnings": [str(w.message) for w in caught]}))
+        """
+    )
+    spec = tmp_path / "unused.json"
+    spec.write_text("{}")
+    report = _run(script, spec, cwd=tmp_path, pythonpath=str(REPO_ROOT))
+    assert report["flavour"] == "keras_3"
+    assert export.KERAS_3_WARNING in report["warnings"]
+
+
+def test_tf_keras_flavour_in_this_process():
+    tf.keras.models  # beam_rnn is imported: TF_USE_LEGACY_KERAS=1
+    assert export.tf_keras_flavour() == "tf_keras"
+
+
+def test_keras_file_in_process_uses_textvectorization_for_one_oov_bucket(exported):
+    binary = export.load_keras_model(exported["cases"]["lstm"]["model_dir"])
+    layers = {type(layer).__name__ for layer in binary.layers}
+    assert "TextVectorization" in layers
+    multi = export.load_keras_model(exported["cases"]["gru3"]["model_dir"])
+    assert {"TokenizeText", "StringLookup"} <= {type(layer).__name__ for layer in multi.layers}
+    assert multi.get_layer("string_lookup").num_oov_indices == 2
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_model_card(exported, name):
+    case = exported["cases"][name]
+    with open(os.path.join(case["model_dir"], C.MODEL_CARD_FILE)) as f:
+        card = json.load(f)
+    cfg = case["config"]
+    stats = case["stats"]
+    assert card["kind"] == cfg.kind
+    assert models.ModelConfig.from_dict(card["model_config"]) == cfg
+    assert card["vocabulary_size"] == len(case["vocab"]) == stats["vocabulary_words"]
+    assert card["num_oov_buckets"] == case["preprocess_config"].num_oov_buckets
+    assert card["num_classes"] == cfg.num_classes
+    assert card["label_names"] == (["neg", "neu", "pos"] if name == "gru3" else None)
+    assert card["metrics"] == {"accuracy": 0.75, "loss": 0.5, "train_seconds": 1.25, "epochs": 2}
+    data = card["data"]
+    assert data["rows_in"] == 60
+    assert data["split_sizes"] == {s: stats["splits"][s]["documents"] for s in ("train", "eval")}
+    assert sum(data["split_sizes"].values()) == 60
+    assert data["label_counts"] == stats["label_counts"]
+    assert data["token_length_percentiles"]["train"] == stats["splits"]["train"]["token_length_percentiles"]
+    for key in ("python", "tensorflow", "tf_keras", "tensorflow_transform", "apache_beam", "beam_rnn"):
+        assert card["versions"][key], key
+    assert card["versions"]["tensorflow"] == tf.__version__
+    sig_names = [s["name"] for s in card["signatures"]]
+    assert sig_names[:3] == ["serving_default", "classify_ids", "tokenize"]
+    assert ("step" in sig_names) == (cfg.kind == "lstm")
+    serve = card["signatures"][0]
+    assert serve["inputs"] == {"text": {"dtype": "string", "shape": [None]}}
+    assert serve["outputs"]["probabilities"]["shape"] == ([None] if cfg.num_classes == 2 else [None, 3])
+    assert card["created"].startswith("20")
+    assert card == {k: v for k, v in case["card"].items() if k != "model_dir"}
+    if name == "lstm":
+        assert set(card["verification"]) == {"saved_model_vs_in_process", "keras_vs_in_process", "step_weights_vs_in_process"}
+        assert max(card["verification"].values()) <= 1e-5
+    else:
+        assert card["verification"] is None
+
+
+def test_load_exported(exported, tmp_path):
+    loaded = export.load_exported(exported["cases"]["bilstm"]["model_dir"])
+    out = loaded.signatures["serving_default"](text=tf.constant(TEXTS[:2]))
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(), exported["cases"]["bilstm"]["tf"]["serve.probabilities"][:2], atol=SERVE_TOL, rtol=0
+    )
+    with pytest.raises(export.ExportError, match="No exported SavedModel"):
+        export.load_exported(str(tmp_path))
+
+
+def test_keras_standardize_is_preprocessing_standardize():
+    assert export.PUNCTUATION_REGEX == preprocessing.PUNCTUATION_REGEX
+    assert export.HTML_TAG_REGEX == preprocessing.HTML_TAG_REGEX
+    texts = tf.constant(TEXTS + ["ÉCOLE <a href='x'>Link</a>", "it's [a] {test}\\n\ttab"])
+    np.testing.assert_array_equal(export.keras_standardize(texts).numpy(), preprocessing.standardize(texts).numpy())
+
+
+# --- Errors: fast, no pipeline (the checks run before anything is loaded) ----------
+
+
+def _fake_prep(root: Path, words: list[str], **skip) -> str:
+    prep = root / "prep"
+    (prep / C.TRANSFORM_FN_DIR / "assets").mkdir(parents=True)
+    if not skip.get("saved_model"):
+        (prep / C.TRANSFORM_FN_DIR / "saved_model.pb").write_bytes(b"")
+    (prep / C.TRANSFORM_FN_DIR / "assets" / C.VOCAB_FILENAME).write_text("".join(w + "\n" for w in words))
+    if not skip.get("stats"):
+        (prep / C.STATS_FILE).write_text(json.dumps({"num_classes": 2, "splits": {}}))
+    (prep / C.PREPROCESS_CONFIG_FILE).write_text(preprocessing.PreprocessConfig().to_json())
+    return str(prep)
+
+
+def _tiny_model(vocab_size: int):
+    cfg = models.ModelConfig(kind="lstm", vocab_size=vocab_size, embedding_dim=4, units=3, dense_units=3)
+    return models.build_classifier(cfg), cfg
+
+
+def test_export_error_missing_directory(tmp_path):
+    model, cfg = _tiny_model(5)
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.export_model(model, cfg, str(tmp_path / "nope"), str(tmp_path / "out"), {})
+
+
+def test_export_error_missing_transform_fn(tmp_path):
+    model, cfg = _tiny_model(5)
+    prep = _fake_prep(tmp_path, ["a", "b", "c"], saved_model=True)
+    with pytest.raises(export.ExportError, match="No TFT transform graph"):
+        export.export_model(model, cfg, prep, str(tmp_path / "out"), {})
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_error_missing_stats(tmp_path):
+    model, cfg = _tiny_model(5)
+    prep = _fake_prep(tmp_path, ["a", "b", "c"], stats=True)
+    with pytest.raises(export.ExportError, match="stats.json"):
+        export.export_model(model, cfg, prep, str(tmp_path / "out"), {})
+
+
+def test_export_error_vocab_size_mismatch(tmp_path):
+    model, cfg = _tiny_model(7)  # 3 words + 1 OOV + padding = 5, not 7
+    prep = _fake_prep(tmp_path, ["a", "b", "c"])
+    with pytest.raises(export.ExportError, match="vocab_size=7 does not match .* id space 5"):
+        export.export_model(model, cfg, prep, str(tmp_path / "out"), {})
