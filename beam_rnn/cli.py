@@ -13,6 +13,7 @@ from typing import Sequence
 # Subcommand → driver module; each module exposes `main(argv) -> int` and `run(argv)`.
 COMMANDS = {
     "preprocess": "pipelines.preprocess",
+    "train": "pipelines.train",
 }
 
 

@@ -13,7 +13,6 @@ import collections
 import hashlib
 import json
 import os
-import typing
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam

@@ -1,0 +1,145 @@
+"""Train the bidirectional (bilstm) and/or streaming (lstm) classifiers.
+
+    python -m pipelines.train --transformed out/prep --output out/models --model both
+
+Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json) and
+writes OUTPUT/<kind>/ (weights/, checkpoints/, logs/, metrics.json, ...; see
+beam_rnn.trainer).  Rerunning the same command after the process was killed resumes
+from the last finished epoch.  After each model is trained it is handed to
+`beam_rnn.export.export_model` (skipped with a warning while that module is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from beam_rnn import constants as C
+
+MODEL_BOTH = "both"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from beam_rnn.models import CELLS
+    from beam_rnn.trainer import DEFAULT_LEARNING_RATES, MONITORS, TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="beam-rnn train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transformed", required=True,
+                        help="Preprocessing output dir (pipelines.preprocess --output).")
+    parser.add_argument("--output", required=True, help="Output dir; each model goes to OUTPUT/<kind>/.")
+    parser.add_argument("--model", choices=(*C.MODEL_NAMES, MODEL_BOTH), default=MODEL_BOTH,
+                        help="Model(s) to train (default both).")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"Maximum epochs (default {d.epochs}).")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"Batch size (default {d.batch_size}).")
+    parser.add_argument("--max-length", type=int, default=d.max_length,
+                        help="Keep the first N token ids of each document (default: all).")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam learning rate (default: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()) + ").")
+    parser.add_argument("--units", type=int, default=d.units, help=f"Recurrent units (default {d.units}).")
+    parser.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
+                        help=f"Embedding width (default {d.embedding_dim}).")
+    parser.add_argument("--dense-units", type=int, default=d.dense_units,
+                        help=f"Hidden dense width (default {d.dense_units}).")
+    parser.add_argument("--layers", type=int, default=d.layers, help=f"Recurrent layers (default {d.layers}).")
+    parser.add_argument("--cell", choices=CELLS, default=d.cell,
+                        help=f"Recurrent cell (default {d.cell}).")
+    parser.add_argument("--dropout", type=float, default=d.dropout, help=f"Dropout before the logits (default {d.dropout}).")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"Seed (default {d.seed}).")
+    parser.add_argument("--stacked", action="store_true",
+                        help="bilstm: the tutorial's stacked two-layer variant.")
+    parser.add_argument("--patience", type=int, default=d.early_stopping_patience,
+                        help=f"Early-stopping patience in epochs (default {d.early_stopping_patience}).")
+    parser.add_argument("--monitor", choices=MONITORS, default=d.monitor,
+                        help=f"Early stopping / kept epoch metric (default {d.monitor}).")
+    parser.add_argument("--num-buckets", type=int, default=d.num_buckets,
+                        help=f"Length buckets from training-length quantiles (default {d.num_buckets}).")
+    parser.add_argument("--bucket-boundaries", default=None,
+                        help="Comma-separated fixed length-bucket boundaries (overrides --num-buckets).")
+    parser.add_argument("--skip-export", action="store_true", help="Train only; do not call the export step.")
+    return parser
+
+
+def _config(known: argparse.Namespace, kinds: tuple[str, ...]):
+    from beam_rnn.trainer import TrainConfig
+
+    boundaries = None
+    if known.bucket_boundaries:
+        boundaries = tuple(int(x) for x in known.bucket_boundaries.split(",") if x.strip())
+    return TrainConfig(
+        kinds=kinds,
+        epochs=known.epochs,
+        batch_size=known.batch_size,
+        learning_rate=known.learning_rate,
+        max_length=known.max_length,
+        bucket_boundaries=boundaries,
+        num_buckets=known.num_buckets,
+        early_stopping_patience=known.patience,
+        monitor=known.monitor,
+        seed=known.seed,
+        embedding_dim=known.embedding_dim,
+        units=known.units,
+        layers=known.layers,
+        cell=known.cell,
+        dense_units=known.dense_units,
+        dropout=known.dropout,
+        stacked_tutorial=known.stacked,
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Train (and export) the requested model(s).
+
+    Args:
+        argv: Command-line arguments (default: sys.argv[1:]). Unrecognised flags
+            are ignored with a warning (Beam drivers' convention).
+
+    Returns:
+        {kind: metrics} — the contents of each OUTPUT/<kind>/metrics.json.
+    """
+    from beam_rnn import trainer
+
+    parser = build_parser()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        logging.warning("Ignoring unrecognised arguments: %s", " ".join(unknown))
+    kinds = C.MODEL_NAMES if known.model == MODEL_BOTH else (known.model,)
+    try:
+        config = _config(known, kinds)
+        for kind in kinds:  # Validates the model fields before any training starts.
+            config.model_config(kind, vocab_size=3, num_classes=2)
+        trainer.validate_transformed_dir(known.transformed)
+    except trainer.TrainerInputError as e:
+        parser.error(str(e))
+    except ValueError as e:
+        parser.error(str(e))
+
+    from beam_rnn.export import export_model
+    results: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        result = trainer.train(known.transformed, known.output, config, kind=kind)
+        metrics = result["metrics"]
+        if not known.skip_export:
+            export_model(result["model"], result["model_config"], known.transformed, result["model_dir"], metrics)
+        trainer.write_metrics(result["model_dir"], metrics)
+        results[kind] = metrics
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.INFO)
+    results = run(argv)
+    keys = ("accuracy", "auc", "loss", "epochs_run", "best_epoch", "train_seconds", "examples_per_second")
+    print(json.dumps({kind: {k: m.get(k) for k in keys} for kind, m in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    from beam_rnn.runtime import hard_exit
+
+    hard_exit(main(sys.argv[1:]))
