@@ -6,7 +6,7 @@ Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json) 
 writes OUTPUT/<kind>/ (weights/, checkpoints/, logs/, metrics.json, ...; see
 beam_rnn.trainer).  Rerunning the same command after the process was killed resumes
 from the last finished epoch.  After each model is trained it is handed to
-`beam_rnn.export.export_model` (skipped with a warning while that module is absent).
+`beam_rnn.export.export_model` (unless --skip-export).
 """
 
 from __future__ import annotations

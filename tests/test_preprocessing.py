@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import gzip
 import json
 import os
 import shutil
@@ -12,7 +11,6 @@ import subprocess
 import sys
 
 import apache_beam as beam
-import numpy as np
 import pytest
 import tensorflow as tf
 
