@@ -44,6 +44,26 @@ def split_for_id(doc_id: str, eval_fraction: float) -> int:
     return SPLIT_EVAL if bucket < eval_fraction else SPLIT_TRAIN
 
 
+def in_sample(doc_id: str, fraction: float) -> bool:
+    """Deterministic document sample, independent of the train/eval split (salted hash)."""
+    digest = hashlib.sha256(b"sample:" + doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+class KeepSample(beam.DoFn):
+    """Keeps documents `in_sample`; counts the others (counter beam_rnn.transform/sampled_out)."""
+
+    def __init__(self, fraction: float):
+        self._fraction = fraction
+        self._sampled_out = beam.metrics.Metrics.counter("beam_rnn.transform", "sampled_out")
+
+    def process(self, doc):
+        if in_sample(doc[C.ID_KEY], self._fraction):
+            yield doc
+        else:
+            self._sampled_out.inc()
+
+
 def raw_arrow_schema(config: PreprocessConfig) -> pa.Schema:
     """Arrow schema of raw record batches (one-element lists, as tfxio expects)."""
     fields = [
@@ -296,7 +316,7 @@ def finalize_stats(
         output_dir: The preprocessing output directory.
         config: The preprocessing configuration used.
         counters: Pipeline counters (`rows_in`, `documents_out`, `dead_letter`,
-            `replaced_chars`) from the run's metrics.
+            `replaced_chars`, `sampled_out`) from the run's metrics.
 
     Returns:
         The statistics written to `output_dir/stats.json`.
@@ -312,7 +332,8 @@ def finalize_stats(
     splits = partial["splits"]
     documents = sum(s["documents"] for s in splits.values())
     dead = sum(partial["dead_letter_by_reason"].values())
-    rows_in = int(counters.get("rows_in", documents + dead))
+    sampled_out = int(counters.get("sampled_out", 0))
+    rows_in = int(counters.get("rows_in", documents + dead + sampled_out))
     label_counts: collections.Counter = collections.Counter()
     for s in splits.values():
         label_counts.update(s["label_counts"])
@@ -323,7 +344,8 @@ def finalize_stats(
         "rows_in": rows_in,
         "documents_out": documents,
         "dead_lettered": dead,
-        "reconciled": rows_in == documents + dead,
+        "sampled_out": sampled_out,
+        "reconciled": rows_in == documents + dead + sampled_out,
         "dead_letter_by_reason": partial["dead_letter_by_reason"],
         "replaced_undecodable_chars": int(counters.get("replaced_chars", 0)),
         "vocabulary_words": len(vocab),

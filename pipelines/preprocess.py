@@ -38,6 +38,9 @@ def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = F
     group.add_argument("--labels", default=None,
                        help="Comma-separated declared label set; rows with other labels are dead-lettered. "
                        "For string labels the order defines the ids.")
+    group.add_argument("--sample-fraction", type=float, default=1.0,
+                       help="Keep this fraction of the documents, chosen by hash of the id (deterministic; "
+                       "the rest are counted as sampled_out). Default 1.0 (all).")
     group.add_argument("--imdb", default=None,
                        help=f"Local IMDB copy (train.csv or an aclImdb tree) used when --input is absent; "
                        f"also ${C.IMDB_ENV_VAR}. Without either, aclImdb_v1.tar.gz is downloaded once and cached.")
@@ -61,6 +64,8 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
         known.format = C.FORMAT_CSV
     if known.format == C.FORMAT_TEXT:
         known.unlabelled = True
+    if not 0.0 < known.sample_fraction <= 1.0:
+        parser.error(f"--sample-fraction must be in (0, 1], got {known.sample_fraction}")
     missing = input_matches(known.input)
     if missing:
         parser.error(f"--input matches no files: {', '.join(missing)}")
@@ -80,6 +85,17 @@ def read_corpus_transform(known: argparse.Namespace):
         label_type=known.label_type,
         label_set=known.labels.split(",") if known.labels else None,
     )
+
+
+def maybe_sample(docs, fraction: float):
+    """Keep a deterministic `fraction` of documents (no-op at 1.0); the rest are counted."""
+    import apache_beam as beam
+
+    from beam_rnn.transform import KeepSample
+
+    if fraction >= 1.0:
+        return docs
+    return docs | "SampleDocuments" >> beam.ParDo(KeepSample(fraction))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,13 +167,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     options.view_as(SetupOptions).save_main_session = save_main_session
     with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=tmp_dir):
         docs, dead = p | "ReadCorpus" >> read
+        docs = maybe_sample(docs, known.sample_fraction)
         result = docs | "AnalyzeAndTransform" >> AnalyzeAndTransform(
             config=config, output_dir=output, batch_size=known.batch_size
         )
         _ = dead | "WriteDeadLetter" >> WriteJsonLines(os.path.join(output, C.DEAD_LETTER_DIR, "dead_letter"))
         write_partial_stats(result.stats, dead_letter_reason_counts(dead), tmp_dir)
     pipeline_result = p.result
-    stats = finalize_stats(output, config=config, counters=counters(pipeline_result, "beam_rnn.io"))
+    stats = finalize_stats(output, config=config, counters={**counters(pipeline_result, "beam_rnn.io"),
+                                                            **counters(pipeline_result, "beam_rnn.transform")})
     with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     if not known.keep_tmp:
