@@ -1,0 +1,263 @@
+"""Benchmark: our Beam + tf_keras Word2Vec CBOW vs gensim's Word2Vec CBOW, same corpus, same run.
+
+Both train on the same tokens: the transformed token ids of a `pipelines.preprocess`
+output (default: the IMDB train split in runs/imdb/prep) mapped back to words with
+its vocabulary, OOV ids removed (ours removes them in the Beam stage, gensim gets
+sentences without them).  Same dim, window, negatives, sample, epochs, min_count,
+CBOW with mean (gensim sg=0, cbow_mean=1), gensim with 2 worker threads (2 cores).
+
+Measured:
+* WordSim-353 and SimLex-999 Spearman, Google analogy accuracy (3CosAdd) — the
+  same evaluation code (beam_rnn.embeddings) for both vector sets; gensim's own
+  evaluate_word_pairs on gensim's vectors is printed as a cross-check of that code;
+* training words/s: corpus words (in-vocabulary tokens) x epochs / training
+  seconds, for each, and the ratio; ours also with the Beam stage included;
+* optionally (on by default, --skip-sst2 to skip): SST-2 dev accuracy of the
+  BiLSTM classifier (beam_rnn.trainer) without and with warm start from our vectors
+  (fine-tuned and frozen) and from gensim's vectors.
+
+    python benchmarks/embeddings.py [--epochs 5] [--work runs/bench_embeddings] [--skip-sst2]
+
+Needs the `bench` extra (gensim).  Prints one JSON summary (also WORK/summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import glob
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def corpus_sentences(prep: str, splits: list[str]) -> tuple[list[list[str]], int]:
+    """The transformed documents as word lists (OOV and padding removed), and the doc count."""
+    import tensorflow as tf
+
+    from beam_rnn import constants as C
+    from beam_rnn.embeddings import parse_transformed_example
+    from beam_rnn.transform import read_vocabulary
+
+    stats = json.load(open(os.path.join(prep, C.STATS_FILE)))
+    k = int(stats["num_oov_buckets"])
+    vocab = read_vocabulary(prep)
+    files = sorted(f for s in splits for f in glob.glob(os.path.join(prep, C.TRANSFORMED_DIR, f"{s}-*")))
+    sentences = []
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        _, ids = parse_transformed_example(rec.numpy())
+        sentences.append([vocab[i - k - 1] for i in ids if i > k])
+    return sentences, len(sentences)
+
+
+def run_ours(args, out: str) -> dict:
+    from pipelines import embeddings as driver
+
+    argv = ["--transformed", args.prep, "--output", out, "--epochs", str(args.epochs), "--dim", str(args.dim),
+            "--window", str(args.window), "--negatives", str(args.negatives), "--sample", str(args.sample),
+            "--min-count", str(args.min_count), "--seed", str(args.seed), "--eval-data", args.eval_data,
+            "--splits", *args.splits, "--runner", "DirectRunner", "--delete-examples"]
+    t0 = time.time()
+    metrics = driver.run(argv, save_main_session=False)
+    metrics["total_seconds"] = round(time.time() - t0, 3)
+    return metrics
+
+
+def run_gensim(args, sentences: list[list[str]], out: str) -> dict:
+    from gensim.models import Word2Vec
+
+    from beam_rnn import embeddings as E
+
+    model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample,
+                     min_count=args.min_count, sg=0, cbow_mean=1, hs=0, alpha=0.025, min_alpha=0.0001 * 0.025,
+                     workers=args.gensim_workers, seed=args.seed, epochs=args.epochs)
+    t0 = time.time()
+    model.build_vocab(sentences)
+    t1 = time.time()
+    _, raw_words = model.train(sentences, total_examples=len(sentences), epochs=args.epochs)
+    t2 = time.time()
+    words = list(model.wv.index_to_key)
+    vectors = model.wv.vectors
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, E.VECTORS_TXT)
+    E.save_word2vec_text(path, words, vectors)
+    evaluation = E.evaluate_embeddings((words, vectors), args.eval_data)
+    own = model.wv.evaluate_word_pairs(os.path.join(args.eval_data, E.WORDSIM_FILE))
+    return {
+        "vectors": path,
+        "words": len(words),
+        "build_vocab_seconds": round(t1 - t0, 3),
+        "train_seconds": round(t2 - t1, 3),
+        "raw_words_trained": int(raw_words),
+        "evaluation": evaluation,
+        "gensim_own_wordsim353_spearman": float(own[1][0]),
+    }
+
+
+def sst2_prep(work: str) -> str:
+    """Preprocess SST-2 with pipelines.preprocess so that eval split == the dev set.
+
+    The split is a hash of the document id; ids are salted until train sentences
+    hash into train and dev sentences into eval (eval_fraction 0.5).
+    """
+    from beam_rnn.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
+    from pipelines import preprocess
+
+    out = os.path.join(work, "sst2_prep")
+    csv_path = os.path.join(work, "sst2.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "text"])
+        for name, split in (("train", SPLIT_TRAIN), ("dev", SPLIT_EVAL)):
+            with open(SHARED / "sst2" / f"stsa.binary.{name}", encoding="utf-8", errors="replace") as src:
+                for i, line in enumerate(src):
+                    label, text = line.rstrip("\n").split(" ", 1)
+                    salt = 0
+                    while split_for_id(f"{name}-{i}-{salt}", 0.5) != split:
+                        salt += 1
+                    writer.writerow([f"{name}-{i}-{salt}", label, text])
+    preprocess.run(["--input", csv_path, "--format", "csv", "--id-column", "id", "--output", out,
+                    "--eval-fraction", "0.5", "--runner", "DirectRunner"], save_main_session=False)
+    return out
+
+
+@contextlib.contextmanager
+def warm_started_classifiers(vectors_path: str | None, prep: str, freeze: bool, info: dict, rescale: bool = False):
+    """Make beam_rnn.trainer build warm-started classifiers (what --pretrained-embeddings will wire)."""
+    from beam_rnn import models
+    from beam_rnn.embeddings import warm_start_from_file
+
+    original = models.build_classifier
+    if vectors_path is None:
+        yield
+        return
+
+    def build(config, *a, **kw):
+        model = original(config, *a, **kw)
+        info.update(warm_start_from_file(model, vectors_path, prep, freeze=freeze, rescale=rescale))
+        return model
+
+    models.build_classifier = build
+    try:
+        yield
+    finally:
+        models.build_classifier = original
+
+
+def run_sst2(args, work: str, ours_vectors: str, gensim_vectors: str) -> dict:
+    from beam_rnn import trainer
+
+    prep = sst2_prep(work)
+    arms = {
+        "random_init": (None, False, False),
+        "warm_ours": (ours_vectors, False, False),
+        "warm_ours_rescaled": (ours_vectors, False, True),
+        "warm_ours_frozen": (ours_vectors, True, False),
+        "warm_gensim": (gensim_vectors, False, False),
+    }
+    results = {}
+    for name, (vectors, freeze, rescale) in arms.items():
+        config = trainer.TrainConfig(kinds=("bilstm",), epochs=args.sst2_epochs, embedding_dim=args.dim,
+                                     seed=args.seed, early_stopping_patience=1, verbose=0)
+        info: dict = {}
+        with warm_started_classifiers(vectors, prep, freeze, info, rescale):
+            res = trainer.train(prep, os.path.join(work, "sst2_models", name), config, kind="bilstm")
+        m = res["metrics"]
+        results[name] = {"dev_accuracy": round(m["accuracy"], 4), "dev_loss": round(m["loss"], 4),
+                         "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                         "train_seconds": m["train_seconds"], **({"warm_start": info} if info else {})}
+        logging.info("SST-2 %s: %s", name, results[name])
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prep", default=str(ROOT / "runs" / "imdb" / "prep"), help="pipelines.preprocess output.")
+    parser.add_argument("--splits", nargs="+", default=["train"], help="Transformed splits to train on.")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench_embeddings"), help="Scratch/output dir.")
+    parser.add_argument("--eval-data", default=str(SHARED / "embedding-eval"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--sample", type=float, default=1e-3)
+    parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gensim-workers", type=int, default=2)
+    parser.add_argument("--skip-sst2", action="store_true", help="Skip the SST-2 warm-start comparison.")
+    parser.add_argument("--sst2-epochs", type=int, default=4)
+    args = parser.parse_args(argv)
+    logging.getLogger().setLevel(logging.INFO)
+    if not os.path.isdir(args.prep):
+        parser.error(f"--prep {args.prep!r} does not exist (run pipelines.preprocess first)")
+    try:
+        import gensim  # noqa: F401
+    except ImportError:
+        parser.error("gensim is not installed (pip install 'beam-rnn[bench]')")
+    if os.path.exists(args.work):
+        shutil.rmtree(args.work)
+    os.makedirs(args.work)
+
+    sentences, docs = corpus_sentences(args.prep, args.splits)
+    corpus_words = sum(len(s) for s in sentences)
+    gensim_res = run_gensim(args, sentences, os.path.join(args.work, "gensim"))
+    del sentences
+    ours = run_ours(args, os.path.join(args.work, "ours"))
+
+    words_total = ours["corpus_words"] * args.epochs
+    ours_wps = words_total / ours["train_seconds"]
+    gensim_wps = words_total / gensim_res["train_seconds"]
+    ours_ev, gen_ev = ours["evaluation"], gensim_res["evaluation"]
+    summary = {
+        "corpus": {"prep": args.prep, "splits": args.splits, "documents": docs,
+                   "words_in_vocabulary": corpus_words, "words_trained_per_epoch_ours": ours["corpus_words"],
+                   "gensim_raw_words_per_epoch": gensim_res["raw_words_trained"] // args.epochs},
+        "settings": {k: getattr(args, k) for k in ("epochs", "dim", "window", "negatives", "sample", "min_count",
+                                                   "seed", "gensim_workers")},
+        "ours": {
+            "exported_words": ours["exported_words"],
+            "epoch_losses": [round(x, 4) for x in ours["epoch_losses"]],
+            "beam_seconds": ours["beam_seconds"],
+            "train_seconds": ours["train_seconds"],
+            "read_seconds": ours["read_seconds"],
+            "words_per_second": round(ours_wps),
+            "words_per_second_incl_beam": round(words_total / (ours["train_seconds"] + ours["beam_seconds"])),
+            "evaluation": ours_ev,
+        },
+        "gensim": {k: gensim_res[k] for k in ("words", "build_vocab_seconds", "train_seconds", "evaluation",
+                                              "gensim_own_wordsim353_spearman")}
+        | {"words_per_second": round(gensim_wps)},
+        "comparison": {
+            "wordsim353_spearman": [ours_ev["wordsim353"]["spearman"], gen_ev["wordsim353"]["spearman"]],
+            "wordsim353_goal_met (ours >= gensim - 0.02)":
+                ours_ev["wordsim353"]["spearman"] >= gen_ev["wordsim353"]["spearman"] - 0.02,
+            "simlex999_spearman": [ours_ev["simlex999"]["spearman"], gen_ev["simlex999"]["spearman"]],
+            "analogy_accuracy": [ours_ev["analogy"]["accuracy"], gen_ev["analogy"]["accuracy"]],
+            "training_words_per_second": [round(ours_wps), round(gensim_wps)],
+            "speed_ratio_ours_over_gensim": round(ours_wps / gensim_wps, 3),
+        },
+    }
+    if not args.skip_sst2:
+        summary["sst2_bilstm"] = run_sst2(args, args.work, os.path.join(args.work, "ours", "vectors.txt"),
+                                          gensim_res["vectors"])
+    text = json.dumps(summary, indent=2)
+    with open(os.path.join(args.work, "summary.json"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    from beam_rnn.runtime import hard_exit
+
+    hard_exit(main(sys.argv[1:]))
