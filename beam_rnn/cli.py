@@ -14,6 +14,9 @@ from typing import Sequence
 COMMANDS = {
     "preprocess": "pipelines.preprocess",
     "train": "pipelines.train",
+    "evaluate": "pipelines.evaluate",
+    "embeddings": "pipelines.embeddings",
+    "run-all": "pipelines.run_all",
 }
 
 

@@ -103,6 +103,11 @@ class TrainConfig:
         seed: Global seed and the models' initialiser seed.
         embedding_dim, units, layers, cell, dense_units, dropout, stacked_tutorial:
             The `models.ModelConfig` fields (stacked_tutorial applies to "bilstm" only).
+        pretrained_embeddings: word2vec/GloVe text vectors that initialise the
+            Embedding rows of the words they cover (see beam_rnn.embeddings).
+        freeze_embeddings: Keep the warm-started Embedding fixed.
+        rescale_pretrained: Scale the pretrained vectors to the size of Keras'
+            initial embeddings (similarities unchanged).
         verbose: Keras `fit` verbosity (2 = one line per epoch).
     """
 
@@ -125,6 +130,9 @@ class TrainConfig:
     dense_units: int = 64
     dropout: float = 0.0
     stacked_tutorial: bool = False
+    pretrained_embeddings: str | None = None
+    freeze_embeddings: bool = False
+    rescale_pretrained: bool = False
     verbose: int = 2
 
     def __post_init__(self) -> None:
@@ -620,6 +628,14 @@ def train(
 
     resumed = _prepare_model_dir(model_dir, model_config, config)
     model = models.build_classifier(model_config)
+    warm_start = None
+    if config.pretrained_embeddings:
+        from beam_rnn.embeddings import warm_start_from_file
+
+        # Before compile (freezing changes the trainable set); on resume, BackupAndRestore
+        # later restores the trained weights over this initialisation.
+        warm_start = warm_start_from_file(model, config.pretrained_embeddings, transformed_dir,
+                                          freeze=config.freeze_embeddings, rescale=config.rescale_pretrained)
     _compile(model, config, kind, num_classes)
 
     history_path = os.path.join(model_dir, HISTORY_FILE)
@@ -695,6 +711,7 @@ def train(
         "num_classes": num_classes,
         "vocab_size": vocab_size,
         "bucket_boundaries": list(boundaries),
+        "warm_start": warm_start,
     }
     write_metrics(model_dir, metrics)
     logger.info("Trained %s: %s", kind, metrics)

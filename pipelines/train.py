@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Length buckets from training-length quantiles (default {d.num_buckets}).")
     parser.add_argument("--bucket-boundaries", default=None,
                         help="Comma-separated fixed length-bucket boundaries (overrides --num-buckets).")
+    parser.add_argument("--pretrained-embeddings", default=None, metavar="PATH",
+                        help="word2vec/GloVe text vectors (e.g. pipelines.embeddings OUTPUT/vectors.txt) that "
+                        "initialise the Embedding; --embedding-dim must equal their width.")
+    parser.add_argument("--freeze-embeddings", action="store_true", help="Keep the pretrained embedding fixed.")
+    parser.add_argument("--rescale-pretrained", action="store_true",
+                        help="Scale pretrained vectors to Keras' initial embedding size (similarities unchanged).")
     parser.add_argument("--skip-export", action="store_true", help="Train only; do not call the export step.")
     return parser
 
@@ -89,7 +95,28 @@ def _config(known: argparse.Namespace, kinds: tuple[str, ...]):
         dense_units=known.dense_units,
         dropout=known.dropout,
         stacked_tutorial=known.stacked,
+        pretrained_embeddings=known.pretrained_embeddings,
+        freeze_embeddings=known.freeze_embeddings,
+        rescale_pretrained=known.rescale_pretrained,
     )
+
+
+def _check_pretrained(known: argparse.Namespace) -> None:
+    """Raise ValueError (→ exit 2) for unusable warm-start flags, before any training."""
+    import tensorflow as tf
+
+    if known.freeze_embeddings and not known.pretrained_embeddings:
+        raise ValueError("--freeze-embeddings needs --pretrained-embeddings")
+    if not known.pretrained_embeddings:
+        return
+    if not tf.io.gfile.exists(known.pretrained_embeddings):
+        raise ValueError(f"--pretrained-embeddings {known.pretrained_embeddings!r} does not exist")
+    from beam_rnn.embeddings import read_word2vec_dim
+
+    dim = read_word2vec_dim(known.pretrained_embeddings)
+    if dim != known.embedding_dim:
+        raise ValueError(f"--pretrained-embeddings has {dim}-dimensional vectors but --embedding-dim is "
+                         f"{known.embedding_dim}; pass --embedding-dim {dim}")
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -114,6 +141,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         for kind in kinds:  # Validates the model fields before any training starts.
             config.model_config(kind, vocab_size=3, num_classes=2)
         trainer.validate_transformed_dir(known.transformed)
+        _check_pretrained(known)
     except trainer.TrainerInputError as e:
         parser.error(str(e))
     except ValueError as e:

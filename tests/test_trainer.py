@@ -375,3 +375,35 @@ def test_cli_resumes_after_kill(binary_dir, tmp_path):
         assert (model_dir / trainer.CHECKPOINTS_DIR / f"epoch_{epoch:03d}.index").exists()
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary[C.MODEL_LSTM]["epochs_run"] == 3
+
+
+def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
+    """--pretrained-embeddings sets the rows of covered words; frozen, they survive training."""
+    from beam_rnn.transform import read_vocabulary
+    from pipelines import train as driver
+
+    vocab = read_vocabulary(binary_dir)
+    rng = np.random.default_rng(3)
+    covered = vocab[:5]
+    vectors = {w: rng.normal(size=8).astype(np.float32) for w in covered + ["notinvocab"]}
+    path = tmp_path / "vectors.txt"
+    path.write_text(f"{len(vectors)} 8\n" + "".join(
+        f"{w} {' '.join(repr(float(x)) for x in v)}\n" for w, v in vectors.items()))
+    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--model", "lstm",
+                          "--epochs", "1", "--embedding-dim", "8", "--units", "8", "--dense-units", "8",
+                          "--pretrained-embeddings", str(path), "--freeze-embeddings", "--skip-export"])
+    assert results["lstm"]["warm_start"]["matched"] == 5
+    model, _ = trainer.load_trained_model(str(tmp_path / "out" / "lstm"))
+    table = model.get_layer("embedding").get_weights()[0]
+    num_oov = 1
+    for i, word in enumerate(covered):
+        np.testing.assert_array_equal(table[i + num_oov + 1], vectors[word])
+
+
+def test_cli_pretrained_dimension_mismatch_exits_2(binary_dir, tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("1 3\nword 0.1 0.2 0.3\n")
+    proc = _run_cli(["--transformed", binary_dir, "--output", str(tmp_path / "o"),
+                     "--pretrained-embeddings", str(path)])
+    assert proc.returncode == 2
+    assert "--embedding-dim" in proc.stderr and "Traceback" not in proc.stderr
