@@ -1,0 +1,140 @@
+"""The evaluate pipeline and report, checked against direct computations on its own outputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import numpy as np
+import pytest
+
+from beam_rnn import report
+
+GOOD = ["great", "wonderful", "superb", "loved", "fine"]
+BAD = ["awful", "boring", "terrible", "hated", "weak"]
+FILLER = [f"w{i}" for i in range(30)]
+
+
+def _corpus(path, n=240, seed=0):
+    rng = random.Random(seed)
+    lines = ["id,label,text"]
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 120))]
+        for _ in range(rng.randint(1, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD if label else BAD))
+        lines.append(f"d{i},{label},{' '.join(words)}")
+    lines.append("bad1,1,")  # dead letter: empty text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from pipelines import evaluate, preprocess, train
+
+    root = tmp_path_factory.mktemp("report")
+    corpus = root / "corpus.csv"
+    _corpus(corpus)
+    corpus_args = ["--input", str(corpus), "--format", "csv", "--id-column", "id"]
+    preprocess.run(corpus_args + ["--output", str(root / "prep"), "--min-frequency", "1", "--runner", "DirectRunner"])
+    train.run(["--transformed", str(root / "prep"), "--output", str(root / "models"), "--model", "both",
+               "--epochs", "4", "--learning-rate", "0.01", "--patience", "4", "--units", "16", "--embedding-dim", "16", "--dense-units", "16"])
+    metrics = evaluate.run(corpus_args + ["--models", str(root / "models"), "--output", str(root / "report"),
+                                          "--length-boundaries", "40,100", "--runner", "DirectRunner"])
+    records = list(report.read_records(str(root / "report" / "records-*")))
+    return root / "report", metrics, records
+
+
+def _auc_pairwise(scores, labels):
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_every_metric_equals_a_direct_computation(evaluated):
+    out, metrics, records = evaluated
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["documents"] == len(records) == 240
+    assert saved["dead_lettered"] == 1 and saved["rows_in"] == 241
+    labels = np.array([r["label"] for r in records])
+    lengths = np.array([r["length"] for r in records])
+    for name in ("bilstm", "lstm"):
+        m = saved["models"][name]
+        p = np.array([r["probability"][name] for r in records], dtype=np.float64)
+        pred = (p > 0.5).astype(int)
+        acc = float(np.mean(pred == labels))
+        assert m["accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert m["auc"] == pytest.approx(_auc_pairwise(p, labels), abs=1e-9)
+        tp = int(np.sum((pred == 1) & (labels == 1)))
+        fp = int(np.sum((pred == 1) & (labels == 0)))
+        fn = int(np.sum((pred == 0) & (labels == 1)))
+        assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+        true_p = np.where(labels == 1, p, 1 - p)
+        assert m["log_loss"] == pytest.approx(-np.mean(np.log(np.clip(true_p, 1e-7, 1))), rel=1e-6)
+        conf = np.maximum(p, 1 - p)
+        bins = np.minimum((conf * 10).astype(int), 9)
+        ece = sum(np.sum(bins == b) / len(p) * abs(np.mean(pred[bins == b] == labels[bins == b])
+                                                     - np.mean(conf[bins == b]))
+                  for b in range(10) if np.any(bins == b))
+        assert m["ece"] == pytest.approx(ece, abs=1e-9)
+        assert m["confusion_matrix"] == [[int(np.sum((labels == t) & (pred == q))) for q in (0, 1)] for t in (0, 1)]
+        for bucket, mask in (("short", lengths < 40), ("medium", (lengths >= 40) & (lengths < 100)),
+                             ("long", lengths >= 100)):
+            expected = float(np.mean(pred[mask] == labels[mask])) if mask.any() else None
+            assert m["accuracy_by_length"][bucket] == pytest.approx(expected, abs=1e-12)
+        early = np.array([r["early"][name] for r in records])
+        for j, key in enumerate(m["early_accuracy"]):
+            assert m["early_accuracy"][key] == pytest.approx(np.mean((early[:, j] > 0.5) == labels), abs=1e-12)
+        # The 100% point is the full pass.
+        assert m["early_accuracy"]["100%"] == pytest.approx(acc, abs=1e-12)
+        np.testing.assert_allclose(early[:, -1], p, atol=1e-5)
+    agree = np.mean([(r["probability"]["bilstm"] > 0.5) == (r["probability"]["lstm"] > 0.5) for r in records])
+    assert saved["agreement"] == pytest.approx(agree, abs=1e-12)
+    assert metrics["models"]["lstm"]["accuracy"] > 0.6  # the models learned something real
+
+
+def test_early_prefixes_use_the_first_tokens():
+    assert report.prefix_lengths(10) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert report.prefix_lengths(3) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    assert report.prefix_lengths(0) == [0] * 10
+
+
+def test_latency_is_measured(evaluated):
+    _, metrics, _ = evaluated
+    lat = metrics["latency"]
+    assert lat["lstm_step_us_per_token"] > 0
+    assert lat["bilstm_full_pass_ms_per_document"] > 0 and lat["lstm_full_pass_ms_per_document"] > 0
+
+
+def test_plots_and_self_contained_html(evaluated):
+    out, _, _ = evaluated
+    html = (out / "report.html").read_text()
+    for name in report.PLOT_FILES.values():
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG")
+        assert base64.b64encode(png).decode() in html
+    assert "streaming LSTM" in html and "BiLSTM" in html
+    assert "<img" in html and "http" not in html.split("<body>")[1]
+
+
+def test_auc_handles_ties_and_single_class():
+    assert report.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+    assert report.roc_auc(np.array([0.1, 0.9]), np.array([1, 1])) is None
+    assert report.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+
+
+def test_missing_models_dir_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("label,text\n1,a\n")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--models", str(tmp_path / "none"),
+                           "--input", str(corpus), "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    assert proc.returncode == 2 and "holds no exported model" in proc.stderr
+    assert "Traceback" not in proc.stderr
