@@ -266,7 +266,7 @@ def test_train_config_validation_and_round_trip():
                 dict(monitor="loss"), dict(max_length=0), dict(learning_rate=0)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
-    assert TrainConfig().learning_rate_for("bilstm") == 1e-3 and TrainConfig().learning_rate_for("lstm") == 5e-4
+    assert TrainConfig().learning_rate_for("bilstm") == 5e-4 and TrainConfig().learning_rate_for("lstm") == 5e-4
     assert TrainConfig(learning_rate=0.01).learning_rate_for("lstm") == 0.01
     # stacked_tutorial only reaches the bilstm model config.
     stacked = TrainConfig(stacked_tutorial=True)
