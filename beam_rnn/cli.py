@@ -14,6 +14,7 @@ from typing import Sequence
 COMMANDS = {
     "preprocess": "pipelines.preprocess",
     "train": "pipelines.train",
+    "score": "pipelines.score",
     "stream": "pipelines.stream",
     "evaluate": "pipelines.evaluate",
     "embeddings": "pipelines.embeddings",

@@ -1,0 +1,550 @@
+"""Tests for beam_rnn.inference and pipelines.score (DirectRunner, small synthetic exports).
+
+One module-scoped fixture preprocesses two tiny corpora (binary int labels; three
+string labels), exports a streaming LSTM and a BiLSTM on the binary data and a
+3-class model with label names, and writes a labelled CSV corpus with malformed
+rows.  Every score is checked against an in-process call of the same SavedModel.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import glob
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_rnn import constants as C
+from beam_rnn import export, inference, models, preprocessing
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+WORDS = "good great fine bad awful poor movie film plot actor the a and of".split()
+TOL = 1e-6
+POISON = "POISONPILL"
+SMALL_BATCHES = ["--min-batch-size", "3", "--max-batch-size", "5", "--sort-buffer", "16"]
+
+
+# --- Fixture helpers -------------------------------------------------------------------
+
+
+def _text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)).capitalize() + ".<br />"
+
+
+def _docs(n: int, labels: list, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"id": f"doc{i}", "text": _text(rng, rng.randint(0, 12)), "label": labels[i % len(labels)]} for i in range(n)]
+
+
+def _preprocess(out: str, docs: list[dict], cfg: preprocessing.PreprocessConfig) -> dict:
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+
+    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=out + "/tmp"):
+        r = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out)
+        write_partial_stats(r.stats, p | "NoDead" >> beam.Create([{}]), out + "/tmp")
+    stats = finalize_stats(out, config=cfg, counters={})
+    with open(out + "/" + C.PREPROCESS_CONFIG_FILE, "w") as f:
+        f.write(cfg.to_json())
+    shutil.rmtree(out + "/tmp")
+    return stats
+
+
+def _randomize(model, seed: int) -> None:
+    """Larger random weights so probabilities spread over (0, 1) and differ per text."""
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [
+            (rng.standard_normal(w.shape) * (1.5 / np.sqrt(w.shape[0]) if w.ndim == 2 else 0.5)).astype(np.float32)
+            for w in model.get_weights()
+        ]
+    )
+
+
+def _corpus_rows(seed: int) -> tuple[list[dict], list[list[str]]]:
+    """Valid labelled documents of very different lengths, plus malformed CSV rows."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(70):
+        n = rng.choice([1, 2, 5, 9, 20, 40]) if i % 10 else 400  # a few long reviews
+        docs.append({"id": f"r{i:03d}", "text": _text(rng, n), "label": str(i % 2)})
+    docs.append({"id": "unknown_class", "text": "good film", "label": "7"})  # a document, but not a model class
+    bad = [["bad1", "some text", "x"], ["bad2", "", "1"], ["bad3", "more text", ""]]
+    return docs, bad
+
+
+def _write_csv(path: Path, docs: list[dict], bad: list[list[str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        for i, d in enumerate(docs):
+            w.writerow([d["id"], d["text"], d["label"]])
+            if i % 25 == 3 and bad:
+                w.writerow(bad.pop())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    prep = str(root / "prep")
+    cfg = preprocessing.PreprocessConfig(vocab_size=50, min_frequency=1, eval_fraction=0.25)
+    vocab_size = _preprocess(prep, _docs(40, [0, 1], seed=1), cfg)["vocab_size_with_reserved"]
+    small = dict(vocab_size=vocab_size, embedding_dim=8, units=6, dense_units=5)
+    configs = {
+        "lstm": models.ModelConfig(kind="lstm", seed=1, **small),
+        "bilstm": models.ModelConfig(kind="bilstm", seed=2, **small),
+        # A 3-class model on the same ids (export accepts data with fewer classes).
+        "multi": models.ModelConfig(kind="lstm", num_classes=3, seed=3, **small),
+    }
+    dirs = {}
+    for i, (name, model_config) in enumerate(configs.items()):
+        model = models.build_classifier(model_config)
+        _randomize(model, seed=10 + i)
+        dirs[name] = str(root / "models" / name)
+        export.export_model(model, model_config, prep, dirs[name], {}, verify=False)
+    # Class names come from the preprocessing's string-label vocabulary in real runs;
+    # here the card is given names so that the label_name path is exercised without
+    # a second preprocessing run.
+    card_path = Path(dirs["multi"]) / C.MODEL_CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["label_names"] = ["neg", "neu", "pos"]
+    card_path.write_text(json.dumps(card))
+    docs, bad = _corpus_rows(seed=3)
+    corpus = root / "corpus.csv"
+    _write_csv(corpus, docs, list(bad))
+    return {"root": root, "dirs": dirs, "docs": docs, "bad": bad, "corpus": str(corpus)}
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_model(model_dir: str):
+    return tf.saved_model.load(os.path.join(model_dir, C.SAVED_MODEL_DIR))
+
+
+def in_process(model_dir: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: one direct call of the SavedModel's serving signature (loaded with plain TF)."""
+    out = _reference_model(model_dir).signatures["serving_default"](text=tf.constant(texts))
+    return out["probabilities"].numpy(), out["label"].numpy()
+
+
+# --- Reading outputs back ----------------------------------------------------------------
+
+
+def _shards(prefix: str, ext: str) -> list[str]:
+    files = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-*.{ext}"))
+    assert files, f"no {ext} shards for {prefix}"
+    return files
+
+
+def read_jsonl(prefix: str) -> list[dict]:
+    return [json.loads(line) for path in _shards(prefix, "jsonl") for line in open(path, encoding="utf-8")]
+
+
+def read_csv(prefix: str, columns: list[tuple[str, str]]) -> list[dict]:
+    kinds = dict(columns)
+    convert = {
+        "str": str,
+        "int": int,
+        "float": float,
+        "floats": json.loads,
+        "bool": lambda v: {"true": True, "false": False}[v],
+    }
+    rows = []
+    for path in _shards(prefix, "csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames == [name for name, _ in columns]
+            for row in reader:
+                rows.append({k: (None if v == "" else convert[kinds[k]](v)) for k, v in row.items()})
+    return rows
+
+
+def read_parquet(prefix: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [row for path in _shards(prefix, "parquet") for row in pq.read_table(path).to_pylist()]
+
+
+def read_tfrecord(prefix: str, columns: list[tuple[str, str]]) -> list[dict]:
+    rows = []
+    for raw in tf.data.TFRecordDataset(_shards(prefix, "tfrecord")):
+        features = tf.train.Example.FromString(raw.numpy()).features.feature
+        row = {}
+        for name, kind in columns:
+            if name not in features:
+                row[name] = None
+                continue
+            f = features[name]
+            if kind == "str":
+                row[name] = f.bytes_list.value[0].decode("utf-8")
+            elif kind == "int":
+                row[name] = int(f.int64_list.value[0])
+            elif kind == "bool":
+                row[name] = bool(f.int64_list.value[0])
+            elif kind == "float":
+                row[name] = float(f.float_list.value[0])
+            else:
+                row[name] = [float(v) for v in f.float_list.value]
+        rows.append(row)
+    return rows
+
+
+def read_dead(prefix: str) -> list[dict]:
+    files = sorted(glob.glob(f"{prefix}-dead_letter-*.jsonl"))
+    return [json.loads(line) for path in files for line in open(path, encoding="utf-8")]
+
+
+def run_score(env, name: str, *extra: str, models_=("lstm",)) -> tuple[str, dict]:
+    from pipelines import score
+
+    prefix = str(env["root"] / "out" / name / "scores")
+    argv = ["--model", *[env["dirs"][m] for m in models_], "--input", env["corpus"], "--format", "csv", "--id-column", "id",
+            "--output", prefix, *SMALL_BATCHES, *extra, "--runner=DirectRunner"]
+    return prefix, score.run(argv)
+
+
+def _by_id(records: list[dict]) -> dict[str, dict]:
+    out = {r["id"]: r for r in records}
+    assert len(out) == len(records), "duplicate ids in the output"
+    return out
+
+
+# --- Tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lstm_run(env):
+    return run_score(env, "lstm_jsonl")
+
+
+def test_scores_equal_in_process_savedmodel_and_ids_are_kept(env, lstm_run):
+    prefix, report = lstm_run
+    records = _by_id(read_jsonl(prefix))
+    docs = env["docs"]
+    assert sorted(records) == sorted(d["id"] for d in docs)
+    ids = [d["id"] for d in docs]
+    probs, labels = in_process(env["dirs"]["lstm"], [d["text"] for d in docs])
+    got = np.array([records[i]["probability"] for i in ids])
+    assert np.max(np.abs(got - probs)) <= TOL
+    assert [records[i]["label"] for i in ids] == labels.tolist()
+    assert {r["model"] for r in records.values()} == {"lstm"}
+    assert records["r001"]["true_label"] == 1 and records["unknown_class"]["true_label"] is None
+    assert set(records["r001"]) == {"id", "model", "probability", "label", "true_label"}
+    assert report["reconciled"] is True
+
+
+def test_dead_letters_and_counts_reconcile_for_malformed_rows(env, lstm_run):
+    prefix, report = lstm_run
+    dead = read_dead(prefix)
+    assert len(dead) == len(env["bad"]) == 3
+    assert {d["stage"] for d in dead} == {"read"}
+    assert sorted(d["reason"].split(":")[0] for d in dead) == ["empty_text", "invalid_label", "missing_label"]
+    n = len(env["docs"])
+    assert report["rows_in"] == n + 3 == report["scored"] + report["dead_lettered"]
+    assert report["documents_in"] == report["scored"] == n
+    summary = json.loads(Path(prefix + "-summary.json").read_text())
+    assert summary["rows_in"] == n + 3 and summary["documents"] == n and summary["dead_lettered"] == 3
+    assert summary["dead_letter_by_stage_and_reason"] == {
+        "read": {"empty_text": 1, "invalid_label": 1, "missing_label": 1}
+    }
+    assert summary["counters"]["reconciled"] is True
+
+
+def _numpy_metrics(records: list[dict], prob_key: str, label_key: str, k: int) -> dict:
+    known = [r for r in records if r["true_label"] is not None]
+    true = np.array([r["true_label"] for r in known])
+    pred = np.array([r[label_key] for r in known])
+    confusion = np.zeros((k, k), int)
+    np.add.at(confusion, (true, pred), 1)
+    out = {"accuracy": float(np.mean(true == pred)), "confusion": confusion.tolist(), "labelled": len(known)}
+    if k == 2:
+        scores = np.array([r[prob_key] for r in known], np.float64)
+        pos, neg = np.sort(scores[true == 1]), np.sort(scores[true == 0])
+        lower = np.searchsorted(neg, pos, side="left")
+        upper = np.searchsorted(neg, pos, side="right")
+        out["auc"] = float(np.sum(lower + 0.5 * (upper - lower)) / (len(pos) * len(neg)))
+    return out
+
+
+def test_summary_metrics_equal_numpy(env, lstm_run):
+    prefix, _ = lstm_run
+    records = read_jsonl(prefix)
+    summary = json.loads(Path(prefix + "-summary.json").read_text())
+    expected = _numpy_metrics(records, "probability", "label", 2)
+    got = summary["models"]["lstm"]
+    assert summary["labelled"] == expected["labelled"] == len(records) - 1
+    assert summary["unknown_label"] == 1
+    assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert got["confusion"] == expected["confusion"]
+    assert got["auc"] == pytest.approx(expected["auc"], abs=1e-12)
+    assert got["auc_method"] == "exact" and got["auc_max_error"] == 0.0
+    assert got["true_label_counts"] == np.sum(expected["confusion"], axis=1).tolist()
+    assert sum(got["predicted_label_counts"]) == len(records)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "tfrecord"])
+def test_every_output_format_reads_back(env, lstm_run, fmt):
+    reference = _by_id(read_jsonl(lstm_run[0]))
+    prefix, _ = run_score(env, f"lstm_{fmt}", "--output-format", fmt)
+    columns = inference.score_columns(inference.resolve_models(env["dirs"]["lstm"]), labelled=True)
+    rows = {"csv": lambda: read_csv(prefix, columns), "parquet": lambda: read_parquet(prefix),
+            "tfrecord": lambda: read_tfrecord(prefix, columns)}[fmt]()
+    got = _by_id(rows)
+    assert sorted(got) == sorted(reference)
+    for doc_id, ref in reference.items():
+        row = got[doc_id]
+        assert set(row) == set(ref) | {"true_label"}
+        assert row["label"] == ref["label"] and row["model"] == ref["model"]
+        assert row["true_label"] == ref["true_label"]
+        assert abs(row["probability"] - ref["probability"]) <= TOL
+
+
+def test_both_models_side_by_side_with_agreement(env):
+    prefix, report = run_score(env, "both", models_=("bilstm", "lstm"))
+    records = _by_id(read_jsonl(prefix))
+    docs = env["docs"]
+    ids, texts = [d["id"] for d in docs], [d["text"] for d in docs]
+    assert sorted(records) == sorted(ids)
+    for name in ("bilstm", "lstm"):
+        probs, labels = in_process(env["dirs"][name], texts)
+        got = np.array([records[i][f"{name}_probability"] for i in ids])
+        assert np.max(np.abs(got - probs)) <= TOL
+        assert [records[i][f"{name}_label"] for i in ids] == labels.tolist()
+    agree = [records[i]["bilstm_label"] == records[i]["lstm_label"] for i in ids]
+    assert [records[i]["agreement"] for i in ids] == agree
+    assert 0 < sum(agree) < len(agree), "random models should disagree somewhere"
+    summary = report["summary"]
+    assert summary["agreements"] == sum(agree)
+    assert summary["agreement"] == pytest.approx(sum(agree) / len(agree))
+    for name in ("bilstm", "lstm"):
+        expected = _numpy_metrics(list(records.values()), f"{name}_probability", f"{name}_label", 2)
+        assert summary["models"][name]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+        assert summary["models"][name]["auc"] == pytest.approx(expected["auc"], abs=1e-12)
+        assert summary["models"][name]["confusion"] == expected["confusion"]
+
+
+# A test-only handler whose model raises on a poison text (RunInference's DLQ path).
+class _PoisonModels:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def predict(self, texts):
+        if any(POISON in t for t in texts):
+            raise ValueError("poisoned text")
+        return self._inner.predict(texts)
+
+
+class PoisonHandler(inference.ClassifierModelHandler):
+    def load_model(self):
+        return _PoisonModels(super().load_model())
+
+
+def _score_in_pipeline(out_dir: Path, docs_or_corpus, model_dirs, **kwargs):
+    """Runs ScoreCorpus in a DirectRunner pipeline; returns (records, dead letters, summary, counters)."""
+    import apache_beam as beam
+
+    from beam_rnn.io import WriteJsonLines
+    from beam_rnn.runtime import counters
+
+    if not isinstance(docs_or_corpus, list):
+        kwargs["corpus"] = docs_or_corpus
+    transform = inference.ScoreCorpus(models=model_dirs, **kwargs)
+    prefix = str(out_dir / "s")
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p:
+        if isinstance(docs_or_corpus, list):
+            result = p | beam.Create(docs_or_corpus) | transform
+        else:
+            result = p | transform
+        _ = result.scores | "W" >> inference.WriteScores(prefix, output_format="jsonl", columns=transform.columns)
+        _ = result.dead_letter | "D" >> WriteJsonLines(prefix + "-dead_letter")
+        if result.summary is not None:
+            _ = inference.write_summary(result.summary, prefix)
+    summary_path = Path(prefix + "-summary.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return read_jsonl(prefix), read_dead(prefix), summary, counters(p.result, inference.METRICS_NAMESPACE)
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_inference_failure_is_dead_lettered_and_counts_reconcile(env, tmp_path, retry):
+    from beam_rnn.io import ReadCorpus
+
+    poisoned = list(env["docs"])
+    poisoned[10] = dict(poisoned[10], text=f"good {POISON} movie")
+    path = env["root"] / f"poison_{retry}.csv"
+    _write_csv(path, poisoned, list(env["bad"]))
+    records, dead, summary, counts = _score_in_pipeline(
+        tmp_path, ReadCorpus(str(path), format="csv", id_column="id"), env["dirs"]["lstm"],
+        handler_class=PoisonHandler, min_batch_size=4, max_batch_size=4, sort_buffer=0,
+        retry_failed_batches=retry,
+    )
+    failed = [d for d in dead if d["stage"] == "score"]
+    assert all(d["reason"].startswith("inference_failed: ValueError: poisoned text") for d in failed)
+    assert poisoned[10]["id"] in {d["source"] for d in failed}
+    if retry:  # the rest of the poisoned batch was scored one by one
+        assert [d["source"] for d in failed] == [poisoned[10]["id"]]
+        assert counts["retried_singly"] == 4 and counts["failed_batches"] == 2
+    else:  # the whole batch (4 documents) is dead-lettered, saying so
+        assert len(failed) == 4 and counts["failed_batches"] == 1
+        assert all(d["reason"].endswith("(in a batch of 4 documents that failed together)") for d in failed)
+        assert all(d["row"] == next(p["text"] for p in poisoned if p["id"] == d["source"]) for d in failed)
+    scored_ids = {r["id"] for r in records}
+    assert scored_ids | {d["source"] for d in failed} == {d["id"] for d in poisoned}
+    assert not scored_ids & {d["source"] for d in failed}
+    n = len(poisoned)
+    assert counts["documents_in"] == n == counts["scored"] + counts["dead_letter"]
+    assert counts["scored"] == len(records) and counts["dead_letter"] == len(failed)
+    assert summary["rows_in"] == n + 3 == summary["documents"] + summary["dead_lettered"]
+    assert summary["dead_letter_by_stage_and_reason"]["score"] == {"inference_failed": len(failed)}
+    # Scores of the documents that were retried alone equal the in-process model.
+    by_id = _by_id(records)
+    texts = [d["text"] for d in poisoned if d["id"] in by_id]
+    probs, _ = in_process(env["dirs"]["lstm"], texts)
+    got = np.array([by_id[d["id"]]["probability"] for d in poisoned if d["id"] in by_id])
+    assert np.max(np.abs(got - probs)) <= TOL
+
+
+def test_multiclass_probabilities_label_names_and_invalid_documents(env, tmp_path):
+    rng = random.Random(5)
+    names = ["neg", "neu", "pos"]
+    docs = [{"id": f"m{i}", "text": _text(rng, rng.randint(0, 30)), "label": names[i % 3]} for i in range(30)]
+    docs.append({"id": "other", "text": "good", "label": "meh"})  # not a class: true_label None
+    invalid = [{"id": "", "text": "no id"}, {"id": "no_text", "text": None}, {"id": 5, "text": "int id"}]
+    records, dead, summary, counts = _score_in_pipeline(
+        tmp_path, docs + invalid, env["dirs"]["multi"], min_batch_size=2, max_batch_size=7, sort_buffer=5
+    )
+    by_id = _by_id(records)
+    probs, labels = in_process(env["dirs"]["multi"], [d["text"] for d in docs])
+    got = np.array([by_id[d["id"]]["probability"] for d in docs])
+    assert got.shape == (len(docs), 3)
+    assert np.max(np.abs(got - probs)) <= TOL
+    for d, label in zip(docs, labels.tolist()):
+        r = by_id[d["id"]]
+        assert r["label"] == label and r["label_name"] == names[label]
+        assert r["true_label"] == (names.index(d["label"]) if d["label"] in names else None)
+    assert sorted(d["reason"].split(":")[0] for d in dead) == ["invalid_document"] * 3
+    assert counts["documents_in"] == len(docs) + 3 == counts["scored"] + counts["dead_letter"]
+    expected = _numpy_metrics(records, "probability", "label", 3)
+    assert summary["label_names"] == names
+    assert summary["models"]["lstm"]["confusion"] == expected["confusion"]
+    assert summary["models"]["lstm"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert "auc" not in summary["models"]["lstm"]
+
+
+def test_handler_makes_one_serving_call_per_batch(env):
+    handler = inference.ClassifierModelHandler(env["dirs"]["lstm"], min_batch_size=3, max_batch_size=9)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 3, "max_batch_size": 9}
+    assert handler.share_model_across_processes() is False and handler.model_copies() == 1
+    shared = inference.ClassifierModelHandler(env["dirs"]["lstm"], share_model_across_processes=True)
+    assert shared.share_model_across_processes() is True
+    copies = inference.ClassifierModelHandler(env["dirs"]["lstm"], model_copies=2)
+    assert copies.share_model_across_processes() is True and copies.model_copies() == 2
+    model = handler.load_model()
+    again = handler.load_model()
+    assert model._models[0] is again._models[0], "one SavedModel per process"
+    loaded = model._models[0]
+    calls = []
+    serve = loaded.serve
+
+    def counting(**kwargs):
+        calls.append(kwargs["text"].shape[0])
+        return serve(**kwargs)
+
+    texts = [d["text"] for d in env["docs"][:7]]
+    loaded.serve = counting
+    try:
+        results = list(handler.run_inference(texts, model))
+    finally:
+        loaded.serve = serve
+    assert calls == [7]
+    probs, labels = in_process(env["dirs"]["lstm"], texts)
+    assert [r.example for r in results] == texts
+    assert np.max(np.abs(np.array([r.inference[0][0] for r in results]) - probs)) <= TOL
+    assert [r.inference[0][1] for r in results] == labels.tolist()
+    assert all(type(r.inference[0][0]) is float and type(r.inference[0][1]) is int for r in results)
+
+
+def test_auc_histogram_mode_is_bounded_and_within_its_error_bound():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 5000)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
+    scores[:50] = 0.5  # ties
+    info = inference.ModelInfo(name="m", model_dir="unused", kind="lstm", num_classes=2)
+    records = [{"probability": float(s), "label": int(s > 0.5), "true_label": int(t)} for s, t in zip(scores, labels)]
+    pos, neg = np.sort(scores[labels == 1]).astype(np.float64), np.sort(scores[labels == 0]).astype(np.float64)
+    lo, hi = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")
+    exact = float(np.sum(lo + 0.5 * (hi - lo)) / (len(pos) * len(neg)))
+
+    def combine(fn):
+        accs = []
+        for part in (records[:1000], records[1000:3500], records[3500:]):
+            acc = fn.create_accumulator()
+            for r in part:
+                acc = fn.add_input(acc, r)
+            accs.append(acc)
+        return fn.extract_output(fn.merge_accumulators(accs))["models"]["m"]
+
+    full = combine(inference.ScoreSummaryFn([info]))
+    assert full["auc_method"] == "exact" and full["auc"] == pytest.approx(exact, abs=1e-12)
+    coarse = combine(inference.ScoreSummaryFn([info], auc_max_bins=64))
+    assert coarse["auc_method"] == "histogram" and coarse["auc_bins"] <= 64
+    assert 0 < coarse["auc_max_error"] < 0.05
+    assert abs(coarse["auc"] - exact) <= coarse["auc_max_error"]
+    assert coarse["positives"] + coarse["negatives"] == len(records)
+
+
+def test_resolve_models_names_and_errors(env, tmp_path):
+    infos = inference.resolve_models([env["dirs"]["lstm"], env["dirs"]["bilstm"], env["dirs"]["lstm"]])
+    assert [i.name for i in infos] == ["lstm", "bilstm", "lstm_2"]
+    named = inference.resolve_models([f"fast={env['dirs']['lstm']}", env["dirs"]["lstm"]])
+    assert [i.name for i in named] == ["fast", "lstm"]
+    with pytest.raises(inference.ModelDirError, match="do not share classes"):
+        inference.resolve_models([env["dirs"]["lstm"], env["dirs"]["multi"]])
+    broken = tmp_path / "broken"
+    shutil.copytree(env["dirs"]["lstm"], broken)
+    (broken / C.MODEL_CARD_FILE).write_text("{not json")
+    with pytest.raises(inference.ModelDirError, match="Corrupt model card"):
+        inference.resolve_models(str(broken))
+
+
+def test_missing_or_corrupt_model_dir_exits_2_before_the_pipeline(env, tmp_path, capsys):
+    from pipelines import score
+
+    # A missing directory, in-process: argparse's exit 2 with one message, nothing written.
+    out = tmp_path / "out_missing" / "scores"
+    with pytest.raises(SystemExit) as exc:
+        score.run(["--model", str(tmp_path / "no_such_model"), "--input", env["corpus"], "--format", "csv",
+                   "--output", str(out), "--runner=DirectRunner"])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "no_such_model does not exist" in errors[0]
+    assert not out.parent.exists()
+
+    # A corrupt SavedModel (valid card), as a user runs it: a subprocess.
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(env["dirs"]["lstm"], corrupt)
+    (corrupt / C.SAVED_MODEL_DIR / "saved_model.pb").write_bytes(b"\x00garbage, not a SavedModel")
+    envv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    envv.update(PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    out = tmp_path / "out_corrupt" / "scores"
+    proc = subprocess.run(
+        [PYTHON, "-m", "pipelines.score", "--model", str(corrupt), "--input", env["corpus"], "--format", "csv",
+         "--id-column", "id", "--output", str(out), "--runner=DirectRunner"],
+        cwd=REPO_ROOT, env=envv, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, f"rc={proc.returncode}\n{proc.stderr[-3000:]}"
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "cannot be loaded" in errors[0] and str(corrupt) in errors[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not out.parent.exists(), "the pipeline must not have started"
