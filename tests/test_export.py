@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -29,11 +28,14 @@ import tf_keras as keras
 
 from beam_rnn import constants as C
 from beam_rnn import export, models, preprocessing, rnn_step
+from tests.helpers import preprocess_docs as _preprocess
+from tests.helpers import randomize_weights as _randomize
+from tests.helpers import synthetic_docs as _docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-WORDS = "good great fine bad awful poor movie film plot actor the a and of".split()
+from tests.helpers import WORDS  # noqa: E402
 
 # Raw texts every export is checked on: empty, OOV words, tags, punctuation, case,
 # a long text (beyond max_tokens of the 3-class preprocessing), a lone OOV word.
@@ -50,42 +52,6 @@ TEXTS = [
 
 SERVE_TOL = 1e-6
 STEP_TOL = 1e-5
-
-
-def _docs(n: int, labels: list, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        k = rng.randint(0, 12)
-        text = " ".join(rng.choice(WORDS) for _ in range(k))
-        docs.append({"id": f"doc{i}", "text": text.capitalize() + ".<br />", "label": labels[i % len(labels)]})
-    return docs
-
-
-def _preprocess(out: str, docs: list[dict], cfg: preprocessing.PreprocessConfig) -> dict:
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-
-    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
-
-    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=out + "/tmp"):
-        r = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out)
-        write_partial_stats(r.stats, p | "NoDead" >> beam.Create([{}]), out + "/tmp")
-    stats = finalize_stats(out, config=cfg, counters={})
-    with open(out + "/" + C.PREPROCESS_CONFIG_FILE, "w") as f:
-        f.write(cfg.to_json())
-    shutil.rmtree(out + "/tmp")
-    return stats
-
-
-def _randomize(model: keras.Model, seed: int) -> None:
-    """Larger random weights so probabilities are far from 0.5 and differ per text."""
-    rng = np.random.default_rng(seed)
-    new = []
-    for w in model.get_weights():
-        scale = 1.5 / np.sqrt(w.shape[0]) if w.ndim == 2 else 0.5
-        new.append((rng.standard_normal(w.shape) * scale).astype(np.float32))
-    model.set_weights(new)
 
 
 def _tft_ids(transformed_dir: str, texts: list[str]) -> np.ndarray:

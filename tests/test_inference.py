@@ -25,10 +25,13 @@ import tensorflow as tf
 
 from beam_rnn import constants as C
 from beam_rnn import export, inference, models, preprocessing
+from tests.helpers import preprocess_docs as _preprocess
+from tests.helpers import randomize_weights as _randomize
+from tests.helpers import synthetic_docs as _docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-WORDS = "good great fine bad awful poor movie film plot actor the a and of".split()
+from tests.helpers import WORDS  # noqa: E402
 TOL = 1e-6
 POISON = "POISONPILL"
 SMALL_BATCHES = ["--min-batch-size", "3", "--max-batch-size", "5", "--sort-buffer", "16"]
@@ -39,38 +42,6 @@ SMALL_BATCHES = ["--min-batch-size", "3", "--max-batch-size", "5", "--sort-buffe
 
 def _text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words)).capitalize() + ".<br />"
-
-
-def _docs(n: int, labels: list, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [{"id": f"doc{i}", "text": _text(rng, rng.randint(0, 12)), "label": labels[i % len(labels)]} for i in range(n)]
-
-
-def _preprocess(out: str, docs: list[dict], cfg: preprocessing.PreprocessConfig) -> dict:
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-
-    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
-
-    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=out + "/tmp"):
-        r = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out)
-        write_partial_stats(r.stats, p | "NoDead" >> beam.Create([{}]), out + "/tmp")
-    stats = finalize_stats(out, config=cfg, counters={})
-    with open(out + "/" + C.PREPROCESS_CONFIG_FILE, "w") as f:
-        f.write(cfg.to_json())
-    shutil.rmtree(out + "/tmp")
-    return stats
-
-
-def _randomize(model, seed: int) -> None:
-    """Larger random weights so probabilities spread over (0, 1) and differ per text."""
-    rng = np.random.default_rng(seed)
-    model.set_weights(
-        [
-            (rng.standard_normal(w.shape) * (1.5 / np.sqrt(w.shape[0]) if w.ndim == 2 else 0.5)).astype(np.float32)
-            for w in model.get_weights()
-        ]
-    )
 
 
 def _corpus_rows(seed: int) -> tuple[list[dict], list[list[str]]]:

@@ -23,6 +23,7 @@ import tensorflow as tf
 from beam_rnn import constants as C
 from beam_rnn import trainer
 from beam_rnn.trainer import TrainConfig, TrainerInputError
+from tests.helpers import preprocess_docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,18 +48,9 @@ def _documents(n: int, num_classes: int, seed: int) -> list[dict]:
 
 
 def _preprocess(out: str, docs: list[dict]) -> str:
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-
     from beam_rnn.preprocessing import PreprocessConfig
-    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
 
-    cfg = PreprocessConfig(vocab_size=50, min_frequency=1, eval_fraction=0.25)
-    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=os.path.join(out, "tmp")):
-        r = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out)
-        write_partial_stats(r.stats, p | "NoDead" >> beam.Create([{}]), os.path.join(out, "tmp"))
-    finalize_stats(out, config=cfg, counters={})
-    Path(out, C.PREPROCESS_CONFIG_FILE).write_text(cfg.to_json())  # as pipelines.preprocess does
+    preprocess_docs(out, docs, PreprocessConfig(vocab_size=50, min_frequency=1, eval_fraction=0.25))
     return out
 
 
