@@ -741,6 +741,33 @@ REASON_GAP_EXPIRED = "gap_never_filled"
 DEFAULT_TTL_SECONDS = 3600.0
 DEFAULT_MAX_BUFFERED_EVENTS = 64
 DEFAULT_MAX_BUFFERED_CHARS = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """Per-stream state limits of `StreamPredictions` (validated once, shared with its DoFn).
+
+    Attributes:
+        ttl_seconds: Expire a stream idle for this many seconds of event time.
+        first_seq: Sequence number of each stream's first event.
+        max_buffered_events: Out-of-order events kept per stream.
+        max_buffered_chars: Text kept in those events per stream.
+        max_pending_chars: Characters of an unfinished word kept per stream.
+    """
+
+    ttl_seconds: float = DEFAULT_TTL_SECONDS
+    first_seq: int = 0
+    max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS
+    max_buffered_chars: int = DEFAULT_MAX_BUFFERED_CHARS
+    max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS
+
+    def __post_init__(self) -> None:
+        if not self.ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be > 0, got {self.ttl_seconds}")
+        if self.max_buffered_events < 0 or self.max_buffered_chars < 0:
+            raise ValueError("buffer limits must be >= 0")
+        if self.max_pending_chars < 1:
+            raise ValueError(f"max_pending_chars must be >= 1, got {self.max_pending_chars}")
 _MAX_DEAD_ROW_CHARS = 4000
 
 
@@ -861,24 +888,10 @@ class _StreamFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("stream", PickleCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        ttl_seconds: float = DEFAULT_TTL_SECONDS,
-        first_seq: int = 0,
-        max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
-        max_buffered_chars: int = DEFAULT_MAX_BUFFERED_CHARS,
-        max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS,
-        classifier: StreamingClassifier | None = None,
-    ) -> None:
+    def __init__(self, model_dir: str, config: StreamConfig, classifier: StreamingClassifier | None = None) -> None:
         self._model_dir = model_dir
-        self._ttl = Duration(micros=int(round(ttl_seconds * 1e6)))
-        self._ttl_seconds = ttl_seconds
-        self._first_seq = first_seq
-        self._max_events = max_buffered_events
-        self._max_chars = max_buffered_chars
-        self._max_pending = max_pending_chars
+        self._cfg = config
+        self._ttl = Duration(micros=int(round(config.ttl_seconds * 1e6)))
         self._clf = classifier
         self._c = {
             name: _counter(name)
@@ -900,14 +913,14 @@ class _StreamFn(beam.DoFn):
 
     def setup(self) -> None:
         if self._clf is None:
-            self._clf = StreamingClassifier.load(self._model_dir, max_pending_chars=self._max_pending)
+            self._clf = StreamingClassifier.load(self._model_dir, max_pending_chars=self._cfg.max_pending_chars)
 
     # --- helpers ------------------------------------------------------------------
     def _new_record(self) -> dict[str, Any]:
         self._c["streams_started"].inc()
         return {
             "status": _OPEN,
-            "next_seq": self._first_seq,
+            "next_seq": self._cfg.first_seq,
             "stream": self._clf.start().to_record(),
             "early": {},
             "early_chars": 0,
@@ -1006,7 +1019,7 @@ class _StreamFn(beam.DoFn):
         if seq < record["next_seq"] or seq in record["early"]:
             self._c["events_duplicate"].inc()
         elif seq > record["next_seq"]:
-            if len(record["early"]) >= self._max_events or record["early_chars"] + len(text) > self._max_chars:
+            if len(record["early"]) >= self._cfg.max_buffered_events or record["early_chars"] + len(text) > self._cfg.max_buffered_chars:
                 self._c["dead_lettered"].inc()
                 out.append(
                     _dead(
@@ -1015,7 +1028,7 @@ class _StreamFn(beam.DoFn):
                         REASON_BUFFER_OVERFLOW,
                         f"waiting for seq {record['next_seq']}; early-event buffer full "
                         f"({len(record['early'])} events / {record['early_chars']} chars; limits "
-                        f"{self._max_events} / {self._max_chars})",
+                        f"{self._cfg.max_buffered_events} / {self._cfg.max_buffered_chars})",
                     )
                 )
             else:
@@ -1053,9 +1066,9 @@ class _StreamFn(beam.DoFn):
         out: list[Any] = []
         stream = StreamState.from_record(record["stream"], self._clf.num_state_arrays)
         predictions, stream = self._clf.finish(stream)
-        last_seq = record["next_seq"] - 1 if record["next_seq"] > self._first_seq else None
+        last_seq = record["next_seq"] - 1 if record["next_seq"] > self._cfg.first_seq else None
         out.extend(self._token_records(key, last_seq, predictions))
-        reason = f"idle: no event for {self._ttl_seconds:g} s (stream-ttl)"
+        reason = f"idle: no event for {self._cfg.ttl_seconds:g} s (stream-ttl)"
         if record["early"]:
             reason += f"; seq {record['next_seq']} never arrived ({len(record['early'])} later events dead-lettered)"
         out.append(self._final_record(key, last_seq, stream, expired=True, reason=reason))
@@ -1102,12 +1115,8 @@ class StreamPredictions(beam.PTransform):
         use_event_ts: bool = True,
     ) -> None:
         super().__init__()
-        if ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
-        if max_buffered_events < 0 or max_buffered_chars < 0:
-            raise ValueError("buffer limits must be >= 0")
         self._model_dir = model_dir
-        self._kwargs = dict(
+        self._config = StreamConfig(
             ttl_seconds=ttl_seconds,
             first_seq=first_seq,
             max_buffered_events=max_buffered_events,
@@ -1123,7 +1132,7 @@ class StreamPredictions(beam.PTransform):
             DEAD_LETTER_TAG, main=PREDICTIONS_TAG
         )
         keyed = parsed[PREDICTIONS_TAG]
-        predicted = keyed | "Predict" >> beam.ParDo(_StreamFn(self._model_dir, **self._kwargs)).with_input_types(
+        predicted = keyed | "Predict" >> beam.ParDo(_StreamFn(self._model_dir, self._config)).with_input_types(
             tuple[str, dict[str, Any]]
         ).with_outputs(
             DEAD_LETTER_TAG, main=PREDICTIONS_TAG

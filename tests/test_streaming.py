@@ -620,3 +620,13 @@ def test_mirror_matches_graph_on_every_imdb_training_review(exported):
                 if name == "lstm" and streaming.tokenize(text) != [t.decode("utf-8") for t in graph_tokens[i]]:
                     mismatches.append((start + i, "tokens"))
         assert not mismatches, f"{name}: {len(mismatches)} mismatches, first {mismatches[:5]}"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"ttl_seconds": 0}, {"max_buffered_events": -1}, {"max_buffered_chars": -1}, {"max_pending_chars": 0}]
+)
+def test_stream_predictions_rejects_bad_limits_before_running(kwargs):
+    # One validated config is shared by the transform and its DoFn: bad limits fail at construction.
+    with pytest.raises(ValueError):
+        streaming.StreamPredictions("/nonexistent-model", **kwargs)
+
