@@ -6,6 +6,12 @@ its vocabulary, OOV ids removed (ours removes them in the Beam stage, gensim get
 sentences without them).  Same dim, window, negatives, sample, epochs, min_count,
 CBOW with mean (gensim sg=0, cbow_mean=1), gensim with 2 worker threads (2 cores).
 
+Every measurement is repeated for each of --seeds (default 1 2 3: our example draws,
+initialisation, shuffling and negatives; gensim's seed; the classifier's seed) and
+summarised as mean, standard deviation and range: one seed's WordSim-353 moves by
+~0.01 between seeds or even between reruns (gensim with 2 threads is not
+deterministic), the same size as the goal's margin.
+
 Measured:
 * WordSim-353 and SimLex-999 Spearman, Google analogy accuracy (3CosAdd) — the
   same evaluation code (beam_rnn.embeddings) for both vector sets; gensim's own
@@ -14,9 +20,10 @@ Measured:
   seconds, for each, and the ratio; ours also with the Beam stage included;
 * optionally (on by default, --skip-sst2 to skip): SST-2 dev accuracy of the
   BiLSTM classifier (beam_rnn.trainer) without and with warm start from our vectors
-  (fine-tuned and frozen) and from gensim's vectors.
+  (fine-tuned, fine-tuned after rescaling, frozen) and from gensim's vectors, with
+  the trainer's --pretrained-embeddings options (seed s's vectors for classifier seed s).
 
-    python benchmarks/embeddings.py [--epochs 5] [--work runs/bench_embeddings] [--skip-sst2]
+    python benchmarks/embeddings.py [--epochs 5] [--seeds 1 2 3] [--work runs/bench_embeddings] [--skip-sst2]
 
 Needs the `bench` extra (gensim).  Prints one JSON summary (also WORK/summary.json).
 """
@@ -24,7 +31,6 @@ Needs the `bench` extra (gensim).  Prints one JSON summary (also WORK/summary.js
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import glob
 import json
@@ -131,53 +137,44 @@ def sst2_prep(work: str) -> str:
     return out
 
 
-@contextlib.contextmanager
-def warm_started_classifiers(vectors_path: str | None, prep: str, freeze: bool, info: dict, rescale: bool = False):
-    """Make beam_rnn.trainer build warm-started classifiers (what --pretrained-embeddings will wire)."""
-    from beam_rnn import models
-    from beam_rnn.embeddings import warm_start_from_file
-
-    original = models.build_classifier
-    if vectors_path is None:
-        yield
-        return
-
-    def build(config, *a, **kw):
-        model = original(config, *a, **kw)
-        info.update(warm_start_from_file(model, vectors_path, prep, freeze=freeze, rescale=rescale))
-        return model
-
-    models.build_classifier = build
-    try:
-        yield
-    finally:
-        models.build_classifier = original
+SST2_ARMS = {
+    # name: (vectors: "ours" | "gensim" | None, freeze, rescale)
+    "random_init": (None, False, False),
+    "warm_ours": ("ours", False, False),
+    "warm_ours_rescaled": ("ours", False, True),
+    "warm_ours_frozen": ("ours", True, False),
+    "warm_gensim": ("gensim", False, False),
+}
 
 
-def run_sst2(args, work: str, ours_vectors: str, gensim_vectors: str) -> dict:
+def run_sst2(args, prep: str, work: str, seed: int, vectors: dict[str, str]) -> dict:
+    """SST-2 dev accuracy of the BiLSTM for every arm of SST2_ARMS (classifier seed `seed`)."""
     from beam_rnn import trainer
 
-    prep = sst2_prep(work)
-    arms = {
-        "random_init": (None, False, False),
-        "warm_ours": (ours_vectors, False, False),
-        "warm_ours_rescaled": (ours_vectors, False, True),
-        "warm_ours_frozen": (ours_vectors, True, False),
-        "warm_gensim": (gensim_vectors, False, False),
-    }
     results = {}
-    for name, (vectors, freeze, rescale) in arms.items():
+    for name, (source, freeze, rescale) in SST2_ARMS.items():
         config = trainer.TrainConfig(kinds=("bilstm",), epochs=args.sst2_epochs, embedding_dim=args.dim,
-                                     seed=args.seed, early_stopping_patience=1, verbose=0)
-        info: dict = {}
-        with warm_started_classifiers(vectors, prep, freeze, info, rescale):
-            res = trainer.train(prep, os.path.join(work, "sst2_models", name), config, kind="bilstm")
+                                     seed=seed, early_stopping_patience=1, verbose=0,
+                                     pretrained_embeddings=vectors[source] if source else None,
+                                     freeze_embeddings=freeze, rescale_pretrained=rescale)
+        res = trainer.train(prep, os.path.join(work, f"seed{seed}", name), config, kind="bilstm")
         m = res["metrics"]
         results[name] = {"dev_accuracy": round(m["accuracy"], 4), "dev_loss": round(m["loss"], 4),
                          "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                         "train_seconds": m["train_seconds"], **({"warm_start": info} if info else {})}
-        logging.info("SST-2 %s: %s", name, results[name])
+                         "train_seconds": m["train_seconds"],
+                         **({"warm_start": m["warm_start"]} if m.get("warm_start") else {})}
+        logging.info("SST-2 seed %d %s: %s", seed, name, results[name])
     return results
+
+
+def spread(values: list[float], digits: int = 4) -> dict:
+    """mean, sample standard deviation, min, max and the values themselves."""
+    import statistics
+
+    return {"mean": round(statistics.fmean(values), digits),
+            "std": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
+            "min": round(min(values), digits), "max": round(max(values), digits),
+            "values": [round(v, digits) for v in values]}
 
 
 def main(argv=None) -> int:
@@ -192,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--negatives", type=int, default=5)
     parser.add_argument("--sample", type=float, default=1e-3)
     parser.add_argument("--min-count", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="One full comparison per seed.")
     parser.add_argument("--gensim-workers", type=int, default=2)
     parser.add_argument("--skip-sst2", action="store_true", help="Skip the SST-2 warm-start comparison.")
     parser.add_argument("--sst2-epochs", type=int, default=4)
@@ -200,6 +197,12 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.INFO)
     if not os.path.isdir(args.prep):
         parser.error(f"--prep {args.prep!r} does not exist (run pipelines.preprocess first)")
+    if not os.path.isdir(args.eval_data):
+        parser.error(f"--eval-data {args.eval_data!r} does not exist")
+    if not args.skip_sst2 and not (SHARED / "sst2").is_dir():
+        parser.error(f"{SHARED / 'sst2'} does not exist (or pass --skip-sst2)")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must be distinct")
     try:
         import gensim  # noqa: F401
     except ImportError:
@@ -210,50 +213,73 @@ def main(argv=None) -> int:
 
     sentences, docs = corpus_sentences(args.prep, args.splits)
     corpus_words = sum(len(s) for s in sentences)
-    gensim_res = run_gensim(args, sentences, os.path.join(args.work, "gensim"))
+    sst2 = None if args.skip_sst2 else sst2_prep(args.work)
+    runs = []
+    for seed in args.seeds:
+        run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        gensim_res = run_gensim(run_args, sentences, os.path.join(args.work, f"gensim_seed{seed}"))
+        ours = run_ours(run_args, os.path.join(args.work, f"ours_seed{seed}"))
+        words_total = ours["corpus_words"] * args.epochs
+        run = {
+            "seed": seed,
+            "ours": {"evaluation": ours["evaluation"], "epoch_losses": [round(x, 4) for x in ours["epoch_losses"]],
+                     "beam_seconds": ours["beam_seconds"], "train_seconds": ours["train_seconds"],
+                     "read_seconds": ours["read_seconds"],
+                     "words_per_second": round(words_total / ours["train_seconds"]),
+                     "words_per_second_incl_beam": round(words_total / (ours["train_seconds"] + ours["beam_seconds"])),
+                     "exported_words": ours["exported_words"], "corpus_words": ours["corpus_words"]},
+            "gensim": {k: gensim_res[k] for k in ("evaluation", "gensim_own_wordsim353_spearman", "words",
+                                                  "build_vocab_seconds", "train_seconds", "raw_words_trained")}
+            | {"words_per_second": round(words_total / gensim_res["train_seconds"])},
+        }
+        if sst2:
+            run["sst2_bilstm"] = run_sst2(args, sst2, os.path.join(args.work, "sst2_models"), seed,
+                                          {"ours": os.path.join(args.work, f"ours_seed{seed}", "vectors.txt"),
+                                           "gensim": gensim_res["vectors"]})
+        runs.append(run)
+        logging.info("seed %d: %s", seed, json.dumps({k: run[k] for k in ("ours", "gensim")})[:2000])
     del sentences
-    ours = run_ours(args, os.path.join(args.work, "ours"))
 
-    words_total = ours["corpus_words"] * args.epochs
-    ours_wps = words_total / ours["train_seconds"]
-    gensim_wps = words_total / gensim_res["train_seconds"]
-    ours_ev, gen_ev = ours["evaluation"], gensim_res["evaluation"]
+    def metric(who: str, *path: str) -> list[float]:
+        out = []
+        for r in runs:
+            v = r[who]
+            for key in path:
+                v = v[key]
+            out.append(float(v))
+        return out
+
+    ws = {who: spread(metric(who, "evaluation", "wordsim353", "spearman")) for who in ("ours", "gensim")}
+    speed = {who: spread(metric(who, "words_per_second"), 0) for who in ("ours", "gensim")}
     summary = {
-        "corpus": {"prep": args.prep, "splits": args.splits, "documents": docs,
-                   "words_in_vocabulary": corpus_words, "words_trained_per_epoch_ours": ours["corpus_words"],
-                   "gensim_raw_words_per_epoch": gensim_res["raw_words_trained"] // args.epochs},
+        "corpus": {"prep": args.prep, "splits": args.splits, "documents": docs, "words_in_vocabulary": corpus_words},
         "settings": {k: getattr(args, k) for k in ("epochs", "dim", "window", "negatives", "sample", "min_count",
-                                                   "seed", "gensim_workers")},
-        "ours": {
-            "exported_words": ours["exported_words"],
-            "epoch_losses": [round(x, 4) for x in ours["epoch_losses"]],
-            "beam_seconds": ours["beam_seconds"],
-            "train_seconds": ours["train_seconds"],
-            "read_seconds": ours["read_seconds"],
-            "words_per_second": round(ours_wps),
-            "words_per_second_incl_beam": round(words_total / (ours["train_seconds"] + ours["beam_seconds"])),
-            "evaluation": ours_ev,
-        },
-        "gensim": {k: gensim_res[k] for k in ("words", "build_vocab_seconds", "train_seconds", "evaluation",
-                                              "gensim_own_wordsim353_spearman")}
-        | {"words_per_second": round(gensim_wps)},
+                                                   "seeds", "gensim_workers")},
         "comparison": {
-            "wordsim353_spearman": [ours_ev["wordsim353"]["spearman"], gen_ev["wordsim353"]["spearman"]],
-            "wordsim353_goal_met (ours >= gensim - 0.02)":
-                ours_ev["wordsim353"]["spearman"] >= gen_ev["wordsim353"]["spearman"] - 0.02,
-            "simlex999_spearman": [ours_ev["simlex999"]["spearman"], gen_ev["simlex999"]["spearman"]],
-            "analogy_accuracy": [ours_ev["analogy"]["accuracy"], gen_ev["analogy"]["accuracy"]],
-            "training_words_per_second": [round(ours_wps), round(gensim_wps)],
-            "speed_ratio_ours_over_gensim": round(ours_wps / gensim_wps, 3),
+            "wordsim353_spearman": ws,
+            "wordsim353_goal_met (mean ours >= mean gensim - 0.02)": ws["ours"]["mean"] >= ws["gensim"]["mean"] - 0.02,
+            "wordsim353_seeds_meeting_goal": sum(o >= g - 0.02 for o, g in zip(ws["ours"]["values"],
+                                                                                 ws["gensim"]["values"])),
+            "simlex999_spearman": {who: spread(metric(who, "evaluation", "simlex999", "spearman"))
+                                   for who in ("ours", "gensim")},
+            "analogy_accuracy": {who: spread(metric(who, "evaluation", "analogy", "accuracy"))
+                                 for who in ("ours", "gensim")},
+            "coverage": {name: runs[0]["ours"]["evaluation"][name]["coverage"]
+                         for name in ("wordsim353", "simlex999", "analogy")},
+            "training_words_per_second": speed,
+            "speed_ratio_ours_over_gensim (mean words/s)": round(speed["ours"]["mean"] / speed["gensim"]["mean"], 3),
+            "ours_words_per_second_incl_beam": spread(metric("ours", "words_per_second_incl_beam"), 0),
         },
+        "runs": runs,
     }
-    if not args.skip_sst2:
-        summary["sst2_bilstm"] = run_sst2(args, args.work, os.path.join(args.work, "ours", "vectors.txt"),
-                                          gensim_res["vectors"])
+    if sst2:
+        summary["comparison"]["sst2_dev_accuracy_bilstm"] = {
+            name: spread([r["sst2_bilstm"][name]["dev_accuracy"] for r in runs]) for name in SST2_ARMS
+        }
     text = json.dumps(summary, indent=2)
     with open(os.path.join(args.work, "summary.json"), "w") as f:
         f.write(text)
-    print(text)
+    print(json.dumps(summary["comparison"], indent=2))
     return 0
 
 

@@ -117,7 +117,7 @@ def test_beam_stage_produces_exactly_the_expected_examples(tmp_path):
         docs = p | beam.Create([_transformed_example(k, v) for k, v in DOCS.items()])
         res = docs | E.MakeCbowExamples(window=1, sample=0, seed=7, passes=1, min_count=1,
                                         dynamic_window=False, output_dir=out)
-        assert_that(res.examples[0] | beam.Map(E.decode_cbow_example), equal_to(expected))
+        assert_that(res.examples[0] | beam.FlatMap(E.decode_cbow_examples), equal_to(expected))
         assert_that(res.counts | beam.Map(lambda c: c.tolist()), equal_to([[0, 2, 1, 1, 3, 1, 1]]), label="counts")
     meta = E.read_meta(out)
     assert meta["examples_per_pass"] == [6] and meta["counts"].tolist() == [0, 2, 1, 1, 3, 1, 1]
@@ -132,9 +132,10 @@ def test_dofn_is_deterministic_per_document():
                              dynamic_window=True)
     doc = ("doc-1", np.array([2, 3, 4, 2, 5, 1, 6, 7, 8, 2, 3, 4, 5]))
     # Compared decoded: the encoder's feature-map order in the bytes is not fixed.
-    first = [(o.tag, E.decode_cbow_example(o.value)) for o in fn.process(doc, counts)]
-    again = [(o.tag, E.decode_cbow_example(o.value)) for o in fn.process(doc, counts)]
-    assert first == again and {t for t, _ in first} <= {"pass0", "pass1"}
+    first = [(o.tag, o.value[0], E.decode_cbow_examples(o.value[1])) for o in fn.process(doc, counts)]
+    again = [(o.tag, o.value[0], E.decode_cbow_examples(o.value[1])) for o in fn.process(doc, counts)]
+    assert first == again and {t for t, _, _ in first} <= {"pass0", "pass1"}
+    assert all(n == len(block) > 0 for _, n, block in first)
 
 
 # --- Training and export ------------------------------------------------------------
@@ -144,8 +145,26 @@ def _write_examples(path: str, contexts: np.ndarray, targets: np.ndarray) -> Non
     import tensorflow as tf
 
     with tf.io.TFRecordWriter(path, options="GZIP") as w:
-        for s in E.encode_cbow_examples(contexts, targets):
-            w.write(s)
+        for lo in range(0, len(targets), 7):  # blocks of 7 examples, like short documents
+            w.write(E.encode_cbow_block(contexts[lo:lo + 7], targets[lo:lo + 7]))
+
+
+
+def test_blocks_round_trip_and_load_in_record_order(tmp_path):
+    rng = np.random.default_rng(5)
+    ctx = rng.integers(0, 50, size=(23, 4))
+    tgt = rng.integers(2, 50, size=23)
+    back_ctx, back_tgt = E.decode_cbow_block(E.encode_cbow_block(ctx, tgt))
+    np.testing.assert_array_equal(back_ctx, ctx)
+    np.testing.assert_array_equal(back_tgt, tgt)
+    path = str(tmp_path / "blocks.tfrecord.gz")
+    _write_examples(path, ctx, tgt)  # 4 blocks of 7, 7, 7, 2 examples
+    loaded_ctx, loaded_tgt = E.load_cbow_examples([path], window=2)
+    np.testing.assert_array_equal(loaded_ctx, ctx)
+    np.testing.assert_array_equal(loaded_tgt, tgt)
+    assert E.count_examples([path]) == 23
+    with pytest.raises(ValueError):
+        E.encode_cbow_block(ctx[:3], tgt[:4])
 
 
 def _topic_corpus(rng, docs=150, length=30):
