@@ -20,7 +20,8 @@ Measured:
   seconds, for each, and the ratio; ours also with the Beam stage included;
 * optionally (on by default, --skip-sst2 to skip): SST-2 dev accuracy of the
   BiLSTM classifier (beam_rnn.trainer) without and with warm start from our vectors
-  (fine-tuned, fine-tuned after rescaling, frozen) and from gensim's vectors, with
+  (fine-tuned, fine-tuned after rescaling, frozen) and from gensim's vectors (raw and
+  rescaled), with
   the trainer's --pretrained-embeddings options (seed s's vectors for classifier seed s).
 
     python benchmarks/embeddings.py [--epochs 5] [--seeds 1 2 3] [--work runs/bench_embeddings] [--skip-sst2]
@@ -144,6 +145,7 @@ SST2_ARMS = {
     "warm_ours_rescaled": ("ours", False, True),
     "warm_ours_frozen": ("ours", True, False),
     "warm_gensim": ("gensim", False, False),
+    "warm_gensim_rescaled": ("gensim", False, True),
 }
 
 

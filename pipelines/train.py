@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="word2vec/GloVe text vectors (e.g. pipelines.embeddings OUTPUT/vectors.txt) that "
                         "initialise the Embedding; --embedding-dim must equal their width.")
     parser.add_argument("--freeze-embeddings", action="store_true", help="Keep the pretrained embedding fixed.")
-    parser.add_argument("--rescale-pretrained", action="store_true",
-                        help="Scale pretrained vectors to Keras' initial embedding size (similarities unchanged).")
+    parser.add_argument("--rescale-pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="Scale pretrained vectors to Keras' initial embedding size, similarities unchanged "
+                        "(default on: unscaled word2vec vectors lowered SST-2 dev accuracy, see benchmarks/RESULTS.md).")
     parser.add_argument("--skip-export", action="store_true", help="Train only; do not call the export step.")
     return parser
 

@@ -383,13 +383,42 @@ def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
         f"{w} {' '.join(repr(float(x)) for x in v)}\n" for w, v in vectors.items()))
     results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--model", "lstm",
                           "--epochs", "1", "--embedding-dim", "8", "--units", "8", "--dense-units", "8",
-                          "--pretrained-embeddings", str(path), "--freeze-embeddings", "--skip-export"])
+                          "--pretrained-embeddings", str(path), "--freeze-embeddings", "--no-rescale-pretrained",
+                          "--skip-export"])
     assert results["lstm"]["warm_start"]["matched"] == 5
     model, _ = trainer.load_trained_model(str(tmp_path / "out" / "lstm"))
     table = model.get_layer("embedding").get_weights()[0]
     num_oov = 1
     for i, word in enumerate(covered):
         np.testing.assert_array_equal(table[i + num_oov + 1], vectors[word])
+
+
+
+def test_warm_start_rescales_by_default(binary_dir, tmp_path):
+    """Default warm start: covered rows are the vectors times ONE factor, at Keras' initial RMS."""
+    from beam_rnn.transform import read_vocabulary
+    from pipelines import train as driver
+
+    vocab = read_vocabulary(binary_dir)
+    rng = np.random.default_rng(4)
+    covered = vocab[:6]
+    vectors = {w: rng.normal(scale=0.4, size=8).astype(np.float32) for w in covered}  # word2vec-sized
+    path = tmp_path / "vectors.txt"
+    path.write_text(f"{len(vectors)} 8\n" + "".join(
+        f"{w} {' '.join(repr(float(x)) for x in v)}\n" for w, v in vectors.items()))
+    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--model", "lstm",
+                          "--epochs", "1", "--embedding-dim", "8", "--units", "8", "--dense-units", "8",
+                          "--pretrained-embeddings", str(path), "--freeze-embeddings", "--skip-export"])
+    assert results["lstm"]["warm_start"]["rescaled"] is True
+    model, _ = trainer.load_trained_model(str(tmp_path / "out" / "lstm"))
+    table = model.get_layer("embedding").get_weights()[0]
+    rows = np.stack([table[i + 2] for i in range(len(covered))])
+    raw = np.stack([vectors[w] for w in covered])
+    factors = rows / raw
+    np.testing.assert_allclose(factors, factors.flat[0], rtol=1e-4)  # one factor: cosines unchanged
+    assert factors.flat[0] < 0.5  # shrunk towards Keras' uniform(+-0.05) rows
+    rest = np.delete(table, [0, 1] + [i + 2 for i in range(len(covered))], axis=0)
+    np.testing.assert_allclose(np.sqrt(np.mean(rows ** 2)), np.sqrt(np.mean(rest ** 2)), rtol=0.35)
 
 
 def test_cli_pretrained_dimension_mismatch_exits_2(binary_dir, tmp_path):
