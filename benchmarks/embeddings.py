@@ -21,8 +21,8 @@ Measured:
 * optionally (on by default, --skip-sst2 to skip): SST-2 dev accuracy of the
   BiLSTM classifier (beam_rnn.trainer) without and with warm start from our vectors
   (fine-tuned, fine-tuned after rescaling, frozen) and from gensim's vectors (raw and
-  rescaled), with
-  the trainer's --pretrained-embeddings options (seed s's vectors for classifier seed s).
+  rescaled), with the trainer's --pretrained-embeddings options (seed s's vectors for
+  classifier seed s).
 
     python benchmarks/embeddings.py [--epochs 5] [--seeds 1 2 3] [--work runs/bench_embeddings] [--skip-sst2]
 
