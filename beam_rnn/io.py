@@ -936,6 +936,7 @@ class ReadCorpus(beam.PTransform):
         label_type: str = LABEL_TYPE_INT,
         label_set: Sequence[str] | None = None,
         encoding: str = "utf-8",
+        reshuffle_documents: bool = True,
     ):
         """Validates the settings.
 
@@ -950,6 +951,11 @@ class ReadCorpus(beam.PTransform):
           label_type: ``"int"`` or ``"string"``.
           label_set: Declared labels; other labels are dead-lettered.
           encoding: ASCII-compatible encoding of the files.
+          reshuffle_documents: Redistribute the documents after reading (a fusion
+            break).  A file is read by one worker, and without the break every
+            fused step after the read (tokenising, scoring) would also run on
+            that worker: one large CSV would never use more than one Dataflow
+            worker.  Turn off only for many small files.
 
         Raises:
           ValueError: Invalid settings.
@@ -961,6 +967,7 @@ class ReadCorpus(beam.PTransform):
                 f"file_pattern must be a non-empty pattern or list of patterns, got {file_pattern!r}."
             )
         self._patterns = patterns
+        self._reshuffle_documents = bool(reshuffle_documents)
         self._config = CorpusConfig(
             format=format,
             text_column=text_column,
@@ -1001,7 +1008,10 @@ class ReadCorpus(beam.PTransform):
             | "ReadFiles"
             >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, main="documents")
         )
-        return ReadCorpusResult(outputs.documents, outputs[DEAD_LETTER_TAG])
+        documents = outputs.documents
+        if self._reshuffle_documents:
+            documents = documents | "RedistributeDocuments" >> beam.Reshuffle()
+        return ReadCorpusResult(documents, outputs[DEAD_LETTER_TAG])
 
 
 def _to_json_line(element: Any) -> str:

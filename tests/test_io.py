@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import shutil
@@ -773,3 +774,38 @@ def test_real_imdb_csv_reads_every_review(beam_options):
     result = p.run()
     result.wait_until_finish()
     assert counters(result)["rows_in"] == 25000
+
+
+def _applied_labels(pipeline) -> list[str]:
+    from apache_beam.pipeline import PipelineVisitor
+
+    labels = []
+
+    class Visitor(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+        def visit_transform(self, node):
+            labels.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return labels
+
+
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_documents_of_one_file_are_redistributed_after_the_read(tmp_path, beam_options, reshuffle):
+    # One file is read by one worker; the fusion break lets later steps spread out.
+    rows = [(str(i), i % 2, f"review number {i}") for i in range(40)]
+    path = tmp_path / "one.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "text"])
+        writer.writerows(rows)
+    transform = ReadCorpus(str(path), format=FORMAT_CSV, id_column="id", reshuffle_documents=reshuffle)
+    p = BeamTestPipeline(options=beam_options)
+    docs, dead = p | "Read" >> transform
+    assert_that(docs, equal_to([{"id": i, "label": y, "text": t} for i, y, t in rows]))
+    assert ("Read/RedistributeDocuments" in _applied_labels(p)) is reshuffle
+    result = p.run()
+    result.wait_until_finish()
+    assert counters(result)["documents_out"] == 40
