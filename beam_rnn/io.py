@@ -111,6 +111,7 @@ DEAD_LETTER_TAG = "dead_letter"
 # --- Counters -------------------------------------------------------------------
 METRICS_NAMESPACE = "beam_rnn.io"
 COUNTER_FILES_IN = "files_in"
+COUNTER_FILE_RANGES = "file_ranges"
 COUNTER_ROWS_IN = "rows_in"
 COUNTER_DOCUMENTS_OUT = "documents_out"
 COUNTER_DEAD_LETTER = "dead_letter"
@@ -141,6 +142,12 @@ _DISALLOW_EMPTY = fileio.EmptyMatchTreatment.DISALLOW
 # stream) is deliberately absent: an I/O failure should fail the bundle so that the
 # runner retries it, not silently turn a whole file into one dead letter.
 _CORRUPT_FILE_ERRORS = (ValueError, EOFError, zlib.error, gzip.BadGzipFile, csv.Error)
+# Formats with one row per physical line: an uncompressed file of these can be cut
+# into byte ranges at newlines and read in parallel.  CSV / TSV cannot (a quoted
+# field may hold newlines), nor can compressed files (no random access).
+SPLITTABLE_FORMATS = frozenset({FORMAT_TEXT, FORMAT_LABELED_LINES, FORMAT_FILE_PER_LABEL, FORMAT_JSONL})
+DEFAULT_SPLIT_BYTES = 64 << 20
+_SCAN_BLOCK_BYTES = 8 << 20
 
 
 # --- Pure helpers ---------------------------------------------------------------------
@@ -472,32 +479,102 @@ def record_outcome(record: RawRecord, path: str, id_root: str, config: CorpusCon
 
 
 # --- Format readers: path -> Iterator[RawRecord] ------------------------------------
-def _decoded_lines(handle: BinaryIO, encoding: str) -> Iterator[tuple[str, int]]:
-    """Yields ``(line, replaced_chars)``, lines split on b"\\n" and keeping it."""
+def _decoded_lines(handle: BinaryIO, encoding: str, limit: int | None = None) -> Iterator[tuple[str, int]]:
+    """Yields ``(line, replaced_chars)``, lines split on b"\\n" and keeping it.
+
+    With `limit`, stops after the line that reaches `limit` bytes (ranges from
+    `line_ranges` end right after a newline, so no line is cut).
+    """
+    remaining = limit
+    if remaining is not None and remaining <= 0:
+        return
     # readline rather than iteration: Beam's CompressedFile has no __iter__.
     for raw_line in iter(handle.readline, b""):
         yield decode_bytes(raw_line, encoding)
+        if remaining is not None:
+            remaining -= len(raw_line)
+            if remaining <= 0:
+                return
 
 
 def _strip_eol(line: str) -> str:
     return line.rstrip("\r\n")
 
 
+def line_ranges(path: str, split_bytes: int) -> list[tuple[int, int | None, int]]:
+    """Cuts an uncompressed line file into ranges of about `split_bytes` at newlines.
+
+    One sequential scan counts newlines (bytes.count, no decoding) so that every
+    range knows the 1-based number of its first line: ids derived from line
+    numbers are the same as when the file is read whole.
+
+    Args:
+      path: The file (any Beam filesystem).
+      split_bytes: Target range size (>= 1).
+
+    Returns:
+      ``[(start, end, first_line), ...]`` covering the file in order; each start
+      is 0 or just after a newline; the last end is None (end of file).
+    """
+    if split_bytes < 1:
+        raise ValueError(f"split_bytes must be >= 1, got {split_bytes}")
+    ranges: list[tuple[int, int | None, int]] = []
+    start, first_line = 0, 1
+    target = split_bytes
+    offset = newlines = 0  # file offset of the current block; newlines before it
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for block in iter(lambda: handle.read(_SCAN_BLOCK_BYTES), b""):
+            while target < offset + len(block):
+                cut = block.find(b"\n", max(target - offset, 0))
+                if cut < 0:
+                    break  # the line crossing the target ends in a later block
+                boundary = offset + cut + 1
+                ranges.append((start, boundary, first_line))
+                start, first_line = boundary, newlines + block.count(b"\n", 0, cut + 1) + 1
+                target = boundary + split_bytes
+            newlines += block.count(b"\n")
+            offset += len(block)
+    if ranges and start >= offset:  # the file ends exactly at the last cut
+        start, _, first_line = ranges.pop()
+    ranges.append((start, None, first_line))
+    return ranges
+
+
 def _read_lines(
-    path: str, config: CorpusConfig, parse: Callable[[str], Mapping[str, Any]]
+    path: str,
+    config: CorpusConfig,
+    make_record: Callable[[int, str, int], RawRecord],
+    *,
+    start: int = 0,
+    end: int | None = None,
+    first_line: int = 1,
 ) -> Iterator[RawRecord]:
-    """Reads a one-document-a-line file; `parse` maps a non-blank line to fields."""
-    with FileSystems.open(path) as handle:
-        for line_number, (line, replaced) in enumerate(_decoded_lines(handle, config.encoding), start=1):
+    """Reads the lines of a one-document-a-line file (or of the byte range [start, end)).
+
+    `make_record(line_number, line, replaced_chars)` turns a non-blank line
+    (end-of-line stripped) into a RawRecord.
+    """
+    # A range exists only for uncompressed files: open them as such, so seek is cheap.
+    compression = CompressionTypes.UNCOMPRESSED if (start or end is not None) else CompressionTypes.AUTO
+    with FileSystems.open(path, compression_type=compression) as handle:
+        if start:
+            handle.seek(start)
+        limit = None if end is None else end - start
+        lines = _decoded_lines(handle, config.encoding, limit)
+        for line_number, (line, replaced) in enumerate(lines, start=first_line):
             line = _strip_eol(line)
             if not line.strip():
                 continue  # blank lines are layout, not rows
-            yield RawRecord(line_number, line, fields=parse(line), replaced_chars=replaced)
+            yield make_record(line_number, line, replaced)
 
 
-def read_text(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+def _fields_reader(parse: Callable[[str], Mapping[str, Any]]) -> Callable[[int, str, int], RawRecord]:
+    return lambda number, line, replaced: RawRecord(number, line, fields=parse(line), replaced_chars=replaced)
+
+
+def read_text(path: str, config: CorpusConfig, **line_range: int | None) -> Iterator[RawRecord]:
     """Reads format ``text``: one unlabelled document per line."""
-    return _read_lines(path, config, lambda line: {TEXT_KEY: line})
+    return _read_lines(path, config, _fields_reader(lambda line: {TEXT_KEY: line}), **line_range)
 
 
 def split_labeled_line(line: str) -> dict[str, str]:
@@ -506,9 +583,9 @@ def split_labeled_line(line: str) -> dict[str, str]:
     return {LABEL_KEY: parts[0], TEXT_KEY: parts[1] if len(parts) > 1 else ""}
 
 
-def read_labeled_lines(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+def read_labeled_lines(path: str, config: CorpusConfig, **line_range: int | None) -> Iterator[RawRecord]:
     """Reads format ``labeled_lines``: ``<label> <text>`` per line."""
-    return _read_lines(path, config, split_labeled_line)
+    return _read_lines(path, config, _fields_reader(split_labeled_line), **line_range)
 
 
 def label_from_file_name(path: str) -> str | None:
@@ -520,11 +597,11 @@ def label_from_file_name(path: str) -> str | None:
     return extension if dot and stem and extension else None
 
 
-def read_file_per_label(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+def read_file_per_label(path: str, config: CorpusConfig, **line_range: int | None) -> Iterator[RawRecord]:
     """Reads format ``file_per_label``: one document per line, label = extension."""
     label = label_from_file_name(path)
     extra = {} if label is None else {LABEL_KEY: label}
-    return _read_lines(path, config, lambda line: {TEXT_KEY: line, **extra})
+    return _read_lines(path, config, _fields_reader(lambda line: {TEXT_KEY: line, **extra}), **line_range)
 
 
 def parse_json_line(line: str) -> tuple[Mapping[str, Any] | None, str | None]:
@@ -556,19 +633,17 @@ def _select_fields(row: Mapping[str, Any], config: CorpusConfig) -> tuple[dict[s
     return fields, replaced
 
 
-def read_jsonl(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
+def read_jsonl(path: str, config: CorpusConfig, **line_range: int | None) -> Iterator[RawRecord]:
     """Reads format ``jsonl``: one JSON object per line, fields by name."""
-    with FileSystems.open(path) as handle:
-        for line_number, (line, replaced) in enumerate(_decoded_lines(handle, config.encoding), start=1):
-            line = _strip_eol(line)
-            if not line.strip():
-                continue
-            row, error = parse_json_line(line)
-            if error is not None:
-                yield RawRecord(line_number, line, error=error, replaced_chars=replaced)
-                continue
-            fields, escaped = _select_fields(row, config)
-            yield RawRecord(line_number, line, fields=fields, replaced_chars=replaced + escaped)
+
+    def record(line_number: int, line: str, replaced: int) -> RawRecord:
+        row, error = parse_json_line(line)
+        if error is not None:
+            return RawRecord(line_number, line, error=error, replaced_chars=replaced)
+        fields, escaped = _select_fields(row, config)
+        return RawRecord(line_number, line, fields=fields, replaced_chars=replaced + escaped)
+
+    return _read_lines(path, config, record, **line_range)
 
 
 class _LineRecorder:
@@ -791,7 +866,7 @@ def read_parquet(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
                 yield RawRecord(position, raw, fields=fields, replaced_chars=replaced + escaped)
 
 
-_READERS: Mapping[str, Callable[[str, CorpusConfig], Iterator[RawRecord]]] = {
+_READERS: Mapping[str, Callable[..., Iterator[RawRecord]]] = {
     FORMAT_CSV: read_delimited,
     FORMAT_TSV: read_delimited,
     FORMAT_JSONL: read_jsonl,
@@ -804,8 +879,18 @@ _READERS: Mapping[str, Callable[[str, CorpusConfig], Iterator[RawRecord]]] = {
 }
 
 
-def read_corpus_file(path: str, id_root: str, config: CorpusConfig) -> Iterator[Outcome]:
-    """Reads one corpus file, yielding one `Outcome` per raw row.
+def is_splittable(path: str, config: CorpusConfig) -> bool:
+    """True when `path` can be read in byte ranges (line format, uncompressed)."""
+    return (
+        config.format in SPLITTABLE_FORMATS
+        and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+    )
+
+
+def read_corpus_file(
+    path: str, id_root: str, config: CorpusConfig, *, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[Outcome]:
+    """Reads one corpus file (or one `line_ranges` range of it), one `Outcome` per raw row.
 
     A file whose contents cannot be parsed at all (corrupt gzip / TFRecord /
     Parquet, CSV header broken) ends in one `unreadable_file` dead letter holding
@@ -815,12 +900,18 @@ def read_corpus_file(path: str, id_root: str, config: CorpusConfig) -> Iterator[
       path: The file.
       id_root: Directory that derived ids are relative to.
       config: The reader settings.
+      start, end, first_line: A range from `line_ranges` (splittable files only);
+        the defaults read the whole file.
 
     Yields:
       One `Outcome` per raw row.
     """
+    whole = start == 0 and end is None and first_line == 1
+    if not whole and not is_splittable(path, config):
+        raise ValueError(f"{path!r} ({config.format}) cannot be read in byte ranges")
+    line_range = {} if whole else {"start": start, "end": end, "first_line": first_line}
     try:
-        for record in _READERS[config.format](path, config):
+        for record in _READERS[config.format](path, config, **line_range):
             yield record_outcome(record, path, id_root, config)
     except _CORRUPT_FILE_ERRORS as e:
         reason = _reason(REASON_UNREADABLE_FILE, f"{type(e).__name__}: {e}")
@@ -864,23 +955,52 @@ def match_aclimdb(root: str) -> list[tuple[str, str]]:
 
 
 # --- Beam transforms ------------------------------------------------------------------------
+class FileRange(NamedTuple):
+    """A unit of reading: a whole file, or a byte range of a splittable one."""
+
+    id_root: str
+    path: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+
+
+class _SplitFileFn(beam.DoFn):
+    """``(id_root, path, size)`` -> FileRanges: large splittable files in ~split_bytes pieces."""
+
+    def __init__(self, config: CorpusConfig, split_bytes: int):
+        super().__init__()
+        self._config = config
+        self._split_bytes = split_bytes
+        self._files_in = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILES_IN)
+        self._ranges = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILE_RANGES)
+
+    def process(self, element: tuple[str, str, int]) -> Iterator[FileRange]:
+        id_root, path, size = element
+        self._files_in.inc()
+        if self._split_bytes and size > self._split_bytes and is_splittable(path, self._config):
+            ranges = [FileRange(id_root, path, *r) for r in line_ranges(path, self._split_bytes)]
+        else:
+            ranges = [FileRange(id_root, path)]
+        self._ranges.inc(len(ranges))
+        yield from ranges
+
+
 class _ReadFileFn(beam.DoFn):
-    """Reads one ``(id_root, path)`` file into documents and dead letters."""
+    """Reads one `FileRange` into documents and dead letters."""
 
     def __init__(self, config: CorpusConfig):
         super().__init__()
         self._config = config
-        self._files_in = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILES_IN)
         self._rows_in = Metrics.counter(METRICS_NAMESPACE, COUNTER_ROWS_IN)
         self._documents_out = Metrics.counter(METRICS_NAMESPACE, COUNTER_DOCUMENTS_OUT)
         self._dead_letter = Metrics.counter(METRICS_NAMESPACE, COUNTER_DEAD_LETTER)
         self._replaced_chars = Metrics.counter(METRICS_NAMESPACE, COUNTER_REPLACED_CHARS)
         self._rows_with_replaced = Metrics.counter(METRICS_NAMESPACE, COUNTER_ROWS_WITH_REPLACED_BYTES)
 
-    def process(self, element: tuple[str, str]) -> Iterator[Any]:
-        id_root, path = element
-        self._files_in.inc()
-        for outcome in read_corpus_file(path, id_root, self._config):
+    def process(self, element: FileRange) -> Iterator[Any]:
+        id_root, path, start, end, first_line = element
+        for outcome in read_corpus_file(path, id_root, self._config, start=start, end=end, first_line=first_line):
             self._rows_in.inc()
             if outcome.replaced_chars:
                 self._replaced_chars.inc(outcome.replaced_chars)
@@ -937,6 +1057,7 @@ class ReadCorpus(beam.PTransform):
         label_set: Sequence[str] | None = None,
         encoding: str = "utf-8",
         reshuffle_documents: bool = True,
+        split_bytes: int = DEFAULT_SPLIT_BYTES,
     ):
         """Validates the settings.
 
@@ -956,6 +1077,12 @@ class ReadCorpus(beam.PTransform):
             fused step after the read (tokenising, scoring) would also run on
             that worker: one large CSV would never use more than one Dataflow
             worker.  Turn off only for many small files.
+          split_bytes: Uncompressed files of the line formats (text,
+            labeled_lines, file_per_label, jsonl) larger than this are read as
+            byte ranges of about this size, in parallel, after one newline-counting
+            scan (ids and dead letters are exactly those of a whole-file read).
+            0 reads every file whole.  CSV / TSV (quoted newlines), TFRecord,
+            Parquet and compressed files are always read whole.
 
         Raises:
           ValueError: Invalid settings.
@@ -968,6 +1095,9 @@ class ReadCorpus(beam.PTransform):
             )
         self._patterns = patterns
         self._reshuffle_documents = bool(reshuffle_documents)
+        if split_bytes < 0:
+            raise ValueError(f"split_bytes must be >= 0, got {split_bytes}.")
+        self._split_bytes = int(split_bytes)
         self._config = CorpusConfig(
             format=format,
             text_column=text_column,
@@ -990,6 +1120,7 @@ class ReadCorpus(beam.PTransform):
                 pbegin
                 | "Roots" >> beam.Create(self._patterns)
                 | "MatchAclImdb" >> beam.FlatMap(match_aclimdb)
+                | "NoSize" >> beam.Map(lambda root_path: (*root_path, 0))  # small files: never split
             )
         else:
             matched = []
@@ -998,12 +1129,14 @@ class ReadCorpus(beam.PTransform):
                 matched.append(
                     pbegin
                     | f"Match[{i}]" >> fileio.MatchFiles(pattern, empty_match_treatment=_DISALLOW_EMPTY)
-                    | f"WithRoot[{i}]" >> beam.Map(lambda metadata, root=root: (root, metadata.path))
+                    | f"WithRoot[{i}]"
+                    >> beam.Map(lambda metadata, root=root: (root, metadata.path, metadata.size_in_bytes))
                 )
             files = tuple(matched) | "Files" >> beam.Flatten()
         outputs = (
             files
-            # Spread files over workers: the match step emits them all from one bundle.
+            | "SplitFiles" >> beam.ParDo(_SplitFileFn(self._config, self._split_bytes))
+            # Spread files / ranges over workers: the match step emits them all from one bundle.
             | "Reshuffle" >> beam.Reshuffle()
             | "ReadFiles"
             >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, main="documents")

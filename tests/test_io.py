@@ -809,3 +809,103 @@ def test_documents_of_one_file_are_redistributed_after_the_read(tmp_path, beam_o
     result = p.run()
     result.wait_until_finish()
     assert counters(result)["documents_out"] == 40
+
+
+# --------------------------------------------------------------------------
+# Byte ranges of large line files
+# --------------------------------------------------------------------------
+def _line_file_bytes(rng, lines=300) -> bytes:
+    """Lines of varied lengths: blank, CRLF, non-ASCII, bad UTF-8, some longer than a range."""
+    out = []
+    for i in range(lines):
+        kind = i % 7
+        if kind == 0:
+            out.append(b"")
+        elif kind == 1:
+            out.append(f"{i % 2} caf\u00e9 number {i}\r".encode())
+        elif kind == 2:
+            out.append(b"1 bad \xff byte %d" % i)
+        elif kind == 3:
+            out.append(("0 " + "long " * int(rng.integers(20, 60))).encode())
+        elif kind == 5:
+            out.append(f"x not-a-label {i}".encode())
+        else:
+            out.append(f"{i % 2} line {i}".encode())
+    return b"\n".join(out)  # no trailing newline
+
+
+@pytest.mark.parametrize("split_bytes", [1, 17, 64, 500, 10**6])
+@pytest.mark.parametrize("scan_block", [5, 64, 8 << 20])
+def test_line_ranges_cover_the_file_at_newlines_with_line_numbers(tmp_path, monkeypatch, split_bytes, scan_block):
+    import numpy as np
+
+    monkeypatch.setattr(corpus_io, "_SCAN_BLOCK_BYTES", scan_block)  # cuts across scan blocks
+    data = _line_file_bytes(np.random.default_rng(0))
+    for suffix, content in (("", data), ("_nl", data + b"\n")):
+        path = tmp_path / f"lines{suffix}.txt"
+        path.write_bytes(content)
+        ranges = corpus_io.line_ranges(str(path), split_bytes)
+        assert ranges[0][0] == 0 and ranges[-1][1] is None
+        for (start, end, first), nxt in zip(ranges, ranges[1:] + [(len(content), None, None)]):
+            assert end is None or end == nxt[0]
+            assert start == 0 or content[start - 1:start] == b"\n"
+            assert first == content[:start].count(b"\n") + 1
+            assert start < len(content) or len(ranges) == 1
+        if split_bytes < 100:
+            assert len(ranges) > 10
+
+
+@pytest.mark.parametrize("fmt, name, kwargs", [
+    (FORMAT_LABELED_LINES, "big.txt", {}),
+    (FORMAT_TEXT, "big.txt", {"labelled": False}),
+    (FORMAT_FILE_PER_LABEL, "big.pos", {"label_type": LABEL_TYPE_STRING}),
+    (FORMAT_JSONL, "big.jsonl", {}),
+])
+def test_split_read_equals_whole_file_read(tmp_path, beam_options, fmt, name, kwargs):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    if fmt == FORMAT_JSONL:
+        rows = []
+        for i in range(200):
+            if i % 11 == 0:
+                rows.append(b"{not json")
+            elif i % 13 == 0:
+                rows.append(b"")
+            else:
+                rows.append(json.dumps({"text": f"review \u00e9 {i} " * int(rng.integers(1, 9)),
+                                        "label": i % 3 if i % 17 else "x"}).encode())
+        content = b"\n".join(rows) + b"\n"
+    else:
+        content = _line_file_bytes(rng, 200)
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    transform = ReadCorpus(str(path), format=fmt, split_bytes=97, **kwargs)
+    # Expected: the pure whole-file reader, in process.
+    outcomes = list(corpus_io.read_corpus_file(str(path), str(tmp_path), transform.config))
+    expected_docs = [o.document for o in outcomes if o.document is not None]
+    expected_dead = [o.dead_letter for o in outcomes if o.dead_letter is not None]
+    assert len(expected_docs) > 50 and (bool(expected_dead) == (fmt in (FORMAT_LABELED_LINES, FORMAT_JSONL)))
+
+    p = BeamTestPipeline(options=beam_options)
+    docs, dead = p | "Read" >> transform
+    assert_that(docs, equal_to(expected_docs), label="Docs")
+    assert_that(dead, equal_to(expected_dead), label="Dead")
+    result = p.run()
+    result.wait_until_finish()
+    metrics = counters(result)
+    assert metrics["files_in"] == 1 and metrics["file_ranges"] > 10
+    assert metrics["rows_in"] == len(outcomes) == metrics["documents_out"] + metrics.get("dead_letter", 0)
+
+
+def test_compressed_and_csv_files_are_never_split(tmp_path):
+    config = ReadCorpus("x", format=FORMAT_JSONL).config
+    assert corpus_io.is_splittable(str(tmp_path / "a.jsonl"), config)
+    assert not corpus_io.is_splittable(str(tmp_path / "a.jsonl.gz"), config)
+    assert not corpus_io.is_splittable(str(tmp_path / "a.csv"), ReadCorpus("x", format=FORMAT_CSV).config)
+    with pytest.raises(ValueError):
+        list(corpus_io.read_corpus_file(str(tmp_path / "a.csv"), str(tmp_path),
+                                        ReadCorpus("x", format=FORMAT_CSV).config, start=10))
+    with pytest.raises(ValueError):
+        ReadCorpus("x", format=FORMAT_JSONL, split_bytes=-1)
