@@ -909,3 +909,12 @@ def test_compressed_and_csv_files_are_never_split(tmp_path):
                                         ReadCorpus("x", format=FORMAT_CSV).config, start=10))
     with pytest.raises(ValueError):
         ReadCorpus("x", format=FORMAT_JSONL, split_bytes=-1)
+
+
+@pytest.mark.parametrize("fmt, expected", [(FORMAT_CSV, True), (FORMAT_TFRECORD, True), (FORMAT_PARQUET, True),
+                                           (FORMAT_JSONL, False), (FORMAT_TEXT, False), (FORMAT_ACLIMDB, False)])
+def test_documents_are_redistributed_by_default_only_for_formats_read_whole(tmp_path, beam_options, fmt, expected):
+    # Line formats are split into byte ranges before the read instead; aclImdb is many small files.
+    p = BeamTestPipeline(options=beam_options)
+    _ = p | "Read" >> ReadCorpus(str(tmp_path / "x"), format=fmt, labelled=fmt != FORMAT_TEXT)
+    assert ("Read/RedistributeDocuments" in _applied_labels(p)) is expected
