@@ -68,7 +68,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -487,6 +487,10 @@ class CbowConfig:
         learning_rate: Initial SGD rate (word2vec's/gensim's alpha, 0.025).
         min_learning_rate: Final rate (word2vec: alpha * 1e-4).
         noise_power: Exponent of the unigram noise distribution.
+        max_examples_in_memory: A pass larger than this is trained in consecutive
+            chunks of about this many examples, each shuffled in memory (44 bytes an
+            example with window 5: the default 20 M is ~0.9 GB); smaller passes are
+            shuffled whole.
         seed: Seed of the example draws, the initialisation, shuffling and negatives.
     """
 
@@ -502,10 +506,11 @@ class CbowConfig:
     learning_rate: float = 0.025
     min_learning_rate: float = 0.025 * 1e-4
     noise_power: float = 0.75
+    max_examples_in_memory: int = 20_000_000
     seed: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negatives", "min_count", "epochs", "batch_size"):
+        for name in ("dim", "window", "negatives", "min_count", "epochs", "batch_size", "max_examples_in_memory"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.passes is not None and self.passes < 1:
@@ -669,18 +674,33 @@ def make_cbow_dataset(files: Sequence[str], *, window: int, blocks_per_batch: in
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_cbow_examples(files: Sequence[str], *, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """All examples of some CBOW TFRecord files as (contexts int32 [n, 2w], targets int32 [n]).
+def iter_cbow_chunks(
+    files: Sequence[str], *, window: int, max_examples: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive chunks (contexts int32 [n, 2w], targets int32 [n]) of CBOW TFRecord files.
 
-    Used to shuffle a pass fully in memory (int32: 44 bytes per example with window 5).
+    A chunk closes once it holds >= `max_examples` examples (None: one chunk with
+    everything); it may exceed the limit by one read batch of blocks.  Nothing is
+    yielded for files without examples.
     """
-    contexts, targets = [], []
-    for ctx, tgt in make_cbow_dataset(files, window=window):
+    blocks = 512 if max_examples is None or max_examples >= 1_000_000 else 16
+    contexts, targets, held = [], [], 0
+    for ctx, tgt in make_cbow_dataset(files, window=window, blocks_per_batch=blocks):
         contexts.append(ctx.numpy().astype(np.int32))
         targets.append(tgt.numpy().astype(np.int32))
-    if not targets:
-        return np.zeros((0, 2 * window), np.int32), np.zeros((0,), np.int32)
-    return np.concatenate(contexts), np.concatenate(targets)
+        held += targets[-1].size
+        if max_examples is not None and held >= max_examples:
+            yield np.concatenate(contexts), np.concatenate(targets)
+            contexts, targets, held = [], [], 0
+    if held:
+        yield np.concatenate(contexts), np.concatenate(targets)
+
+
+def load_cbow_examples(files: Sequence[str], *, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """All examples of some CBOW TFRecord files as (contexts int32 [n, 2w], targets int32 [n])."""
+    for chunk in iter_cbow_chunks(files, window=window):
+        return chunk
+    return np.zeros((0, 2 * window), np.int32), np.zeros((0,), np.int32)
 
 
 def count_examples(files: Sequence[str]) -> int:
@@ -703,9 +723,12 @@ def train_cbow(
     """Train a `CbowModel` with word2vec's SGD schedule.
 
     Each epoch reads one pass (epoch e → pass e % len(epoch_files)) with tf.data,
-    shuffles it fully in memory with a permutation seeded by (seed, epoch) — a
-    tf.data shuffle buffer costs ~10 µs per record, 4x the SGD step — and runs
-    the SGD steps inside one tf.function.  Negatives come from a seeded
+    shuffles it in memory with a permutation seeded by (seed, epoch) — a tf.data
+    shuffle buffer costs ~10 µs per record, 4x the SGD step — and runs the SGD
+    steps inside one tf.function.  A pass larger than
+    `config.max_examples_in_memory` is read and shuffled in consecutive chunks
+    (chunk c > 0 seeded by (seed, epoch, c)); word2vec itself trains in corpus
+    order, which cost only ~0.008 WordSim-353 here.  Negatives come from a seeded
     tf.random.Generator.  Runs are seeded; CPU scatter-adds of duplicate rows may
     still differ in float rounding between runs.
 
@@ -770,21 +793,32 @@ def train_cbow(
     losses = []
     total_examples = 0
     read_seconds = 0.0
-    loaded_pass, arrays = None, None
+    cached_pass, cached = None, None  # a pass that fits in one chunk is read once
+    limit = int(config.max_examples_in_memory)
     start = time.time()
     for epoch in range(config.epochs):
         p = epoch % len(epoch_files)
         t0 = time.time()
-        if loaded_pass != p:
-            arrays = None  # free the previous pass first
-            arrays = load_cbow_examples(epoch_files[p], window=config.window)
-            loaded_pass = p
-        contexts, targets = arrays
-        perm = np.random.default_rng([config.seed, epoch]).permutation(targets.size).astype(np.int32)
-        read_seconds += time.time() - t0
-        loss_sum, n = run_epoch(contexts, targets, perm)
-        n = int(n.numpy())
-        losses.append(float(loss_sum.numpy()) / max(n, 1))
+        if cached_pass == p:
+            chunks: Iterable[tuple[np.ndarray, np.ndarray]] = [cached]
+        else:
+            cached_pass, cached = None, None  # free the previous pass first
+            chunks = iter_cbow_chunks(epoch_files[p], window=config.window, max_examples=limit)
+        loss_total, n = 0.0, 0
+        t_read = time.time()
+        for c, (contexts, targets) in enumerate(chunks):
+            if c == 0 and targets.size < limit:
+                cached_pass, cached = p, (contexts, targets)
+            elif c > 0:
+                cached_pass, cached = None, None
+            perm = np.random.default_rng([config.seed, epoch] + ([c] if c else [])).permutation(targets.size)
+            read_seconds += time.time() - t_read
+            loss_sum, used = run_epoch(contexts, targets, perm.astype(np.int32))
+            loss_total += float(loss_sum.numpy())
+            n += int(used.numpy())
+            t_read = time.time()
+        read_seconds += time.time() - t_read
+        losses.append(loss_total / max(n, 1))
         total_examples += n
         logger.info("CBOW epoch %d/%d: loss %.4f over %d examples (%.1fs)", epoch + 1, config.epochs,
                     losses[-1], n, time.time() - t0)

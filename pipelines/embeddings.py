@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Always use the full window (default: word2vec's random 1..window).")
     parser.add_argument("--batch-size", type=int, default=256, help="Examples per SGD step (default 256).")
     parser.add_argument("--learning-rate", type=float, default=0.025, help="Initial SGD rate (default 0.025).")
+    parser.add_argument("--max-examples-in-memory", type=int, default=20_000_000,
+                        help="Train a larger pass in shuffled chunks of about this many examples "
+                        "(44 bytes each with window 5; default 20,000,000).")
     parser.add_argument("--seed", type=int, default=1, help="Seed (default 1).")
     parser.add_argument("--eval-data", default=None,
                         help=f"Dir with wordsim353.tsv, simlex999.txt, questions-words.txt "
@@ -92,7 +95,8 @@ def _config(known: argparse.Namespace):
         dim=known.dim, window=known.window, negatives=known.negatives, sample=known.sample,
         min_count=known.min_count, epochs=known.epochs, passes=known.passes,
         dynamic_window=not known.fixed_window, batch_size=known.batch_size,
-        learning_rate=known.learning_rate, seed=known.seed,
+        learning_rate=known.learning_rate, max_examples_in_memory=known.max_examples_in_memory,
+        seed=known.seed,
     )
 
 
