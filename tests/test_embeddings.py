@@ -176,51 +176,45 @@ def _topic_corpus(rng, docs=150, length=30):
     return out
 
 
-def test_training_lowers_the_loss_and_learns_topics(tmp_path):
+def _topic_examples(tmp_path):
+    """One pass of the two-topic corpus written as block records: (path, contexts, targets, counts)."""
     rng = np.random.default_rng(0)
-    keep = np.ones(22)
-    parts = [E.cbow_windows(doc, 2, keep, None) for doc in _topic_corpus(rng)]
+    parts = [E.cbow_windows(doc, 2, np.ones(22), None) for doc in _topic_corpus(rng)]
     ctx = np.concatenate([p[0] for p in parts])
     tgt = np.concatenate([p[1] for p in parts])
     path = str(tmp_path / "pass-000-00000-of-00001.tfrecord.gz")
     _write_examples(path, ctx, tgt)
-    counts = E.trainable_counts(np.bincount(tgt, minlength=22), min_count=1)
-    config = E.CbowConfig(dim=16, window=2, negatives=3, epochs=4, batch_size=32, learning_rate=0.05, seed=3)
+    return path, ctx, tgt, E.trainable_counts(np.bincount(tgt, minlength=22), min_count=1)
+
+
+def _train_topics(path, counts, **config):
+    """Trains 4 epochs; returns (result, same-topic cosine, other-topic cosine)."""
+    config = E.CbowConfig(dim=16, window=2, negatives=3, epochs=4, batch_size=32, learning_rate=0.05, seed=3, **config)
     model = E.build_cbow_model(22, 16, window=2, seed=3)
     result = E.train_cbow(model, [[path]], counts, config)
+    wv = E.WordVectors(*E.model_vectors(model, [f"w{i}" for i in range(20)], counts))
+    return result, float(wv.unit[0] @ wv.unit[1]), float(wv.unit[0] @ wv.unit[15])  # ids 2, 3 vs 2, 17
+
+
+def test_training_lowers_the_loss_and_learns_topics(tmp_path):
+    path, _, tgt, counts = _topic_examples(tmp_path)
+    result, same, other = _train_topics(path, counts)
     losses = result["epoch_losses"]
     assert result["examples"] == 4 * tgt.size
     assert losses[-1] < losses[0] * 0.9, losses
-    words = [f"w{i}" for i in range(20)]
-    names, vecs = E.model_vectors(model, words, counts)
-    wv = E.WordVectors(names, vecs)
-    same = float(wv.unit[0] @ wv.unit[1])  # ids 2, 3: same topic
-    other = float(wv.unit[0] @ wv.unit[15])  # ids 2, 17
     assert same > other
 
 
-
 def test_training_in_chunks_sees_every_example_and_still_learns(tmp_path):
-    rng = np.random.default_rng(0)
-    keep = np.ones(22)
-    parts = [E.cbow_windows(doc, 2, keep, None) for doc in _topic_corpus(rng)]
-    ctx = np.concatenate([p[0] for p in parts])
-    tgt = np.concatenate([p[1] for p in parts])
-    path = str(tmp_path / "pass-000-00000-of-00001.tfrecord.gz")
-    _write_examples(path, ctx, tgt)
+    path, ctx, tgt, counts = _topic_examples(tmp_path)
     chunks = list(E.iter_cbow_chunks([path], window=2, max_examples=500))
     assert len(chunks) > 3 and all(c[1].size >= 500 for c in chunks[:-1])
     np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), tgt)  # consecutive, complete
     np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), ctx)
-    counts = E.trainable_counts(np.bincount(tgt, minlength=22), min_count=1)
-    config = E.CbowConfig(dim=16, window=2, negatives=3, epochs=4, batch_size=32, learning_rate=0.05, seed=3,
-                          max_examples_in_memory=500)
-    model = E.build_cbow_model(22, 16, window=2, seed=3)
-    result = E.train_cbow(model, [[path]], counts, config)
+    result, same, other = _train_topics(path, counts, max_examples_in_memory=500)
     assert result["examples"] == 4 * tgt.size
     assert result["epoch_losses"][-1] < result["epoch_losses"][0] * 0.9
-    wv = E.WordVectors(*E.model_vectors(model, [f"w{i}" for i in range(20)], counts))
-    assert float(wv.unit[0] @ wv.unit[1]) > float(wv.unit[0] @ wv.unit[15])
+    assert same > other
 
 
 def test_vectors_round_trip_through_word2vec_text(tmp_path):
