@@ -793,8 +793,7 @@ def train_cbow(
     losses = []
     total_examples = 0
     read_seconds = 0.0
-    cached_pass, cached = None, None  # a pass that fits in one chunk is read once
-    limit = int(config.max_examples_in_memory)
+    cached_pass, cached = None, None  # a pass read as one chunk is kept for its next epoch
     start = time.time()
     for epoch in range(config.epochs):
         p = epoch % len(epoch_files)
@@ -803,21 +802,19 @@ def train_cbow(
             chunks: Iterable[tuple[np.ndarray, np.ndarray]] = [cached]
         else:
             cached_pass, cached = None, None  # free the previous pass first
-            chunks = iter_cbow_chunks(epoch_files[p], window=config.window, max_examples=limit)
-        loss_total, n = 0.0, 0
-        t_read = time.time()
+            chunks = iter_cbow_chunks(epoch_files[p], window=config.window, max_examples=config.max_examples_in_memory)
+        loss_total, n, sgd_seconds, chunk_count, last = 0.0, 0, 0.0, 0, None
         for c, (contexts, targets) in enumerate(chunks):
-            if c == 0 and targets.size < limit:
-                cached_pass, cached = p, (contexts, targets)
-            elif c > 0:
-                cached_pass, cached = None, None
             perm = np.random.default_rng([config.seed, epoch] + ([c] if c else [])).permutation(targets.size)
-            read_seconds += time.time() - t_read
+            t_sgd = time.time()
             loss_sum, used = run_epoch(contexts, targets, perm.astype(np.int32))
             loss_total += float(loss_sum.numpy())
             n += int(used.numpy())
-            t_read = time.time()
-        read_seconds += time.time() - t_read
+            sgd_seconds += time.time() - t_sgd
+            chunk_count, last = c + 1, (contexts, targets)
+        if chunk_count == 1:
+            cached_pass, cached = p, last
+        read_seconds += time.time() - t0 - sgd_seconds
         losses.append(loss_total / max(n, 1))
         total_examples += n
         logger.info("CBOW epoch %d/%d: loss %.4f over %d examples (%.1fs)", epoch + 1, config.epochs,
