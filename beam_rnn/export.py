@@ -60,6 +60,7 @@ import tf_keras as keras
 
 from beam_rnn import constants as C
 from beam_rnn import models
+from beam_rnn.manifest import MANIFEST_FILE, write_manifest
 
 # --- Names of the SavedModel signatures, inputs and outputs -------------------
 SERVING_SIGNATURE = "serving_default"
@@ -679,8 +680,13 @@ def export_model(
         with open(os.path.join(staging, C.MODEL_CARD_FILE), "w", encoding="utf-8") as f:
             f.write(json.dumps(card, indent=2, sort_keys=False))
 
+        # The manifest covers exactly the exported files and is copied last: a model
+        # directory without one is an export that did not finish.
+        write_manifest(staging)
         tf.io.gfile.makedirs(model_dir)
-        for name in sorted(os.listdir(staging)):
+        if tf.io.gfile.exists(os.path.join(model_dir, MANIFEST_FILE)):
+            tf.io.gfile.remove(os.path.join(model_dir, MANIFEST_FILE))
+        for name in sorted(os.listdir(staging), key=lambda n: (n == MANIFEST_FILE, n)):
             src = os.path.join(staging, name)
             dst = os.path.join(model_dir, name)
             if os.path.isdir(src):

@@ -131,6 +131,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
     from beam_rnn.io import WriteJsonLines
+    from beam_rnn.manifest import MANIFEST_FILE, write_manifest
     from beam_rnn.preprocessing import PreprocessConfig
     from beam_rnn.runtime import counters
     from beam_rnn.transform import AnalyzeAndTransform, dead_letter_reason_counts, finalize_stats, write_partial_stats
@@ -158,6 +159,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     if tf.io.gfile.exists(os.path.join(output, C.TRANSFORMED_DIR)):
         # Stale shards from an earlier run would be mixed into this run's data.
         tf.io.gfile.rmtree(os.path.join(output, C.TRANSFORMED_DIR))
+    if tf.io.gfile.exists(os.path.join(output, MANIFEST_FILE)):
+        tf.io.gfile.remove(os.path.join(output, MANIFEST_FILE))  # rewritten when this run succeeds
     for stale in (C.DEAD_LETTER_DIR, C.TMP_DIR):
         if tf.io.gfile.exists(os.path.join(output, stale)):
             tf.io.gfile.rmtree(os.path.join(output, stale))
@@ -180,6 +183,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         f.write(config.to_json())
     if not known.keep_tmp:
         tf.io.gfile.rmtree(tmp_dir)
+    # Last: readers (train, embeddings) verify the output against it before work.
+    write_manifest(output, exclude=(C.TMP_DIR + "/",))
     return stats
 
 
