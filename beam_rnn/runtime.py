@@ -51,3 +51,70 @@ def input_matches(patterns: Sequence[str]) -> list[str]:
             missing.append(pattern)
     return missing
 
+
+
+# --- Choosing the runner ------------------------------------------------------------------
+LOCAL_RUNNER = "beam_rnn.runtime.LocalRunner"
+
+
+def _local_runner_class():
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+
+    class LocalRunner(SwitchingDirectRunner):
+        """Beam's DirectRunner without its Prism attempt.
+
+        With no --runner, Beam 2.77 first tries Prism, which downloads a Go binary
+        (fails offline, then falls back) and serves its worker pool on all
+        interfaces.  This runner makes the DirectRunner's own fallback choice
+        directly: the in-process FnApiRunner for batch pipelines, the
+        BundleBasedDirectRunner for streaming ones.  ``_is_interactive`` is the
+        flag SwitchingDirectRunner consults only to skip Prism (direct_runner.py);
+        tests/test_runtime.py fails if that stops being true.
+        """
+
+        _is_interactive = True
+
+    LocalRunner.__module__ = __name__
+    LocalRunner.__qualname__ = "LocalRunner"
+    return LocalRunner
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing beam_rnn.runtime does not import Beam (fast --help).
+    if name == "LocalRunner":
+        cls = _local_runner_class()
+        globals()["LocalRunner"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -> Any:
+    """PipelineOptions from the flags a driver did not parse, with the runner chosen on purpose.
+
+    Without ``--runner`` the pipeline runs on `LocalRunner` (in-process, nothing
+    downloaded, nothing listening on the network); ``--runner`` overrides.  The
+    choice is logged as one line.
+
+    Args:
+      pipeline_args: The leftover command-line flags (Beam's).
+      streaming: Set ``streaming=True`` (Pub/Sub sources).
+
+    Returns:
+      A `PipelineOptions`.
+    """
+    import logging
+
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(list(pipeline_args))
+    standard = options.view_as(StandardOptions)
+    if streaming:
+        standard.streaming = True
+    if standard.runner is None:
+        standard.runner = LOCAL_RUNNER
+        logging.getLogger("beam_rnn").info(
+            "Runner: LocalRunner (in-process DirectRunner, no Prism; pass --runner to choose another)"
+        )
+    else:
+        logging.getLogger("beam_rnn").info("Runner: %s", standard.runner)
+    return options

@@ -117,7 +117,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
     import apache_beam as beam
     import tensorflow as tf
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+    from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn import embeddings as E
     from beam_rnn.transform import read_vocabulary
@@ -134,7 +134,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     with tf.io.gfile.GFile(os.path.join(output, E.CONFIG_FILE), "w") as f:
         f.write(json.dumps({**config.to_dict(), "transformed": known.transformed, "splits": known.splits}, indent=2))
 
-    options = PipelineOptions(pipeline_args)
+    from beam_rnn.runtime import pipeline_options
+
+    options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     t0 = time.time()
     with beam.Pipeline(options=options) as p:

@@ -84,7 +84,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     """Run the evaluation pipeline and write the report; returns metrics.json's contents."""
     import apache_beam as beam
     import tensorflow as tf
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+    from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn.io import WriteJsonLines
     from beam_rnn.report import EvaluateModels, measure_latency, write_report
@@ -112,7 +112,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
             os.path.join(output, "dead_letter-*")):
         tf.io.gfile.remove(stale)
-    options = PipelineOptions(pipeline_args)
+    from beam_rnn.runtime import pipeline_options
+
+    options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     with beam.Pipeline(options=options) as p:
         docs, dead = p | "ReadCorpus" >> read

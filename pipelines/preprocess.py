@@ -128,7 +128,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     import apache_beam as beam
     import tensorflow as tf
     import tensorflow_transform.beam as tft_beam
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+    from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn.io import WriteJsonLines
     from beam_rnn.manifest import MANIFEST_FILE, write_manifest
@@ -166,7 +166,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             tf.io.gfile.rmtree(os.path.join(output, stale))
     tf.io.gfile.makedirs(tmp_dir)
 
-    options = PipelineOptions(pipeline_args)
+    from beam_rnn.runtime import pipeline_options
+
+    options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=tmp_dir):
         docs, dead = p | "ReadCorpus" >> read

@@ -117,7 +117,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     """
     import apache_beam as beam
     import tensorflow as tf
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+    from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn import inference as I
     from beam_rnn.io import WriteJsonLines
@@ -160,7 +160,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         tf.io.gfile.makedirs(parent)
     _delete_stale_outputs(prefix, known.output_format)
 
-    options = PipelineOptions(pipeline_args)
+    from beam_rnn.runtime import pipeline_options
+
+    options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     with beam.Pipeline(options=options) as p:
         result = p | "ScoreCorpus" >> score

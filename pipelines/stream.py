@@ -252,12 +252,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+    from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
     from beam_rnn.io import WriteJsonLines
-    from beam_rnn.runtime import counters
+    from beam_rnn.runtime import counters, pipeline_options
 
-    options = PipelineOptions(pipeline_args)
+    options = pipeline_options(pipeline_args, streaming=not known.input_events)
     options.view_as(SetupOptions).save_main_session = save_main_session
     if known.input_events:
         p = beam.Pipeline(options=options)
