@@ -29,7 +29,10 @@ This module must not import TensorFlow; a test checks it in a subprocess.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -267,11 +270,13 @@ class StepWeights:
 
         Returns:
             Validated StepWeights.
+
+        Raises:
+            FileNotFoundError: No file at `path`.
+            ValueError: The file is not a readable ``.npz`` (truncated, corrupt) or
+                does not hold valid step weights (one line).
         """
-        # allow_pickle=False: the file may come from a model directory that is
-        # not fully trusted, and nothing in the format needs pickling.
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            return cls.from_dict({key: data[key] for key in data.files}, precompute=precompute)
+        return cls.from_dict(read_npz(path), precompute=precompute)
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """Returns the flat dict form (same keys as `extract_step_weights`)."""
@@ -292,6 +297,35 @@ class StepWeights:
             result[layer_key(i, "recurrent_kernel")] = self.recurrent_kernels[i]
             result[layer_key(i, "bias")] = self.biases[i]
         return result
+
+
+def read_npz(source: bytes | str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (a path, or the file's bytes), read eagerly.
+
+    Args:
+        source: Local path, or the whole file as bytes.
+
+    Returns:
+        Name -> array.
+
+    Raises:
+        FileNotFoundError: `source` is a path with no file.
+        ValueError: A truncated or corrupt archive (bad zip directory, bad CRC,
+            a cut-off member, pickled data): one line, with the underlying error.
+    """
+    # allow_pickle=False: the file may come from a model directory that is
+    # not fully trusted, and nothing in the format needs pickling.
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+    try:
+        with np.load(handle, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        # zipfile raises BadZipFile / EOFError / zlib.error / KeyError for damaged
+        # archives, NumPy ValueError / OSError for damaged members.
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"not a readable .npz file ({detail[:300]})") from e
 
 
 def _input_bias(cell: str, bias: np.ndarray) -> np.ndarray:

@@ -59,20 +59,21 @@ Both are far beyond anything in the IMDB reviews (the test feeds all 25k trainin
 reviews in random chunks and compares with the exported ``tokenize`` signature).
 """
 
-from __future__ import annotations
-
+import collections
 import dataclasses
-import io
+import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from beam_rnn import constants as C
 from beam_rnn import rnn_step
+from beam_rnn.manifest import ArtifactError, verify_manifest
 
 # --- The tokenisation definition, mirrored -------------------------------------
 # Same patterns as beam_rnn.preprocessing (which imports TF / TFT; this module must
@@ -274,7 +275,7 @@ class Vocabulary:
         return found if found is not None else self.oov_id(word)
 
     @classmethod
-    def read(cls, path: str, num_oov_buckets: int) -> Vocabulary:
+    def read(cls, path: str, num_oov_buckets: int) -> Self:
         """Reads ``vocab.txt`` (one word per ``\\n``-terminated line; only ``\\n`` ends a line)."""
         data = _read_bytes(path)
         lines = data.split(b"\n")
@@ -306,7 +307,7 @@ class TokenizerState:
         return (self.held, self.word, self.truncated_words, self.forced_tag_releases)
 
     @classmethod
-    def from_tuple(cls, values: Sequence[Any]) -> TokenizerState:
+    def from_tuple(cls, values: Sequence[Any]) -> Self:
         return cls(str(values[0]), str(values[1]), int(values[2]), int(values[3]))
 
 
@@ -435,7 +436,7 @@ class StreamState:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], num_arrays: int) -> StreamState:
+    def from_record(cls, record: Mapping[str, Any], num_arrays: int) -> Self:
         flat = np.frombuffer(record["rnn"], dtype=np.float32)
         return cls(
             rnn=tuple(np.split(flat, num_arrays)),
@@ -446,8 +447,20 @@ class StreamState:
         )
 
 
-class ModelDirError(Exception):
-    """The model directory is missing, incomplete or not a streaming model (one clear message)."""
+class ModelDirError(ArtifactError):
+    """The model directory is missing, incomplete, damaged or not a streaming model (one line).
+
+    A `beam_rnn.manifest.ArtifactError` (so a ValueError): callers may catch either.
+    """
+
+
+# What `StreamingClassifier.load` reads; checked against the directory's manifest first.
+MODEL_FILES = (C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE, C.PREPROCESS_CONFIG_FILE)
+
+
+def _one_line(error: BaseException | str) -> str:
+    """An error message on one line (messages from zipfile / NumPy may hold newlines)."""
+    return " ".join(str(error).split())
 
 
 def _is_remote(path: str) -> bool:
@@ -521,49 +534,82 @@ class StreamingClassifier:
         *,
         max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS,
         max_word_chars: int = DEFAULT_MAX_WORD_CHARS,
-    ) -> StreamingClassifier:
-        """Loads an exported streaming model dir (no TensorFlow needed).
+    ) -> Self:
+        """Loads an exported streaming model dir (no TensorFlow needed), verified first.
+
+        The files it reads (`MODEL_FILES`, and ``model_card.json`` when the manifest
+        lists it) are checked against the directory's ``manifest.json`` (size and
+        sha256) before anything is parsed, so a truncated or altered file is named
+        instead of failing somewhere inside NumPy.
 
         Raises:
-            ModelDirError: With one message naming what is missing or wrong.
+            ModelDirError: (an `ArtifactError`) one line naming what is missing,
+                damaged or wrong.
         """
         model_dir = os.fspath(model_dir)
         if not _is_remote(model_dir) and not os.path.isdir(model_dir):
             raise ModelDirError(f"Model directory {model_dir} does not exist.")
+
         def join(name: str) -> str:
             return model_dir.rstrip("/") + "/" + name if _is_remote(model_dir) else os.path.join(model_dir, name)
 
         card: dict[str, Any] = {}
         card_path = join(C.MODEL_CARD_FILE)
+        card_error: str | None = None
         if _exists(card_path):
             try:
                 card = json.loads(_read_bytes(card_path).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ModelDirError(f"Unreadable model card {card_path}: {e}") from e
+                if not isinstance(card, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError, OSError) as e:
+                card, card_error = {}, f"Unreadable model card {card_path}: {_one_line(e)}"
+            # A model of another kind gets its own message (its manifest has no step weights).
             if card.get("kind") not in (None, C.MODEL_LSTM):
                 raise ModelDirError(
                     f"{model_dir} holds a {card.get('kind')!r} model; only the streaming {C.MODEL_LSTM!r} "
                     "model can predict token by token."
                 )
-        weights_path = join(C.STEP_WEIGHTS_FILE)
-        if not _exists(weights_path):
+        if not _exists(join(C.STEP_WEIGHTS_FILE)):
             raise ModelDirError(
                 f"No {C.STEP_WEIGHTS_FILE} in {model_dir}: not an exported streaming ({C.MODEL_LSTM!r}) model."
             )
-        for name in (VOCAB_TEXT_FILE, C.PREPROCESS_CONFIG_FILE):
-            if not _exists(join(name)):
-                raise ModelDirError(f"No {name} in {model_dir}: incomplete export.")
         try:
-            with np.load(io.BytesIO(_read_bytes(weights_path)), allow_pickle=False) as data:
-                weights = rnn_step.StepWeights.from_dict({k: data[k] for k in data.files})
+            verify_manifest(
+                model_dir,
+                prefixes=[*MODEL_FILES, C.MODEL_CARD_FILE],
+                required=MODEL_FILES,
+                what="streaming model",
+            )
+        except ArtifactError as e:
+            raise ModelDirError(_one_line(e)) from e
+        if card_error is not None:  # listed in the manifest and intact, yet unreadable: a bad export
+            raise ModelDirError(card_error)
+
+        def damaged(name: str, e: BaseException) -> ModelDirError:
+            return ModelDirError(f"streaming model {model_dir}: {name} is damaged: {_one_line(e)}")
+
+        try:
+            weights = rnn_step.StepWeights.from_dict(rnn_step.read_npz(_read_bytes(join(C.STEP_WEIGHTS_FILE))))
+        except (ValueError, OSError, MemoryError) as e:
+            raise damaged(C.STEP_WEIGHTS_FILE, e) from e
+        try:
             config = json.loads(_read_bytes(join(C.PREPROCESS_CONFIG_FILE)).decode("utf-8"))
-            vocabulary = Vocabulary.read(join(VOCAB_TEXT_FILE), int(config.get("num_oov_buckets") or 1))
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+            num_oov_buckets = int(config.get("num_oov_buckets") or 1)
+            max_tokens = config.get("max_tokens")
+            if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+                raise ValueError(f"max_tokens={max_tokens!r}")
+        except (ValueError, TypeError, OSError, UnicodeDecodeError) as e:
+            raise damaged(C.PREPROCESS_CONFIG_FILE, e) from e
+        try:
+            vocabulary = Vocabulary.read(join(VOCAB_TEXT_FILE), num_oov_buckets)
         except (ValueError, OSError, UnicodeDecodeError) as e:
-            raise ModelDirError(f"Cannot load the streaming model in {model_dir}: {e}") from e
+            raise damaged(VOCAB_TEXT_FILE, e) from e
         return cls(
             weights,
             vocabulary,
-            max_tokens=config.get("max_tokens"),
+            max_tokens=max_tokens,
             label_names=card.get("label_names"),
             max_pending_chars=max_pending_chars,
             max_word_chars=max_word_chars,
@@ -727,25 +773,40 @@ TEXT = "text"
 TOKEN = "token"
 END = "end"
 EVENT_TS = "ts"
+# Set by `parse_event` on an event whose strings had lone surrogates replaced (how many).
+REPLACED_CHARS = "replaced_chars"
 
 # Dead-letter reason codes ("<code>: <detail>").
 REASON_INVALID_JSON = "invalid_json"
 REASON_NOT_OBJECT = "not_an_object"
 REASON_MISSING_FIELD = "missing_field"
 REASON_BAD_FIELD = "bad_field"
+REASON_TOO_LARGE = "event_too_large"
+REASON_CONFLICTING_DUPLICATE = "conflicting_duplicate"
 REASON_BUFFER_OVERFLOW = "buffer_overflow"
 REASON_STREAM_CLOSED = "stream_closed"
 REASON_AFTER_END = "after_end"
 REASON_GAP_EXPIRED = "gap_never_filled"
+REASON_INTERNAL = "internal_error"
 
 DEFAULT_TTL_SECONDS = 3600.0
 DEFAULT_MAX_BUFFERED_EVENTS = 64
 DEFAULT_MAX_BUFFERED_CHARS = 65536
+DEFAULT_MAX_EVENT_CHARS = 100_000
+DEFAULT_CONFLICT_WINDOW = 256
+
+# Fixed limits on event fields (a bad value is a `bad_field` dead letter).
+MAX_STREAM_ID_CHARS = 256
+MAX_SEQ = 2**63 - 1  # seq and integer stream ids fit an int64
+MIN_EVENT_TS = -62135596800.0  # 0001-01-01T00:00:00Z (RFC 3339's range; Beam's is wider)
+MAX_EVENT_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+MAX_TTL_SECONDS = 100 * 366 * 86400.0  # timers at ts + 2 TTL stay far inside Beam's timestamp range
+_HASH_BYTES = 8  # content hash per remembered applied event
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamConfig:
-    """Per-stream state limits of `StreamPredictions` (validated once, shared with its DoFn).
+    """Per-stream state limits of `StreamPredictions` (validated once, shared with its DoFns).
 
     Attributes:
         ttl_seconds: Expire a stream idle for this many seconds of event time.
@@ -753,6 +814,11 @@ class StreamConfig:
         max_buffered_events: Out-of-order events kept per stream.
         max_buffered_chars: Text kept in those events per stream.
         max_pending_chars: Characters of an unfinished word kept per stream.
+        max_event_chars: Longest ``text`` / ``token`` of one event; a longer one is
+            dead-lettered (``event_too_large``), as is a raw message longer than
+            `max_raw_event_chars`.
+        conflict_window: Applied events per stream whose content hash is kept
+            (8 bytes each) to tell a redelivery from a conflicting duplicate.
     """
 
     ttl_seconds: float = DEFAULT_TTL_SECONDS
@@ -760,112 +826,265 @@ class StreamConfig:
     max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS
     max_buffered_chars: int = DEFAULT_MAX_BUFFERED_CHARS
     max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS
+    max_event_chars: int = DEFAULT_MAX_EVENT_CHARS
+    conflict_window: int = DEFAULT_CONFLICT_WINDOW
 
     def __post_init__(self) -> None:
-        if not self.ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {self.ttl_seconds}")
+        if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"ttl_seconds must be in (0, {MAX_TTL_SECONDS:g}], got {self.ttl_seconds}")
+        if not 0 <= self.first_seq <= MAX_SEQ:
+            raise ValueError(f"first_seq must be in [0, 2**63), got {self.first_seq}")
         if self.max_buffered_events < 0 or self.max_buffered_chars < 0:
             raise ValueError("buffer limits must be >= 0")
         if self.max_pending_chars < 1:
             raise ValueError(f"max_pending_chars must be >= 1, got {self.max_pending_chars}")
+        if self.max_event_chars < 1:
+            raise ValueError(f"max_event_chars must be >= 1, got {self.max_event_chars}")
+        if self.conflict_window < 0:
+            raise ValueError(f"conflict_window must be >= 0, got {self.conflict_window}")
+
+    @property
+    def max_raw_event_chars(self) -> int:
+        """Longest raw event (bytes or characters) parsed at all: 12 x max_event_chars + 64 KiB.
+
+        12 is the longest JSON spelling of one character (an escaped surrogate
+        pair); 64 KiB leaves room for the other fields.
+        """
+        return 12 * self.max_event_chars + 65536
+
+
 _MAX_DEAD_ROW_CHARS = 4000
+_MAX_DEAD_TEXT_CHARS = 1000
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> tuple[str, int]:
+    """Replaces lone UTF-16 surrogates by U+FFFD; returns ``(text, how many were replaced)``.
+
+    JSON can spell a lone surrogate (``"\\ud83d"``: an emoji cut in half by a
+    client); Python then holds a str that cannot be encoded as UTF-8, so it could
+    not be keyed, stored, hashed or written.  A valid pair held as two code
+    points is joined into its character and not counted.
+    """
+    if text.isascii() or _SURROGATE_RE.search(text) is None:
+        return text, 0
+    surrogates = len(_SURROGATE_RE.findall(text))
+    fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    joined_pairs = len(text) - len(fixed)
+    return fixed, surrogates - 2 * joined_pairs
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _describe(value: Any) -> str:
+    """A short, always-encodable rendering of a bad field value for a dead-letter reason."""
+    try:
+        shown = json.dumps(value, ensure_ascii=True, default=repr)  # ASCII: never a lone surrogate
+    except (TypeError, ValueError, RecursionError):
+        shown = f"<{type(value).__name__}>"
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{_json_type(value)} ({shown})"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _counter(name: str) -> Any:
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def _safe(text: str, limit: int) -> str:
+    return repair_text(text[:limit])[0]
+
+
 def _dead(source: str, row: Any, code: str, detail: str) -> beam.pvalue.TaggedOutput:
-    if not isinstance(row, str):
+    """A dead letter ``{source, row, reason, stage}`` that can always be encoded as UTF-8 JSON."""
+    if isinstance(row, (bytes, bytearray, memoryview)):
+        row = bytes(row[: 4 * _MAX_DEAD_ROW_CHARS]).decode("utf-8", "replace")
+    elif not isinstance(row, str):
         try:
             row = json.dumps(row, ensure_ascii=False, sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            row = repr(row)
+        except (TypeError, ValueError, RecursionError):  # mixed key types, cycles, deep nesting
+            row = f"<unprintable {type(row).__name__}>"
     return beam.pvalue.TaggedOutput(
         DEAD_LETTER_TAG,
         {
-            C.DEAD_SOURCE_KEY: source,
-            C.DEAD_ROW_KEY: row[:_MAX_DEAD_ROW_CHARS],
-            C.DEAD_REASON_KEY: f"{code}: {detail}",
+            C.DEAD_SOURCE_KEY: _safe(str(source), _MAX_DEAD_TEXT_CHARS),
+            C.DEAD_ROW_KEY: _safe(row, _MAX_DEAD_ROW_CHARS),
+            C.DEAD_REASON_KEY: _safe(f"{code}: {detail}", _MAX_DEAD_TEXT_CHARS),
             C.DEAD_STAGE_KEY: STREAM_STAGE,
         },
     )
 
 
-def parse_event(element: Any) -> tuple[tuple[str, dict[str, Any]] | None, tuple[str, str] | None]:
-    """Validates one raw event (JSON bytes/str or a dict).
+def to_json_line(record: Any) -> str:
+    """One output record as a JSON line that always encodes as UTF-8 (the writers' form)."""
+    line = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
+    return line if line.isascii() else repair_text(line)[0]
+
+
+def to_json_bytes(record: Any) -> bytes:
+    """`to_json_line` as UTF-8 bytes (a Pub/Sub message)."""
+    return to_json_line(record).encode("utf-8")
+
+
+def parse_event(
+    element: Any, *, max_event_chars: int = DEFAULT_MAX_EVENT_CHARS
+) -> tuple[tuple[str, dict[str, Any]] | None, tuple[str, str] | None]:
+    """Validates one raw event (JSON bytes/str or a dict); total: never raises on input.
+
+    Lone surrogates in ``stream_id``, ``text`` or ``token`` are replaced by U+FFFD
+    (the count is in the event as ``replaced_chars``); everything else that is not
+    a valid event is an error ``(code, detail)``.
 
     Returns:
-        ``((stream_id, event), None)`` with event ``{seq, text, end[, ts]}``, or
-        ``(None, (code, detail))``.
+        ``((stream_id, event), None)`` with event ``{seq, text, end[, ts][,
+        replaced_chars]}`` (``text`` is the chunk to apply: a ``token`` becomes
+        ``" token "``), or ``(None, (code, detail))``.
     """
-    if isinstance(element, (bytes, bytearray)):
+    raw_limit = 12 * max_event_chars + 65536  # = StreamConfig.max_raw_event_chars
+    if isinstance(element, (bytes, bytearray, memoryview)):
+        data = bytes(element)
+        if len(data) > raw_limit:
+            return None, (REASON_TOO_LARGE, f"{len(data)} bytes; the limit is {raw_limit} (max event chars {max_event_chars})")
+        if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (first line of some files)
+            data = data[3:]
         try:
-            element = bytes(element).decode("utf-8")
+            element = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            return None, (REASON_INVALID_JSON, f"not UTF-8: {e}")
+            return None, (REASON_INVALID_JSON, f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}")
     if isinstance(element, str):
+        if len(element) > raw_limit:
+            return None, (REASON_TOO_LARGE, f"{len(element)} characters; the limit is {raw_limit} (max event chars {max_event_chars})")
+        if element.startswith("\ufeff"):
+            element = element[1:]
         try:
-            element = json.loads(element)
-        except ValueError as e:
-            return None, (REASON_INVALID_JSON, str(e))
+            element = json.loads(element, parse_constant=_reject_constant)
+        except RecursionError:
+            return None, (REASON_INVALID_JSON, "nested too deeply")
+        except ValueError as e:  # JSONDecodeError, NaN / Infinity, integers of over 4300 digits
+            return None, (REASON_INVALID_JSON, _one_line(e)[:300])
     if not isinstance(element, Mapping):
-        return None, (REASON_NOT_OBJECT, f"expected a JSON object, got {type(element).__name__}")
+        return None, (REASON_NOT_OBJECT, f"expected a JSON object, got {_json_type(element)}")
+    replaced = 0
     for field in (STREAM_ID, SEQ):
         if element.get(field) is None:
             return None, (REASON_MISSING_FIELD, f"no {field!r}")
+
     stream_id = element[STREAM_ID]
-    if isinstance(stream_id, bool) or not isinstance(stream_id, (str, int)) or stream_id == "":
-        return None, (REASON_BAD_FIELD, f"{STREAM_ID!r} must be a non-empty string or an int")
+    if isinstance(stream_id, str):
+        stream_id, n = repair_text(stream_id)
+        replaced += n
+        if not stream_id or len(stream_id) > MAX_STREAM_ID_CHARS:
+            return None, (REASON_BAD_FIELD, f"{STREAM_ID!r} must have 1 to {MAX_STREAM_ID_CHARS} characters, got {len(stream_id)}")
+    elif isinstance(stream_id, int) and not isinstance(stream_id, bool) and -MAX_SEQ - 1 <= stream_id <= MAX_SEQ:
+        stream_id = str(stream_id)
+    else:
+        return None, (REASON_BAD_FIELD, f"{STREAM_ID!r} must be a non-empty string or an int64, got {_describe(stream_id)}")
+
     seq = element[SEQ]
     if isinstance(seq, bool) or not isinstance(seq, int):
-        return None, (REASON_BAD_FIELD, f"{SEQ!r} must be an int, got {seq!r}")
-    if seq < 0:
-        return None, (REASON_BAD_FIELD, f"{SEQ!r} must be >= 0, got {seq}")
-    text = element.get(TEXT)
-    token = element.get(TOKEN)
-    if text is not None and not isinstance(text, str):
-        return None, (REASON_BAD_FIELD, f"{TEXT!r} must be a string")
-    if token is not None and not isinstance(token, str):
-        return None, (REASON_BAD_FIELD, f"{TOKEN!r} must be a string")
+        return None, (REASON_BAD_FIELD, f"{SEQ!r} must be an integer, got {_describe(seq)}")
+    if not 0 <= seq <= MAX_SEQ:
+        return None, (REASON_BAD_FIELD, f"{SEQ!r} must be in [0, 2**63), got {_describe(seq)}")
+
+    text, token = element.get(TEXT), element.get(TOKEN)
     if text is not None and token is not None:
         return None, (REASON_BAD_FIELD, f"give {TEXT!r} (a raw chunk) or {TOKEN!r} (a whole word), not both")
-    end = element.get(END, False)
-    if not isinstance(end, bool):
-        return None, (REASON_BAD_FIELD, f"{END!r} must be true or false")
-    # A token is a whole word: whitespace on both sides keeps it from joining its neighbours.
-    chunk = text if text is not None else (f" {token} " if token is not None else "")
+    chunk = ""
+    for field, value in ((TEXT, text), (TOKEN, token)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return None, (REASON_BAD_FIELD, f"{field!r} must be a string, got {_describe(value)}")
+        if len(value) > max_event_chars:
+            return None, (REASON_TOO_LARGE, f"{field!r} has {len(value)} characters; the limit is {max_event_chars}")
+        value, n = repair_text(value)
+        replaced += n
+        # A token is a whole word: whitespace on both sides keeps it from joining its neighbours.
+        chunk = value if field == TEXT else f" {value} "
+
+    end = element.get(END)
+    if end is None:
+        end = False
+    elif not isinstance(end, bool):
+        return None, (REASON_BAD_FIELD, f"{END!r} must be true or false, got {_describe(end)}")
+
     event: dict[str, Any] = {SEQ: seq, TEXT: chunk, END: end}
     ts = element.get(EVENT_TS)
     if ts is not None:
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            return None, (REASON_BAD_FIELD, f"{EVENT_TS!r} must be a number (seconds since the epoch)")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not MIN_EVENT_TS <= ts <= MAX_EVENT_TS:
+            # (NaN fails the range test too)
+            return None, (
+                REASON_BAD_FIELD,
+                f"{EVENT_TS!r} must be seconds since the epoch (years 1 to 9999), got {_describe(ts)}",
+            )
         event[EVENT_TS] = float(ts)
-    return (str(stream_id), event), None
+    if replaced:
+        event[REPLACED_CHARS] = replaced
+    return (stream_id, event), None
 
 
 class _ParseEventsFn(beam.DoFn):
     """Raw events -> (stream_id, event) keyed for the stateful step; bad ones -> dead letter."""
 
-    def __init__(self, use_event_ts: bool) -> None:
+    def __init__(self, config: StreamConfig, use_event_ts: bool) -> None:
+        self._cfg = config
         self._use_event_ts = use_event_ts
         self._in = _counter("events_in")
         self._bad = _counter("events_invalid")
         self._dead = _counter("dead_lettered")
+        self._repaired = _counter("events_repaired")
+        self._replaced = _counter("replaced_chars")
+        self._internal = _counter("internal_errors")
 
     def process(self, element: Any) -> Iterable[Any]:
         self._in.inc()
-        parsed, error = parse_event(element)
+        try:
+            parsed, error = parse_event(element, max_event_chars=self._cfg.max_event_chars)
+        except Exception as e:  # pylint: disable=broad-except
+            # parse_event is total on every input we know of; should it ever raise,
+            # one event must not stop the job (on Pub/Sub: a message retried for ever).
+            logging.getLogger(__name__).exception("stream: parsing an event failed")
+            self._internal.inc()
+            parsed, error = None, (REASON_INTERNAL, f"{type(e).__name__}: {_one_line(e)[:300]}")
         if error is not None:
             self._bad.inc()
             self._dead.inc()
-            raw = element.decode("utf-8", "replace") if isinstance(element, (bytes, bytearray)) else element
-            yield _dead("event", raw, *error)
+            yield _dead("event", element, *error)
             return
-        if self._use_event_ts and EVENT_TS in parsed[1]:
-            yield beam.window.TimestampedValue(parsed, parsed[1][EVENT_TS])
+        stream_id, event = parsed
+        replaced = event.pop(REPLACED_CHARS, 0)
+        if replaced:
+            self._repaired.inc()
+            self._replaced.inc(replaced)
+        if self._use_event_ts and EVENT_TS in event:
+            yield beam.window.TimestampedValue((stream_id, event), event[EVENT_TS])
         else:
-            yield parsed
+            yield stream_id, event
+
+
+def _content_hash(text: str, end: bool) -> bytes:
+    """What makes two deliveries of one seq "the same": the chunk applied and the end flag."""
+    data = text.encode("utf-8", "surrogatepass") + (b"\x01" if end else b"\x00")
+    return hashlib.blake2b(data, digest_size=_HASH_BYTES).digest()
 
 
 # Stream record statuses.
@@ -879,45 +1098,58 @@ class _StreamFn(beam.DoFn):
     State (one ReadModifyWriteState, pickled dict, bounded):
       open stream:  status, next_seq, the StreamState record (float32 bytes, tokenizer
                     state), early events {seq: (text, end)} (<= max_buffered_events,
-                    <= max_buffered_chars), last event time.
-      tombstone:    status "closed", next_seq, reason — kept one TTL after end/expiry
-                    so that redelivered events are recognised as duplicates; then cleared.
+                    <= max_buffered_chars), last event time, and "hashes": the
+                    8-byte content hashes of the last <= conflict_window applied
+                    events (seqs next_seq - k .. next_seq - 1, oldest first).
+      tombstone:    status "closed", next_seq, reason, hashes — kept one TTL after
+                    end/expiry so that redelivered events are recognised as
+                    duplicates (or conflicting ones); then cleared.
     Timer (event time): last event time + TTL.
+
+    Counters of one event are gathered first and added only once the event is
+    handled, so a failure in between (an internal error, dead-lettered) leaves
+    the counters reconciled and the stream's state as it was.
     """
 
     STATE = ReadModifyWriteStateSpec("stream", PickleCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+    COUNTERS = (
+        "events_applied",
+        "events_duplicate",
+        "events_conflicting",
+        "duplicates_unchecked",
+        "events_buffered",
+        "dead_lettered",
+        "internal_errors",
+        "tokens",
+        "streams_started",
+        "streams_ended",
+        "streams_expired",
+        "state_cleared",
+        "tombstones_cleared",
+        "tag_lookahead_exceeded",
+        "events_after_close",
+    )
 
     def __init__(self, model_dir: str, config: StreamConfig, classifier: StreamingClassifier | None = None) -> None:
         self._model_dir = model_dir
         self._cfg = config
         self._ttl = Duration(micros=int(round(config.ttl_seconds * 1e6)))
         self._clf = classifier
-        self._c = {
-            name: _counter(name)
-            for name in (
-                "events_applied",
-                "events_duplicate",
-                "events_buffered",
-                "dead_lettered",
-                "tokens",
-                "streams_started",
-                "streams_ended",
-                "streams_expired",
-                "state_cleared",
-                "tombstones_cleared",
-                "tag_lookahead_exceeded",
-                "events_after_close",
-            )
-        }
+        self._c = {name: _counter(name) for name in self.COUNTERS}
 
     def setup(self) -> None:
         if self._clf is None:
             self._clf = StreamingClassifier.load(self._model_dir, max_pending_chars=self._cfg.max_pending_chars)
 
+    def _flush(self, counts: Mapping[str, int]) -> None:
+        for name, value in counts.items():
+            if value:
+                self._c[name].inc(value)
+
     # --- helpers ------------------------------------------------------------------
-    def _new_record(self) -> dict[str, Any]:
-        self._c["streams_started"].inc()
+    def _new_record(self, n: collections.Counter) -> dict[str, Any]:
+        n["streams_started"] += 1
         return {
             "status": _OPEN,
             "next_seq": self._cfg.first_seq,
@@ -925,10 +1157,13 @@ class _StreamFn(beam.DoFn):
             "early": {},
             "early_chars": 0,
             "last_ts": None,
+            "hashes": b"",
         }
 
-    def _token_records(self, stream_id: str, seq: int | None, predictions: list[Prediction]) -> list[dict[str, Any]]:
-        self._c["tokens"].inc(len(predictions))
+    def _token_records(
+        self, stream_id: str, seq: int | None, predictions: list[Prediction], n: collections.Counter
+    ) -> list[dict[str, Any]]:
+        n["tokens"] += len(predictions)
         return [
             {
                 STREAM_ID: stream_id,
@@ -950,7 +1185,60 @@ class _StreamFn(beam.DoFn):
         record.update(extra)
         return record
 
-    def _apply(self, stream_id: str, record: dict[str, Any], seq: int, text: str, end: bool, out: list) -> bool:
+    def _remember(self, record: dict[str, Any], text: str, end: bool) -> None:
+        """Appends the content hash of the event just applied (the last conflict_window kept)."""
+        if self._cfg.conflict_window:
+            hashes = record.get("hashes", b"") + _content_hash(text, end)
+            record["hashes"] = hashes[-self._cfg.conflict_window * _HASH_BYTES :]
+
+    @staticmethod
+    def _applied_hash(record: Mapping[str, Any], seq: int) -> bytes | None:
+        """The remembered content hash of applied event `seq`, or None when it is out of the window."""
+        hashes = record.get("hashes", b"")
+        count = len(hashes) // _HASH_BYTES
+        back = record["next_seq"] - seq  # 1: the last applied event
+        if not 1 <= back <= count:
+            return None
+        start = (count - back) * _HASH_BYTES
+        return hashes[start : start + _HASH_BYTES]
+
+    def _duplicate(
+        self,
+        stream_id: str,
+        record: Mapping[str, Any],
+        event: Mapping[str, Any],
+        n: collections.Counter,
+        out: list,
+    ) -> None:
+        """`seq` was applied or is buffered: the same content changes nothing, other content is dead-lettered."""
+        seq, text, end = event[SEQ], event[TEXT], event[END]
+        if seq in record.get("early", {}):
+            first = record["early"][seq]
+            same, where = first[0] == text and first[1] == end, "buffered"
+        else:
+            known = self._applied_hash(record, seq)
+            if known is None:  # older than the conflict window: cannot be compared
+                n["events_duplicate"] += 1
+                n["duplicates_unchecked"] += 1
+                return
+            same, where = known == _content_hash(text, end), "applied"
+        if same:
+            n["events_duplicate"] += 1
+            return
+        n["events_conflicting"] += 1
+        n["dead_lettered"] += 1
+        out.append(
+            _dead(
+                f"{stream_id}:{seq}",
+                {STREAM_ID: stream_id, **event},
+                REASON_CONFLICTING_DUPLICATE,
+                f"seq {seq} was already {where} with a different text/token or end; the first version stands",
+            )
+        )
+
+    def _apply(
+        self, stream_id: str, record: dict[str, Any], seq: int, text: str, end: bool, out: list, n: collections.Counter
+    ) -> bool:
         """Applies the in-order event `seq`; returns True when it ended the stream."""
         state = StreamState.from_record(record["stream"], self._clf.num_state_arrays)
         forced_before = state.tokenizer.forced_tag_releases
@@ -958,21 +1246,21 @@ class _StreamFn(beam.DoFn):
         if end:
             more, state = self._clf.finish(state)
             predictions += more
-        if state.tokenizer.forced_tag_releases > forced_before:
-            self._c["tag_lookahead_exceeded"].inc(state.tokenizer.forced_tag_releases - forced_before)
-        out.extend(self._token_records(stream_id, seq, predictions))
-        self._c["events_applied"].inc()
+        n["tag_lookahead_exceeded"] += state.tokenizer.forced_tag_releases - forced_before
+        out.extend(self._token_records(stream_id, seq, predictions, n))
+        n["events_applied"] += 1
         record["next_seq"] = seq + 1
         record["stream"] = state.to_record()
+        self._remember(record, text, end)
         if end:
             out.append(self._final_record(stream_id, seq, state, reason="end"))
-            self._c["streams_ended"].inc()
+            n["streams_ended"] += 1
         return end
 
-    def _close(self, stream_id: str, record: dict[str, Any], reason: str, out: list) -> dict[str, Any]:
+    def _close(self, stream_id: str, record: dict[str, Any], reason: str, out: list, n: collections.Counter) -> dict[str, Any]:
         """Dead-letters buffered events that can no longer apply; returns the tombstone."""
         for seq in sorted(record["early"]):
-            text, end = record["early"][seq]
+            text, end = record["early"][seq][:2]
             code = REASON_AFTER_END if reason == "end" else REASON_GAP_EXPIRED
             detail = (
                 f"seq {seq} is after the end of the stream (seq {record['next_seq'] - 1})"
@@ -980,29 +1268,40 @@ class _StreamFn(beam.DoFn):
                 else f"stream expired while waiting for seq {record['next_seq']}"
             )
             out.append(_dead(f"{stream_id}:{seq}", {STREAM_ID: stream_id, SEQ: seq, TEXT: text, END: end}, code, detail))
-            self._c["dead_lettered"].inc()
-        self._c["state_cleared"].inc()
-        return {"status": _CLOSED, "next_seq": record["next_seq"], "reason": reason, "last_ts": record["last_ts"]}
+            n["dead_lettered"] += 1
+        n["state_cleared"] += 1
+        return {
+            "status": _CLOSED,
+            "next_seq": record["next_seq"],
+            "reason": reason,
+            "last_ts": record["last_ts"],
+            "hashes": record.get("hashes", b""),
+        }
 
-    # --- process ----------------------------------------------------------------------
-    def process(
+    def _handle(
         self,
-        element: tuple[str, dict[str, Any]],
-        timestamp: Any = beam.DoFn.TimestampParam,
-        state: Any = beam.DoFn.StateParam(STATE),
-        expiry: Any = beam.DoFn.TimerParam(EXPIRY),
-    ) -> Iterable[Any]:
-        stream_id, event = element
+        stream_id: str,
+        event: Mapping[str, Any],
+        ts_micros: int,
+        record: dict[str, Any] | None,
+        out: list,
+        n: collections.Counter,
+    ) -> dict[str, Any] | None:
+        """One event against the stream's record; returns the record to store (None: store nothing)."""
         seq, text, end = event[SEQ], event[TEXT], event[END]
-        record = state.read()
-        out: list[Any] = []
-        ts_micros = Timestamp.of(timestamp).micros
+        if seq < self._cfg.first_seq:
+            n["dead_lettered"] += 1
+            out.append(
+                _dead(f"{stream_id}:{seq}", {STREAM_ID: stream_id, **event}, REASON_BAD_FIELD,
+                      f"seq {seq} is below the first seq ({self._cfg.first_seq})")
+            )
+            return None
         if record is not None and record["status"] == _CLOSED:
             if seq < record["next_seq"]:
-                self._c["events_duplicate"].inc()
+                self._duplicate(stream_id, record, event, n, out)
             else:
-                self._c["events_after_close"].inc()
-                self._c["dead_lettered"].inc()
+                n["events_after_close"] += 1
+                n["dead_lettered"] += 1
                 out.append(
                     _dead(
                         f"{stream_id}:{seq}",
@@ -1011,16 +1310,16 @@ class _StreamFn(beam.DoFn):
                         f"stream {record['reason']} before this event (last seq {record['next_seq'] - 1})",
                     )
                 )
-            return out  # a tombstone's timer is not extended
+            return None  # a tombstone's timer is not extended
         if record is None:
-            record = self._new_record()
+            record = self._new_record(n)
         record["last_ts"] = ts_micros if record["last_ts"] is None else max(record["last_ts"], ts_micros)
 
         if seq < record["next_seq"] or seq in record["early"]:
-            self._c["events_duplicate"].inc()
+            self._duplicate(stream_id, record, event, n, out)
         elif seq > record["next_seq"]:
             if len(record["early"]) >= self._cfg.max_buffered_events or record["early_chars"] + len(text) > self._cfg.max_buffered_chars:
-                self._c["dead_lettered"].inc()
+                n["dead_lettered"] += 1
                 out.append(
                     _dead(
                         f"{stream_id}:{seq}",
@@ -1034,18 +1333,46 @@ class _StreamFn(beam.DoFn):
             else:
                 record["early"][seq] = (text, end)
                 record["early_chars"] += len(text)
-                self._c["events_buffered"].inc()
+                n["events_buffered"] += 1
         else:
-            ended = self._apply(stream_id, record, seq, text, end, out)
+            ended = self._apply(stream_id, record, seq, text, end, out, n)
             while not ended and record["next_seq"] in record["early"]:
                 nxt = record["next_seq"]
-                text_n, end_n = record["early"].pop(nxt)
+                text_n, end_n = record["early"].pop(nxt)[:2]
                 record["early_chars"] -= len(text_n)
-                ended = self._apply(stream_id, record, nxt, text_n, end_n, out)
+                ended = self._apply(stream_id, record, nxt, text_n, end_n, out, n)
             if ended:
-                record = self._close(stream_id, record, "end", out)
-        state.write(record)
-        expiry.set(Timestamp(micros=record["last_ts"]) + self._ttl)
+                record = self._close(stream_id, record, "end", out, n)
+        return record
+
+    # --- process ----------------------------------------------------------------------
+    def process(
+        self,
+        element: tuple[str, dict[str, Any]],
+        timestamp: Any = beam.DoFn.TimestampParam,
+        state: Any = beam.DoFn.StateParam(STATE),
+        expiry: Any = beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterable[Any]:
+        stream_id, event = element
+        out: list[Any] = []
+        n: collections.Counter = collections.Counter()
+        try:
+            record = self._handle(stream_id, event, Timestamp.of(timestamp).micros, state.read(), out, n)
+            fire_at = None if record is None else Timestamp(micros=record["last_ts"]) + self._ttl
+        except Exception as e:  # pylint: disable=broad-except
+            # Events are validated by parse_event, so this is a bug; still, one event
+            # must not stop every stream (on Pub/Sub it would be retried for ever).
+            # The stream's stored state is left as it was.
+            logging.getLogger(__name__).exception("stream %s: handling seq %s failed", stream_id, event.get(SEQ))
+            record, out = None, [
+                _dead(f"{stream_id}:{event.get(SEQ)}", {STREAM_ID: stream_id, **event}, REASON_INTERNAL,
+                      f"{type(e).__name__}: {_one_line(e)[:300]}")
+            ]
+            n = collections.Counter(dead_lettered=1, internal_errors=1)
+        if record is not None:
+            state.write(record)
+            expiry.set(fire_at)
+        self._flush(n)
         return out
 
     @on_timer(EXPIRY)
@@ -1058,24 +1385,26 @@ class _StreamFn(beam.DoFn):
         record = state.read()
         if record is None:
             return []
+        n: collections.Counter = collections.Counter()
         if record["status"] == _CLOSED:
             # The tombstone has lived one TTL: forget the stream entirely.
             state.clear()
-            self._c["tombstones_cleared"].inc()
+            self._flush({"tombstones_cleared": 1})
             return []
         out: list[Any] = []
         stream = StreamState.from_record(record["stream"], self._clf.num_state_arrays)
         predictions, stream = self._clf.finish(stream)
         last_seq = record["next_seq"] - 1 if record["next_seq"] > self._cfg.first_seq else None
-        out.extend(self._token_records(key, last_seq, predictions))
+        out.extend(self._token_records(key, last_seq, predictions, n))
         reason = f"idle: no event for {self._cfg.ttl_seconds:g} s (stream-ttl)"
         if record["early"]:
             reason += f"; seq {record['next_seq']} never arrived ({len(record['early'])} later events dead-lettered)"
         out.append(self._final_record(key, last_seq, stream, expired=True, reason=reason))
-        self._c["streams_expired"].inc()
-        tombstone = self._close(key, record, "expired", out)
+        n["streams_expired"] += 1
+        tombstone = self._close(key, record, "expired", out, n)
         state.write(tombstone)
         expiry.set(Timestamp(micros=record["last_ts"]) + self._ttl + self._ttl)
+        self._flush(n)
         return out
 
 
@@ -1094,13 +1423,20 @@ class StreamPredictions(beam.PTransform):
       the stream was idle for `ttl_seconds`).
       ``dead_letter``: ``{source, row, reason, stage}``.
 
-    Delivery: duplicates (same stream_id and seq, applied or buffered) change
-    nothing; out-of-order events wait (bounded buffer) for the gap to fill.
-    Expiry uses an event-time timer at (latest event time of the stream + TTL):
-    it fires when the watermark passes it (TestStream's advance_watermark_to;
-    Pub/Sub's watermark follows publish time; in a bounded run every open stream
-    expires when the input ends).  Counters in namespace ``beam_rnn.stream``
-    reconcile: events_in = events_applied + events_duplicate + dead_lettered.
+    No event can fail the pipeline: lone surrogates are replaced by U+FFFD
+    (counted), anything else invalid is dead-lettered with a reason, and every
+    output is encodable UTF-8 JSON (`to_json_line`).
+
+    Delivery: duplicates (same stream_id and seq, applied or buffered, same text
+    and end) change nothing; the same seq with a different text or end is
+    dead-lettered as ``conflicting_duplicate`` (checked for the last
+    `conflict_window` applied events of a stream and every buffered one).
+    Out-of-order events wait (bounded buffer) for the gap to fill.  Expiry uses
+    an event-time timer at (latest event time of the stream + TTL): it fires when
+    the watermark passes it (TestStream's advance_watermark_to; Pub/Sub's
+    watermark follows publish time; in a bounded run every open stream expires
+    when the input ends).  Counters in namespace ``beam_rnn.stream`` reconcile:
+    events_in = events_applied + events_duplicate + dead_lettered.
     """
 
     def __init__(
@@ -1112,6 +1448,8 @@ class StreamPredictions(beam.PTransform):
         max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
         max_buffered_chars: int = DEFAULT_MAX_BUFFERED_CHARS,
         max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS,
+        max_event_chars: int = DEFAULT_MAX_EVENT_CHARS,
+        conflict_window: int = DEFAULT_CONFLICT_WINDOW,
         use_event_ts: bool = True,
     ) -> None:
         super().__init__()
@@ -1122,11 +1460,13 @@ class StreamPredictions(beam.PTransform):
             max_buffered_events=max_buffered_events,
             max_buffered_chars=max_buffered_chars,
             max_pending_chars=max_pending_chars,
+            max_event_chars=max_event_chars,
+            conflict_window=conflict_window,
         )
         self._use_event_ts = use_event_ts
 
     def expand(self, events: beam.PCollection) -> dict[str, beam.PCollection]:
-        parsed = events | "Parse" >> beam.ParDo(_ParseEventsFn(self._use_event_ts)).with_output_types(
+        parsed = events | "Parse" >> beam.ParDo(_ParseEventsFn(self._config, self._use_event_ts)).with_output_types(
             tuple[str, dict[str, Any]]
         ).with_outputs(
             DEAD_LETTER_TAG, main=PREDICTIONS_TAG
@@ -1149,6 +1489,9 @@ def reconcile(counters: Mapping[str, int]) -> dict[str, Any]:
         "events_in": get("events_in"),
         "events_applied": get("events_applied"),
         "events_duplicate": get("events_duplicate"),
+        "events_conflicting": get("events_conflicting"),
+        "events_repaired": get("events_repaired"),
+        "replaced_chars": get("replaced_chars"),
         "dead_lettered": get("dead_lettered"),
         "reconciled": get("events_in") == accounted,
     }

@@ -27,6 +27,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from beam_rnn import streaming as S
+from beam_rnn.manifest import ArtifactError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--max-pending-chars", type=int, default=S.DEFAULT_MAX_PENDING_CHARS,
                        help=f"Text held after an unclosed '<' before it is taken as punctuation "
                        f"(default {S.DEFAULT_MAX_PENDING_CHARS}).")
+    state.add_argument("--max-event-chars", type=int, default=S.DEFAULT_MAX_EVENT_CHARS,
+                       help=f"Longest text/token of one event (default {S.DEFAULT_MAX_EVENT_CHARS}); longer "
+                       "events go to the dead letters (event_too_large).")
+    state.add_argument("--conflict-window", type=int, default=S.DEFAULT_CONFLICT_WINDOW,
+                       help=f"Applied events per stream whose content hash is kept to tell a redelivery from a "
+                       f"conflicting duplicate (default {S.DEFAULT_CONFLICT_WINDOW}; 8 bytes each).")
     inter = parser.add_argument_group("interactive mode")
     inter.add_argument("--interactive", action="store_true",
                        help="Read text from stdin and print the prediction after every token (the default "
@@ -68,7 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(parser: argparse.ArgumentParser, message: str) -> None:
     """One line on stderr, exit status 2 (argparse's error, without the usage block)."""
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
+    parser.exit(2, f"{parser.prog}: error: {' '.join(str(message).split())}\n")
+
+
+def _input_events_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be read as event files (None: it matches readable files)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    remote = "://" in pattern
+    if not remote and os.path.isdir(pattern) and not pattern.endswith(("/", os.sep)):
+        return f"--input-events {pattern} is a directory; give files or a glob (e.g. {pattern.rstrip('/')}/*.jsonl)"
+    try:
+        [result] = FileSystems.match([pattern])
+        paths = [m.path for m in result.metadata_list]
+    except Exception as e:  # pylint: disable=broad-except  (Beam raises BeamIOError and others)
+        return f"--input-events {pattern}: {type(e).__name__}: {e}"
+    if not remote:
+        paths = [path for path in paths if not os.path.isdir(path)]
+        unreadable = [path for path in paths if not os.access(path, os.R_OK)]
+        if unreadable:
+            return f"--input-events: {unreadable[0]} is not readable"
+    if not paths:
+        return f"--input-events matches no files: {pattern}"
+    return None
 
 
 def _check(known: argparse.Namespace, parser: argparse.ArgumentParser) -> S.StreamingClassifier:
@@ -92,15 +121,23 @@ def _check(known: argparse.Namespace, parser: argparse.ArgumentParser) -> S.Stre
             _fail(parser, f"--{name.replace('_', '-')} must be >= 0")
     if known.max_pending_chars < 1:
         _fail(parser, "--max-pending-chars must be >= 1")
+    if known.max_event_chars < 1:
+        _fail(parser, "--max-event-chars must be >= 1")
+    if known.conflict_window < 0:
+        _fail(parser, "--conflict-window must be >= 0")
     try:
-        classifier = S.StreamingClassifier.load(known.model, max_pending_chars=known.max_pending_chars)
-    except S.ModelDirError as e:
-        _fail(parser, f"--model: {e}")
+        S.StreamConfig(ttl_seconds=known.stream_ttl, first_seq=known.first_seq)
+    except ValueError as e:
+        _fail(parser, str(e).replace("ttl_seconds", "--stream-ttl").replace("first_seq", "--first-seq"))
     if known.input_events:
-        from beam_rnn.runtime import input_matches
-
-        if input_matches([known.input_events]):
-            _fail(parser, f"--input-events matches no files: {known.input_events}")
+        problem = _input_events_problem(known.input_events)
+        if problem:
+            _fail(parser, problem)
+    try:
+        # Verified against the model's manifest.json before anything is parsed.
+        classifier = S.StreamingClassifier.load(known.model, max_pending_chars=known.max_pending_chars)
+    except ArtifactError as e:
+        _fail(parser, f"--model: {e}")
     return classifier
 
 
@@ -226,6 +263,8 @@ def _transform(known: argparse.Namespace, *, use_event_ts: bool) -> Any:
         max_buffered_events=known.max_buffered_events,
         max_buffered_chars=known.max_buffered_chars,
         max_pending_chars=known.max_pending_chars,
+        max_event_chars=known.max_event_chars,
+        conflict_window=known.conflict_window,
         use_event_ts=use_event_ts,
     )
 
@@ -251,11 +290,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         return {"mode": "interactive", **totals}
 
     import apache_beam as beam
+    from apache_beam.coders import BytesCoder
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
-    from beam_rnn.io import WriteJsonLines
     from beam_rnn.runtime import counters, pipeline_options
+
+    def write_json_lines(prefix: str) -> beam.PTransform:
+        # S.to_json_line: every record encodes as UTF-8, whatever an event carried.
+        return beam.Map(S.to_json_line) | beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
 
     options = pipeline_options(pipeline_args, streaming=not known.input_events)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -263,12 +306,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         p = beam.Pipeline(options=options)
         events = (
             p
-            | "ReadEvents" >> beam.io.ReadFromText(known.input_events)
-            | "SkipBlank" >> beam.Filter(lambda line: line.strip() != "")
+            # Bytes, not str: a line that is not UTF-8 is a dead letter, not a failed read.
+            | "ReadEvents" >> beam.io.ReadFromText(known.input_events, coder=BytesCoder())
+            | "SkipBlank" >> beam.Filter(lambda line: line.strip() != b"")
         )
         result = events | "StreamPredictions" >> _transform(known, use_event_ts=True)
-        _ = result[S.PREDICTIONS_TAG] | "WritePredictions" >> WriteJsonLines(known.output)
-        _ = result[S.DEAD_LETTER_TAG] | "WriteDeadLetter" >> WriteJsonLines(known.output + "-dead_letter")
+        _ = result[S.PREDICTIONS_TAG] | "WritePredictions" >> write_json_lines(known.output)
+        _ = result[S.DEAD_LETTER_TAG] | "WriteDeadLetter" >> write_json_lines(known.output + "-dead_letter")
         pipeline_result = p.run()
         pipeline_result.wait_until_finish()
         found = counters(pipeline_result, S.METRICS_NAMESPACE)
@@ -285,7 +329,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         timestamp_attribute=known.timestamp_attribute,
     )
     result = p | "ReadPubSub" >> read | "StreamPredictions" >> _transform(known, use_event_ts=False)
-    to_bytes = lambda r: json.dumps(r, ensure_ascii=False, sort_keys=True).encode("utf-8")  # noqa: E731
+    to_bytes = S.to_json_bytes  # always valid UTF-8, whatever an event carried
     _ = (
         result[S.PREDICTIONS_TAG]
         | "PredictionsToBytes" >> beam.Map(to_bytes)
@@ -299,7 +343,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         )
     else:
         _ = result[S.DEAD_LETTER_TAG] | "LogDeadLetter" >> beam.Map(
-            lambda r: logging.warning("dead letter: %s", json.dumps(r, ensure_ascii=False))
+            lambda r: logging.warning("dead letter: %s", S.to_json_line(r))
         )
     pipeline_result = p.run()
     return {"mode": "pubsub", "state": str(pipeline_result.state)}
