@@ -78,6 +78,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.utils.windowed_value import WindowedValue
+import numpy as np
 
 from beam_rnn import constants as C
 from beam_rnn.io import DEAD_LETTER_TAG, WriteJsonLines, dead_letter
@@ -212,7 +213,28 @@ def read_model_info(model_dir: str, name: str | None = None) -> ModelInfo:
         names = tuple(names)
     kind = card.get("kind")
     kind = kind if isinstance(kind, str) and kind else os.path.basename(model_dir.rstrip("/")) or "model"
+    verify_model_files(model_dir, [C.SAVED_MODEL_DIR + "/", C.MODEL_CARD_FILE])
     return ModelInfo(name=name or kind, model_dir=model_dir, kind=kind, num_classes=num_classes, label_names=names)
+
+
+def verify_model_files(model_dir: str, files: Sequence[str]) -> None:
+    """Checks the files a caller is about to use against the export's manifest.json.
+
+    Args:
+      model_dir: An exported model directory.
+      files: Relative paths (a trailing ``/`` means a whole directory) that must
+        be in the manifest and match its sizes and sha256.
+
+    Raises:
+      ModelDirError: One line naming the missing or damaged file.
+    """
+    from beam_rnn.manifest import ArtifactError, verify_manifest  # pylint: disable=import-outside-toplevel
+
+    required = [f for f in files if not f.endswith("/")]
+    try:
+        verify_manifest(model_dir, prefixes=list(files), required=required, what="model")
+    except ArtifactError as e:
+        raise ModelDirError(str(e)) from e
 
 
 def resolve_models(models: str | Sequence[str | ModelInfo] | Mapping[str, str] | ModelInfo) -> tuple[ModelInfo, ...]:
@@ -812,6 +834,59 @@ class ScoreSummaryFn(beam.CombineFn):
         return summary
 
 
+def id_fingerprint(doc_id: str) -> int:
+    """64-bit fingerprint of a document id (for counting distinct ids in bounded space)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+class DistinctIdsFn(beam.CombineFn):
+    """Document ids -> ``{"ids", "distinct_ids", "duplicate_ids"}``.
+
+    Exact up to 64-bit fingerprint collisions (probability ~n^2 / 2^65: 3e-8 at
+    a million ids).  The accumulator keeps 8 bytes per distinct id in a sorted
+    NumPy array (8 MB for a million documents) rather than the ids themselves;
+    counting duplicates with a GroupByKey would hold every id in memory on the
+    local runners.
+    """
+
+    _PENDING = 1 << 16
+
+    def create_accumulator(self) -> list[Any]:
+        return [np.zeros(0, dtype=np.uint64), [], 0]  # sorted distinct, pending, count
+
+    @staticmethod
+    def _compact(acc: list[Any]) -> list[Any]:
+        if acc[1]:
+            acc[0] = np.union1d(acc[0], np.asarray(acc[1], dtype=np.uint64))
+            acc[1] = []
+        return acc
+
+    def add_input(self, acc: list[Any], doc_id: str) -> list[Any]:
+        acc[1].append(id_fingerprint(doc_id))
+        acc[2] += 1
+        return self._compact(acc) if len(acc[1]) >= self._PENDING else acc
+
+    def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
+        accumulators = [self._compact(acc) for acc in accumulators]
+        merged = self.create_accumulator()
+        if accumulators:
+            merged[0] = np.unique(np.concatenate([acc[0] for acc in accumulators]))
+            merged[2] = sum(acc[2] for acc in accumulators)
+        return merged
+
+    def compact(self, acc: list[Any]) -> list[Any]:
+        return self._compact(acc)
+
+    def extract_output(self, acc: list[Any]) -> dict[str, int]:
+        acc = self._compact(acc)
+        distinct = int(acc[0].size)
+        return {"ids": int(acc[2]), "distinct_ids": distinct, "duplicate_ids": int(acc[2]) - distinct}
+
+
+def _add_id_counts(summary: dict[str, Any], id_counts: Mapping[str, int]) -> dict[str, Any]:
+    return dict(summary, **id_counts)
+
+
 def _add_dead_letter_counts(summary: dict[str, Any], counts: Mapping[tuple[str, str], int]) -> dict[str, Any]:
     by_stage: dict[str, dict[str, int]] = {}
     for (stage, code), n in sorted(counts.items()):
@@ -839,7 +914,7 @@ class ScoreResult(NamedTuple):
 
     scores: beam.PCollection
     dead_letter: beam.PCollection
-    summary: beam.PCollection | None  # one dict; None when the corpus is unlabelled
+    summary: beam.PCollection  # one dict (accuracy etc. only for labelled corpora)
 
 
 class ScoreCorpus(beam.PTransform):
@@ -968,17 +1043,22 @@ class ScoreCorpus(beam.PTransform):
         scores = tuple(score_parts) | "Scores" >> beam.Flatten()
         dead = tuple(dead_parts) | "DeadLetters" >> beam.Flatten()
 
-        summary = None
-        if self._labelled:
-            metrics = scores | "Summarize" >> beam.CombineGlobally(self._summary_fn)
-            dead_counts = (
-                dead
-                | "DeadLetterKeys" >> beam.Map(_dead_letter_key)
-                | "CountDeadLetters" >> beam.combiners.Count.PerElement()
-            )
-            summary = metrics | "AddDeadLetterCounts" >> beam.Map(
-                _add_dead_letter_counts, beam.pvalue.AsDict(dead_counts)
-            )
+        metrics = scores | "Summarize" >> beam.CombineGlobally(self._summary_fn)
+        dead_counts = (
+            dead
+            | "DeadLetterKeys" >> beam.Map(_dead_letter_key)
+            | "CountDeadLetters" >> beam.combiners.Count.PerElement()
+        )
+        id_counts = (
+            checked.keyed
+            | "DocumentIds" >> beam.Map(lambda keyed_text: keyed_text[0][0])
+            | "CountDistinctIds" >> beam.CombineGlobally(DistinctIdsFn())
+        )
+        summary = (
+            metrics
+            | "AddDeadLetterCounts" >> beam.Map(_add_dead_letter_counts, beam.pvalue.AsDict(dead_counts))
+            | "AddIdCounts" >> beam.Map(_add_id_counts, beam.pvalue.AsSingleton(id_counts))
+        )
         return ScoreResult(scores, dead, summary)
 
 

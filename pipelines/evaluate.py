@@ -50,6 +50,20 @@ def _check_models(models_dir: str, parser: argparse.ArgumentParser) -> tuple[lis
         cards = {n: read_card(os.path.join(models_dir, n)) for n in names}
     except (ValueError, OSError) as e:
         parser.error(f"--models {models_dir!r}: unreadable {C.MODEL_CARD_FILE}: {e}")
+    from beam_rnn import inference as I
+    from beam_rnn.export import VOCAB_TEXT_FILE
+
+    # Before the pipeline: every file the report reads matches the export's manifest,
+    # and each SavedModel loads (a damaged model used to fail minutes into the run).
+    try:
+        for n in names:
+            model_dir = os.path.join(models_dir, n)
+            info = I.read_model_info(model_dir, n)
+            if n == C.MODEL_LSTM:
+                I.verify_model_files(model_dir, [C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE])
+            I.check_model_loads(info)
+    except I.ModelDirError as e:
+        parser.error(str(e))
     classes = {c.get("num_classes") for c in cards.values()}
     if len(classes) != 1:
         parser.error(f"--models {models_dir!r}: the models disagree on the number of classes ({classes})")

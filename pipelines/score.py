@@ -170,32 +170,33 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             prefix, output_format=known.output_format, columns=score.columns, num_shards=known.num_shards
         )
         _ = result.dead_letter | "WriteDeadLetter" >> WriteJsonLines(prefix + "-dead_letter")
-        if result.summary is not None:
-            _ = I.write_summary(result.summary, prefix)
+        _ = I.write_summary(result.summary, prefix)
     del keep_loaded
 
     report = _reconcile(counters(p.result, "beam_rnn.io"), counters(p.result, I.METRICS_NAMESPACE))
     report["models"] = {info.name: info.model_dir for info in infos}
     report["outputs"] = I.output_patterns(prefix, known.output_format)
-    if result.summary is not None:
-        path = report["outputs"]["summary"]
-        with tf.io.gfile.GFile(path) as f:
-            summary = json.loads(f.read())
-        summary["counters"] = {k: v for k, v in report.items() if k not in ("models", "outputs")}
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(I.summary_json(summary))
-        report["summary"] = summary
-    else:
-        del report["outputs"]["summary"]
+    path = report["outputs"]["summary"]
+    with tf.io.gfile.GFile(path) as f:
+        summary = json.loads(f.read())
+    summary["counters"] = {k: v for k, v in report.items() if k not in ("models", "outputs")}
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(I.summary_json(summary))
+    report["summary"] = summary
+    report["duplicate_ids"] = summary.get("duplicate_ids")
+    if summary.get("duplicate_ids"):
+        logging.warning("%d of %d scored documents repeat an earlier document id (%d distinct ids)",
+                        summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO)
     report = run(argv)
-    brief = {k: report.get(k) for k in ("rows_in", "documents_in", "scored", "dead_lettered", "reconciled")}
+    brief = {k: report.get(k) for k in ("rows_in", "documents_in", "scored", "dead_lettered", "reconciled",
+                                        "duplicate_ids")}
     summary = report.get("summary")
-    if summary:
+    if summary and summary.get("labelled"):
         brief["metrics"] = {
             name: {k: m.get(k) for k in ("accuracy", "auc", "auc_method")} for name, m in summary["models"].items()
         }

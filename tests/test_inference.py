@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from beam_rnn.manifest import write_manifest
 from beam_rnn import constants as C
 from beam_rnn import export, inference, models, preprocessing
 from tests.helpers import preprocess_docs as _preprocess
@@ -92,6 +93,7 @@ def env(tmp_path_factory):
     card = json.loads(card_path.read_text())
     card["label_names"] = ["neg", "neu", "pos"]
     card_path.write_text(json.dumps(card))
+    write_manifest(dirs["multi"])  # the card was edited after the export
     docs, bad = _corpus_rows(seed=3)
     corpus = root / "corpus.csv"
     _write_csv(corpus, docs, list(bad))
@@ -516,6 +518,37 @@ def test_missing_or_corrupt_model_dir_exits_2_before_the_pipeline(env, tmp_path,
     assert proc.returncode == 2, f"rc={proc.returncode}\n{proc.stderr[-3000:]}"
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert "cannot be loaded" in errors[0] and str(corrupt) in errors[0]
+    assert "saved_model/saved_model.pb is damaged" in errors[0] and str(corrupt) in errors[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not out.parent.exists(), "the pipeline must not have started"
+
+
+def test_distinct_ids_combiner_counts_duplicates_exactly(monkeypatch):
+    monkeypatch.setattr(inference.DistinctIdsFn, "_PENDING", 7)  # exercise compaction and merging
+    fn = inference.DistinctIdsFn()
+    rng = random.Random(5)
+    ids = [f"doc{rng.randrange(400)}" for _ in range(1000)]
+    parts = [ids[i::3] for i in range(3)]
+    accs = []
+    for part in parts:
+        acc = fn.create_accumulator()
+        for doc_id in part:
+            acc = fn.add_input(acc, doc_id)
+        accs.append(acc)
+    out = fn.extract_output(fn.merge_accumulators(accs))
+    assert out == {"ids": 1000, "distinct_ids": len(set(ids)), "duplicate_ids": 1000 - len(set(ids))}
+    assert fn.extract_output(fn.create_accumulator()) == {"ids": 0, "distinct_ids": 0, "duplicate_ids": 0}
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_duplicate_ids_are_counted_in_the_summary(env, tmp_path, labelled):
+    docs = [dict(d) for d in env["docs"][:20]]
+    docs += [dict(docs[3], text="a different text, same id"), dict(docs[3]), dict(docs[7])]
+    if not labelled:
+        docs = [{k: v for k, v in d.items() if k != "label"} for d in docs]
+    else:
+        docs = [dict(d, label=int(d["label"])) for d in docs]
+    records, dead, summary, _ = _score_in_pipeline(tmp_path, docs, env["dirs"]["lstm"], labelled=labelled)
+    assert len(records) == 23 and not dead  # duplicates are scored, and counted
+    assert summary["ids"] == 23 and summary["distinct_ids"] == 20 and summary["duplicate_ids"] == 3
+    assert summary["labelled"] == (20 + 3 if labelled else 0)
