@@ -85,6 +85,11 @@ def validate_transformed(transformed: str, splits: Sequence[str]) -> tuple[list[
     if missing:
         raise ValueError(f"--transformed {transformed!r} is incomplete (run pipelines.preprocess to completion); "
                          f"missing: {'; '.join(missing)}")
+    from beam_rnn.manifest import verify_manifest
+
+    # ArtifactError is a ValueError: one line naming the damaged file.
+    verify_manifest(transformed, prefixes=[C.TRANSFORMED_DIR + "/", C.TRANSFORM_FN_DIR + "/assets/", C.STATS_FILE],
+                    required=[C.STATS_FILE], what="preprocess output")
     return files, stats
 
 

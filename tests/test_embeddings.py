@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from beam_rnn.manifest import write_manifest
 from beam_rnn import constants as C
 from beam_rnn import embeddings as E
 
@@ -349,6 +350,7 @@ def _tiny_prep(root):
                               options="GZIP") as w:
         for i, doc in enumerate(_topic_corpus(rng, docs=60, length=20)):
             w.write(_transformed_example(f"doc{i}", np.append(doc, 1)))
+    write_manifest(str(root))
     return words
 
 
@@ -398,3 +400,22 @@ def test_rescale_matches_the_initial_rms_and_keeps_cosines():
     np.testing.assert_allclose(np.sqrt(np.mean(matrix[3:] ** 2)), 0.05, rtol=1e-5)
     np.testing.assert_allclose(matrix[4] / matrix[3], np.array([-6.0, 8.0]) / np.array([3.0, 4.0]), rtol=1e-5)
     np.testing.assert_array_equal(matrix[:3], init[:3])
+
+
+def test_driver_exits_2_on_a_damaged_transformed_dir(tmp_path):
+    """A shard altered after preprocessing: one line naming it, exit 2, before any work."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _tiny_prep(tmp_path / "prep")
+    shard = tmp_path / "prep" / C.TRANSFORMED_DIR / "train-00000-of-00001.tfrecord.gz"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    proc = subprocess.run([sys.executable, "-m", "pipelines.embeddings", "--transformed", str(tmp_path / "prep"),
+                           "--output", str(tmp_path / "vec")], capture_output=True, text=True, cwd=str(ROOT),
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if "embeddings: error:" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "transformed/train-00000-of-00001.tfrecord.gz is damaged" in errors[0]
+    assert not (tmp_path / "vec").exists()
