@@ -22,8 +22,17 @@ COMMANDS = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("beam-rnn")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def _usage() -> str:
-    lines = ["usage: beam-rnn <command> [options] [Beam pipeline flags]", "", "commands:"]
+    lines = ["usage: beam-rnn [--version] <command> [options] [Beam pipeline flags]", "", "commands:"]
     for name, module in COMMANDS.items():
         lines.append(f"  {name:<12} python -m {module}")
     return "\n".join(lines)
@@ -34,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from beam_rnn.runtime import hard_exit
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-V", "--version"):
+        print(f"beam-rnn {_version()}")
+        hard_exit(0)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         hard_exit(0 if args else 2)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_args(parser)
     parser.add_argument("--output", default=os.path.join("runs", "imdb"), help="Run directory (default runs/imdb).")
     parser.add_argument("--quick", action="store_true",
-                        help=f"Small run: {QUICK['sample_fraction']:.0%} of the corpus, {QUICK['epochs']} epochs, "
+                        help=f"Small run: {QUICK['sample_fraction'] * 100:g}%% of the corpus, {QUICK['epochs']} epochs, "
                         f"{QUICK['vocab_size']} words, documents cut to {QUICK['max_length']} tokens.")
     parser.add_argument("--epochs", type=int, default=None, help="Training epochs (default: the trainer's, or quick's).")
     parser.add_argument("--vocab-size", type=int, default=None, help="Vocabulary size (default 20000, quick 5000).")
