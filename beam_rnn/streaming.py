@@ -1313,6 +1313,10 @@ class _StreamFn(beam.DoFn):
             return None  # a tombstone's timer is not extended
         if record is None:
             record = self._new_record(n)
+        else:
+            # Work on a copy: state.read() may hand out the cached object itself, and an
+            # event that fails half-way must leave the stored state as it was.
+            record = dict(record, early=dict(record["early"]))
         record["last_ts"] = ts_micros if record["last_ts"] is None else max(record["last_ts"], ts_micros)
 
         if seq < record["next_seq"] or seq in record["early"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -45,6 +46,60 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
     if not keep_tmp:
         shutil.rmtree(tmp)
     return stats
+
+
+def build_streaming_model_dir(
+    model_dir: str,
+    words: list[str] = WORDS,
+    *,
+    seed: int = 0,
+    cell: str = "lstm",
+    units: int = 6,
+    embedding_dim: int = 8,
+    dense_units: int = 5,
+    num_classes: int = 2,
+    num_oov_buckets: int = 1,
+    max_tokens: int | None = None,
+) -> str:
+    """A streaming model directory built by hand (no TensorFlow): random step weights,
+    ``vocab.txt``, ``preprocess_config.json``, ``model_card.json`` and, last, the
+    ``manifest.json`` every exported model has.  Returns `model_dir`."""
+    from beam_rnn import rnn_step
+    from beam_rnn.manifest import write_manifest
+
+    rng = np.random.default_rng(seed)
+    gates = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+    vocab = len(words) + num_oov_buckets + 1
+    outputs = 1 if num_classes == 2 else num_classes
+
+    def rand(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * (1.5 / np.sqrt(shape[0]))).astype(np.float32)
+
+    weights = {
+        rnn_step.META_FORMAT_VERSION: np.asarray(rnn_step.FORMAT_VERSION, np.int64),
+        rnn_step.META_CELL: np.asarray(cell),
+        rnn_step.META_NUM_LAYERS: np.asarray(1, np.int64),
+        rnn_step.META_UNITS: np.asarray(units, np.int64),
+        rnn_step.META_NUM_CLASSES: np.asarray(num_classes, np.int64),
+        rnn_step.EMBEDDING: rand(vocab, embedding_dim),
+        rnn_step.layer_key(0, "kernel"): rand(embedding_dim, gates * units),
+        rnn_step.layer_key(0, "recurrent_kernel"): rand(units, gates * units),
+        rnn_step.layer_key(0, "bias"): rand(*((2, gates * units) if cell == "gru" else (gates * units,))),
+        rnn_step.DENSE_HIDDEN_KERNEL: rand(units, dense_units),
+        rnn_step.DENSE_HIDDEN_BIAS: rand(dense_units),
+        rnn_step.LOGITS_KERNEL: rand(dense_units, outputs),
+        rnn_step.LOGITS_BIAS: rand(outputs),
+    }
+    os.makedirs(model_dir, exist_ok=True)
+    np.savez(os.path.join(model_dir, C.STEP_WEIGHTS_FILE), **weights)
+    with open(os.path.join(model_dir, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(w + "\n" for w in words))
+    with open(os.path.join(model_dir, C.PREPROCESS_CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump({"num_oov_buckets": num_oov_buckets, "max_tokens": max_tokens}, f)
+    with open(os.path.join(model_dir, C.MODEL_CARD_FILE), "w", encoding="utf-8") as f:
+        json.dump({"kind": C.MODEL_LSTM, "num_classes": num_classes, "label_names": None}, f)
+    write_manifest(model_dir)
+    return model_dir
 
 
 def randomize_weights(model, seed: int) -> None:
