@@ -203,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or next((str(m) for m in DEFAULT_MODELS if (m / "step_weights.npz").exists()), None)
     if model is None:
         parser.error("no streaming model found; pass --model DIR (train one with pipelines.train --model lstm)")
+    try:
+        clf = streaming.StreamingClassifier.load(model)  # verified against its manifest.json
+    except streaming.ArtifactError as e:
+        parser.error(f"--model: {e}")
     texts = _texts(Path(args.imdb))
-    clf = streaming.StreamingClassifier.load(model)
     summary = {
         "model": model,
         "model_shape": {"cell": clf.weights.cell, "layers": clf.weights.num_layers, "units": clf.weights.units,

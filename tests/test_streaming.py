@@ -545,6 +545,21 @@ def test_missing_model_dir_exits_2_with_one_message(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "bilstm" in proc.stderr
 
 
+def test_exported_model_is_verified_against_its_manifest(exported, tmp_path):
+    from beam_rnn.manifest import ArtifactError, verify_manifest
+
+    # export_model's manifest covers every file load reads ...
+    manifest = verify_manifest(exported["lstm"].model_dir, required=streaming.MODEL_FILES + (C.MODEL_CARD_FILE,))
+    assert set(streaming.MODEL_FILES) <= set(manifest["files"])
+    # ... so a truncated step_weights.npz in a real export is named before NumPy sees it.
+    damaged = tmp_path / "lstm"
+    shutil.copytree(exported["lstm"].model_dir, damaged)
+    data = (damaged / C.STEP_WEIGHTS_FILE).read_bytes()
+    (damaged / C.STEP_WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=f"{C.STEP_WEIGHTS_FILE} is damaged"):
+        StreamingClassifier.load(str(damaged))
+
+
 def test_json_lines_replay_writes_predictions_dead_letters_and_stats(exported, tmp_path):
     from pipelines import stream as driver
 
