@@ -1469,7 +1469,7 @@ class StreamPredictions(beam.PTransform):
         )
         self._use_event_ts = use_event_ts
 
-    def expand(self, events: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, events: beam.PCollection):  # -> {tag: PCollection}; a dict hint makes Beam warn
         parsed = events | "Parse" >> beam.ParDo(_ParseEventsFn(self._config, self._use_event_ts)).with_output_types(
             tuple[str, dict[str, Any]]
         ).with_outputs(
