@@ -597,8 +597,10 @@ class StreamingClassifier:
             if not isinstance(config, dict):
                 raise ValueError("not a JSON object")
             num_oov_buckets = int(config.get("num_oov_buckets") or 1)
+            if num_oov_buckets < 1:
+                raise ValueError(f"num_oov_buckets={num_oov_buckets}")
             max_tokens = config.get("max_tokens")
-            if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+            if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
                 raise ValueError(f"max_tokens={max_tokens!r}")
         except (ValueError, TypeError, OSError, UnicodeDecodeError) as e:
             raise damaged(C.PREPROCESS_CONFIG_FILE, e) from e
