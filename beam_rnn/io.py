@@ -1014,6 +1014,45 @@ class _ReadFileFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, outcome.dead_letter)
 
 
+# Runners that run a pipeline inside this machine's memory: a GroupByKey / Reshuffle
+# there holds every element until its stage has finished (matched by class name
+# anywhere in the runner's MRO, so subclasses such as beam_rnn.runtime.LocalRunner count).
+_LOCAL_RUNNER_CLASSES = frozenset({
+    "SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "TestDirectRunner",
+    "FnApiRunner", "PrismRunner",
+})
+
+
+def is_local_runner(pipeline: beam.Pipeline) -> bool:
+    """True when `pipeline` runs on a local in-process runner (Direct, FnApi, Prism, embedded portable).
+
+    Dataflow, Flink, Spark, a remote portable job service and unknown runners are
+    not local.  An InteractiveRunner is judged by the runner it wraps.
+    """
+    runner = getattr(pipeline, "runner", None)
+    while runner is not None and getattr(runner, "_underlying_runner", None) is not None:
+        runner = runner._underlying_runner  # InteractiveRunner  pylint: disable=protected-access
+    names = {cls.__name__ for cls in type(runner).__mro__}
+    if names & _LOCAL_RUNNER_CLASSES:
+        return True
+    if "PortableRunner" in names and not names & {"FlinkRunner", "SparkRunner"}:
+        from apache_beam.options.pipeline_options import PortableOptions  # pylint: disable=import-outside-toplevel
+
+        return pipeline.options.view_as(PortableOptions).job_endpoint == "embed"
+    return False
+
+
+def reshuffle_documents_default(format: str, pipeline: beam.Pipeline) -> bool:  # pylint: disable=redefined-builtin
+    """Whether `ReadCorpus` redistributes documents after the read when not told.
+
+    Only for the formats read whole by one worker (csv, tsv, tfrecord, parquet),
+    and only on distributed runners, where the fusion break lets one large file
+    use many workers.  Memory: on a local runner the Reshuffle would hold the
+    whole corpus (peak RSS grew ~1 KB a document), with no worker to spread to.
+    """
+    return format in _UNSPLITTABLE_FORMATS and not is_local_runner(pipeline)
+
+
 class ReadCorpusResult(NamedTuple):
     """The outputs of `ReadCorpus`: unpack it or use the attributes."""
 
@@ -1077,10 +1116,16 @@ class ReadCorpus(beam.PTransform):
             break).  A file (or byte range) is read by one worker, and without
             the break every fused step after the read (tokenising, scoring) would
             also run on that worker: one large CSV would never use more than one
-            Dataflow worker.  None (default) = on for the formats that are always
-            read whole (csv, tsv, tfrecord, parquet); off for the line formats,
-            which are split into byte ranges instead, and for aclimdb (many small
-            files).  Pass True for large compressed line files.  The break costs a
+            Dataflow worker.  None (default) = `reshuffle_documents_default`: on
+            for the formats that are always read whole (csv, tsv, tfrecord,
+            parquet) on distributed runners (Dataflow, Flink, Spark, a remote
+            portable job service); off on the local in-process runners (Direct,
+            FnApi, Prism, an embedded portable job service), which hold every
+            element of a Reshuffle in memory until the stage ends (peak RSS grew
+            with the corpus, benchmarks/memory.py) and have no other workers to
+            spread to.  Always off for the line formats, which are split into
+            byte ranges instead, and for aclimdb (many small files).  Pass True
+            for large compressed line files on Dataflow.  The break also costs a
             shuffle of the corpus: on the DirectRunner it more than doubled the
             time of a read-only pipeline (benchmarks/read.py).
           split_bytes: Uncompressed files of the line formats (text,
@@ -1100,9 +1145,8 @@ class ReadCorpus(beam.PTransform):
                 f"file_pattern must be a non-empty pattern or list of patterns, got {file_pattern!r}."
             )
         self._patterns = patterns
-        if reshuffle_documents is None:
-            reshuffle_documents = format in _UNSPLITTABLE_FORMATS
-        self._reshuffle_documents = bool(reshuffle_documents)
+        # None: decided in expand(), where the runner is known (see reshuffle_documents_default).
+        self._reshuffle_documents = None if reshuffle_documents is None else bool(reshuffle_documents)
         if split_bytes < 0:
             raise ValueError(f"split_bytes must be >= 0, got {split_bytes}.")
         self._split_bytes = int(split_bytes)
@@ -1150,7 +1194,10 @@ class ReadCorpus(beam.PTransform):
             >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, main="documents")
         )
         documents = outputs.documents
-        if self._reshuffle_documents:
+        reshuffle = self._reshuffle_documents
+        if reshuffle is None:
+            reshuffle = reshuffle_documents_default(self._config.format, pbegin.pipeline)
+        if reshuffle:
             documents = documents | "RedistributeDocuments" >> beam.Reshuffle()
         return ReadCorpusResult(documents, outputs[DEAD_LETTER_TAG])
 
