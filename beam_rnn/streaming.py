@@ -777,6 +777,10 @@ END = "end"
 EVENT_TS = "ts"
 # Set by `parse_event` on an event whose strings had lone surrogates replaced (how many).
 REPLACED_CHARS = "replaced_chars"
+# Set by `parse_event` when `text` starts with a lone low / ends with a lone high surrogate
+# (code point, an int): half of a character cut between two chunks, joined by the stateful step.
+LEAD_SURROGATE = "lead_surrogate"
+TRAIL_SURROGATE = "trail_surrogate"
 
 # Dead-letter reason codes ("<code>: <detail>").
 REASON_INVALID_JSON = "invalid_json"
@@ -953,13 +957,16 @@ def parse_event(
     """Validates one raw event (JSON bytes/str or a dict); total: never raises on input.
 
     Lone surrogates in ``stream_id``, ``text`` or ``token`` are replaced by U+FFFD
-    (the count is in the event as ``replaced_chars``); everything else that is not
-    a valid event is an error ``(code, detail)``.
+    (the count is in the event as ``replaced_chars``), except a low one at the very
+    start or a high one at the very end of ``text``: those are half a character cut
+    between two chunks, returned as ``lead_surrogate`` / ``trail_surrogate`` (code
+    points) for the stateful step to join with the neighbouring event's half.
+    Everything else that is not a valid event is an error ``(code, detail)``.
 
     Returns:
         ``((stream_id, event), None)`` with event ``{seq, text, end[, ts][,
-        replaced_chars]}`` (``text`` is the chunk to apply: a ``token`` becomes
-        ``" token "``), or ``(None, (code, detail))``.
+        replaced_chars][, lead_surrogate][, trail_surrogate]}`` (``text`` is the
+        chunk to apply: a ``token`` becomes ``" token "``), or ``(None, (code, detail))``.
     """
     raw_limit = 12 * max_event_chars + 65536  # = StreamConfig.max_raw_event_chars
     if isinstance(element, (bytes, bytearray, memoryview)):
@@ -1010,7 +1017,7 @@ def parse_event(
     text, token = element.get(TEXT), element.get(TOKEN)
     if text is not None and token is not None:
         return None, (REASON_BAD_FIELD, f"give {TEXT!r} (a raw chunk) or {TOKEN!r} (a whole word), not both")
-    chunk = ""
+    chunk, lead, trail = "", "", ""
     for field, value in ((TEXT, text), (TOKEN, token)):
         if value is None:
             continue
@@ -1018,6 +1025,13 @@ def parse_event(
             return None, (REASON_BAD_FIELD, f"{field!r} must be a string, got {_describe(value)}")
         if len(value) > max_event_chars:
             return None, (REASON_TOO_LARGE, f"{field!r} has {len(value)} characters; the limit is {max_event_chars}")
+        if field == TEXT:
+            # A character cut between two chunks (a client slicing UTF-16) leaves a lone
+            # high surrogate at the end of one text and a lone low one at the start of the
+            # next: kept aside for the stateful step to join (or replace).
+            lead = value[0] if value and "\udc00" <= value[0] <= "\udfff" else ""
+            trail = value[-1] if len(value) > len(lead) and "\ud800" <= value[-1] <= "\udbff" else ""
+            value = value[len(lead) : len(value) - len(trail)]
         value, n = repair_text(value)
         replaced += n
         # A token is a whole word: whitespace on both sides keeps it from joining its neighbours.
@@ -1030,6 +1044,10 @@ def parse_event(
         return None, (REASON_BAD_FIELD, f"{END!r} must be true or false, got {_describe(end)}")
 
     event: dict[str, Any] = {SEQ: seq, TEXT: chunk, END: end}
+    if lead:
+        event[LEAD_SURROGATE] = ord(lead)
+    if trail:
+        event[TRAIL_SURROGATE] = ord(trail)
     ts = element.get(EVENT_TS)
     if ts is not None:
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not MIN_EVENT_TS <= ts <= MAX_EVENT_TS:
@@ -1083,6 +1101,32 @@ class _ParseEventsFn(beam.DoFn):
             yield stream_id, event
 
 
+def _raw_text(event: Mapping[str, Any]) -> str:
+    """The event's chunk with its cut-off surrogate halves back at the edges (lone surrogates:
+    fine inside the DoFn and its pickled state, never written out unrepaired)."""
+    text = event[TEXT]
+    if LEAD_SURROGATE in event:
+        text = chr(event[LEAD_SURROGATE]) + text
+    if TRAIL_SURROGATE in event:
+        text += chr(event[TRAIL_SURROGATE])
+    return text
+
+
+def _event_row(stream_id: str, seq: int, raw: str, end: bool, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    row = {STREAM_ID: stream_id, SEQ: seq, TEXT: raw, END: end}
+    if event is not None and EVENT_TS in event:
+        row[EVENT_TS] = event[EVENT_TS]
+    return row
+
+
+def _is_low(ch: str) -> bool:
+    return "\udc00" <= ch <= "\udfff"
+
+
+def _is_high(ch: str) -> bool:
+    return "\ud800" <= ch <= "\udbff"
+
+
 def _content_hash(text: str, end: bool) -> bytes:
     """What makes two deliveries of one seq "the same": the chunk applied and the end flag."""
     data = text.encode("utf-8", "surrogatepass") + (b"\x01" if end else b"\x00")
@@ -1100,7 +1144,9 @@ class _StreamFn(beam.DoFn):
     State (one ReadModifyWriteState, pickled dict, bounded):
       open stream:  status, next_seq, the StreamState record (float32 bytes, tokenizer
                     state), early events {seq: (text, end)} (<= max_buffered_events,
-                    <= max_buffered_chars), last event time, and "hashes": the
+                    <= max_buffered_chars), last event time, "hi": the high surrogate
+                    that ended the last applied text (half a character cut between
+                    two chunks; absent normally), and "hashes": the
                     8-byte content hashes of the last <= conflict_window applied
                     events (seqs next_seq - k .. next_seq - 1, oldest first).
       tombstone:    status "closed", next_seq, reason, hashes — kept one TTL after
@@ -1116,6 +1162,8 @@ class _StreamFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("stream", PickleCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     COUNTERS = (
+        "replaced_chars",
+        "surrogates_joined",
         "events_applied",
         "events_duplicate",
         "events_conflicting",
@@ -1209,11 +1257,12 @@ class _StreamFn(beam.DoFn):
         stream_id: str,
         record: Mapping[str, Any],
         event: Mapping[str, Any],
+        text: str,
         n: collections.Counter,
         out: list,
     ) -> None:
         """`seq` was applied or is buffered: the same content changes nothing, other content is dead-lettered."""
-        seq, text, end = event[SEQ], event[TEXT], event[END]
+        seq, end = event[SEQ], event[END]
         if seq in record.get("early", {}):
             first = record["early"][seq]
             same, where = first[0] == text and first[1] == end, "buffered"
@@ -1232,7 +1281,7 @@ class _StreamFn(beam.DoFn):
         out.append(
             _dead(
                 f"{stream_id}:{seq}",
-                {STREAM_ID: stream_id, **event},
+                _event_row(stream_id, seq, text, end, event),
                 REASON_CONFLICTING_DUPLICATE,
                 f"seq {seq} was already {where} with a different text/token or end; the first version stands",
             )
@@ -1244,7 +1293,7 @@ class _StreamFn(beam.DoFn):
         """Applies the in-order event `seq`; returns True when it ended the stream."""
         state = StreamState.from_record(record["stream"], self._clf.num_state_arrays)
         forced_before = state.tokenizer.forced_tag_releases
-        predictions, state = self._clf.feed(state, text)
+        predictions, state = self._clf.feed(state, self._join_surrogates(record, text, end, n))
         if end:
             more, state = self._clf.finish(state)
             predictions += more
@@ -1259,6 +1308,37 @@ class _StreamFn(beam.DoFn):
             n["streams_ended"] += 1
         return end
 
+    @staticmethod
+    def _join_surrogates(record: dict[str, Any], text: str, end: bool, n: collections.Counter) -> str:
+        """The chunk to feed: a character cut between the previous event and this one is joined.
+
+        `text` may start with a lone low surrogate and end with a lone high one (see
+        `parse_event`); a high one waits in ``record["hi"]`` for the next event.
+        Halves that cannot be joined become U+FFFD (counted in ``replaced_chars``).
+        """
+        pending = record.pop("hi", None)
+        lead = ""
+        if text and _is_low(text[0]):
+            if pending is not None:
+                lead = chr(0x10000 + ((ord(pending) - 0xD800) << 10) + (ord(text[0]) - 0xDC00))
+                n["surrogates_joined"] += 1
+                pending = None
+            else:
+                lead = "\ufffd"
+                n["replaced_chars"] += 1
+            text = text[1:]
+        if pending is not None:  # the previous event's half found no partner
+            lead = "\ufffd" + lead
+            n["replaced_chars"] += 1
+        if text and _is_high(text[-1]):
+            if end:
+                text = text[:-1] + "\ufffd"
+                n["replaced_chars"] += 1
+            else:
+                record["hi"] = text[-1]
+                text = text[:-1]
+        return lead + text
+
     def _close(self, stream_id: str, record: dict[str, Any], reason: str, out: list, n: collections.Counter) -> dict[str, Any]:
         """Dead-letters buffered events that can no longer apply; returns the tombstone."""
         for seq in sorted(record["early"]):
@@ -1269,7 +1349,7 @@ class _StreamFn(beam.DoFn):
                 if reason == "end"
                 else f"stream expired while waiting for seq {record['next_seq']}"
             )
-            out.append(_dead(f"{stream_id}:{seq}", {STREAM_ID: stream_id, SEQ: seq, TEXT: text, END: end}, code, detail))
+            out.append(_dead(f"{stream_id}:{seq}", _event_row(stream_id, seq, text, end), code, detail))
             n["dead_lettered"] += 1
         n["state_cleared"] += 1
         return {
@@ -1290,24 +1370,24 @@ class _StreamFn(beam.DoFn):
         n: collections.Counter,
     ) -> dict[str, Any] | None:
         """One event against the stream's record; returns the record to store (None: store nothing)."""
-        seq, text, end = event[SEQ], event[TEXT], event[END]
+        seq, text, end = event[SEQ], _raw_text(event), event[END]
         if seq < self._cfg.first_seq:
             n["dead_lettered"] += 1
             out.append(
-                _dead(f"{stream_id}:{seq}", {STREAM_ID: stream_id, **event}, REASON_BAD_FIELD,
+                _dead(f"{stream_id}:{seq}", _event_row(stream_id, seq, text, end, event), REASON_BAD_FIELD,
                       f"seq {seq} is below the first seq ({self._cfg.first_seq})")
             )
             return None
         if record is not None and record["status"] == _CLOSED:
             if seq < record["next_seq"]:
-                self._duplicate(stream_id, record, event, n, out)
+                self._duplicate(stream_id, record, event, text, n, out)
             else:
                 n["events_after_close"] += 1
                 n["dead_lettered"] += 1
                 out.append(
                     _dead(
                         f"{stream_id}:{seq}",
-                        {STREAM_ID: stream_id, **event},
+                        _event_row(stream_id, seq, text, end, event),
                         REASON_STREAM_CLOSED,
                         f"stream {record['reason']} before this event (last seq {record['next_seq'] - 1})",
                     )
@@ -1322,14 +1402,14 @@ class _StreamFn(beam.DoFn):
         record["last_ts"] = ts_micros if record["last_ts"] is None else max(record["last_ts"], ts_micros)
 
         if seq < record["next_seq"] or seq in record["early"]:
-            self._duplicate(stream_id, record, event, n, out)
+            self._duplicate(stream_id, record, event, text, n, out)
         elif seq > record["next_seq"]:
             if len(record["early"]) >= self._cfg.max_buffered_events or record["early_chars"] + len(text) > self._cfg.max_buffered_chars:
                 n["dead_lettered"] += 1
                 out.append(
                     _dead(
                         f"{stream_id}:{seq}",
-                        {STREAM_ID: stream_id, **event},
+                        _event_row(stream_id, seq, text, end, event),
                         REASON_BUFFER_OVERFLOW,
                         f"waiting for seq {record['next_seq']}; early-event buffer full "
                         f"({len(record['early'])} events / {record['early_chars']} chars; limits "
@@ -1399,7 +1479,12 @@ class _StreamFn(beam.DoFn):
             return []
         out: list[Any] = []
         stream = StreamState.from_record(record["stream"], self._clf.num_state_arrays)
-        predictions, stream = self._clf.finish(stream)
+        predictions: list[Prediction] = []
+        if record.get("hi") is not None:  # half a character that never got its other half
+            predictions, stream = self._clf.feed(stream, "\ufffd")
+            n["replaced_chars"] += 1
+        more, stream = self._clf.finish(stream)
+        predictions += more
         last_seq = record["next_seq"] - 1 if record["next_seq"] > self._cfg.first_seq else None
         out.extend(self._token_records(key, last_seq, predictions, n))
         reason = f"idle: no event for {self._cfg.ttl_seconds:g} s (stream-ttl)"

@@ -74,21 +74,27 @@ def _j(obj) -> str:
 
 
 # (payload, expected): expected is a dead-letter reason code, or the parsed
-# (stream_id, text, end, replaced_chars) of an event that is kept (possibly repaired).
+# (stream_id, text, end, replaced_chars, lead, trail) of an event that is kept
+# (possibly repaired); lead / trail: a lone low surrogate starting the text, a lone
+# high one ending it (half a character cut between chunks, left for the stateful step).
 HOSTILE = [
     # Lone surrogates (JSON escapes, as a client sends them): repaired, counted.
-    ('{"stream_id": "s", "seq": 0, "text": "good \\ud83d"}', ("s", "good \ufffd", False, 1)),
-    ('{"stream_id": "s", "seq": 0, "text": "\\ude00a\\ud83d\\ud83d"}', ("s", "\ufffda\ufffd\ufffd", False, 3)),
-    ('{"stream_id": "s", "seq": 0, "token": "\\udfff"}', ("s", " \ufffd ", False, 1)),
-    ('{"stream_id": "\\ud83d", "seq": 0, "text": "x\\ud83dy"}', ("\ufffd", "x\ufffdy", False, 2)),
+    ('{"stream_id": "s", "seq": 0, "text": "good \\ud83d x"}', ("s", "good \ufffd x", False, 1, "", "")),
+    ('{"stream_id": "s", "seq": 0, "text": "\\ude00a\\ud83d\\ud83d"}', ("s", "a\ufffd", False, 1, "\ude00", "\ud83d")),
+    ('{"stream_id": "s", "seq": 0, "text": "good \\ud83d"}', ("s", "good ", False, 0, "", "\ud83d")),
+    ('{"stream_id": "s", "seq": 0, "text": "\\ude00"}', ("s", "", False, 0, "\ude00", "")),
+    ('{"stream_id": "s", "seq": 0, "text": "\\ud83d\\ud83d"}', ("s", "\ufffd", False, 1, "", "\ud83d")),
+    ('{"stream_id": "s", "seq": 0, "token": "\\udfff"}', ("s", " \ufffd ", False, 1, "", "")),
+    ('{"stream_id": "s", "seq": 0, "token": "\\ud83d"}', ("s", " \ufffd ", False, 1, "", "")),
+    ('{"stream_id": "\\ud83d", "seq": 0, "text": "x\\ud83dy"}', ("\ufffd", "x\ufffdy", False, 2, "", "")),
     # A valid escaped pair is one character, not a repair.
-    ('{"stream_id": "s", "seq": 0, "text": "\\ud83d\\ude00 ok"}', ("s", "\U0001F600 ok", False, 0)),
+    ('{"stream_id": "s", "seq": 0, "text": "\\ud83d\\ude00 ok"}', ("s", "\U0001F600 ok", False, 0, "", "")),
     # The same as bytes (Pub/Sub), with a UTF-8 BOM first.
-    (b'\xef\xbb\xbf{"stream_id": "s", "seq": 1, "text": "\\ud83d", "end": true}', ("s", "\ufffd", True, 1)),
+    (b'\xef\xbb\xbf{"stream_id": "s", "seq": 1, "text": "\\ud83d", "end": true}', ("s", "", True, 0, "", "\ud83d")),
     # NUL and other control characters are ordinary characters (the TFT graph keeps them in words).
-    ('{"stream_id": "s\\u0000", "seq": 0, "text": "a\\u0000b \\u0001"}', ("s\x00", "a\x00b \x01", False, 0)),
+    ('{"stream_id": "s\\u0000", "seq": 0, "text": "a\\u0000b \\u0001"}', ("s\x00", "a\x00b \x01", False, 0, "", "")),
     # null optional fields are absent fields.
-    ('{"stream_id": 7, "seq": 0, "text": null, "end": null, "ts": null}', ("7", "", False, 0)),
+    ('{"stream_id": 7, "seq": 0, "text": null, "end": null, "ts": null}', ("7", "", False, 0, "", "")),
     # Too large.
     (_j({"stream_id": "s", "seq": 0, "text": "a" * BIG}), "event_too_large"),
     (_j({"stream_id": "s", "seq": 0, "token": "a" * BIG}), "event_too_large"),
@@ -164,7 +170,8 @@ def test_parse_event_repairs_or_names_a_reason(payload, expected):
     else:
         assert error is None, error
         stream_id, event = parsed
-        assert (stream_id, event["text"], event["end"], event.get(streaming.REPLACED_CHARS, 0)) == expected
+        edges = tuple(chr(event[k]) if k in event else "" for k in (streaming.LEAD_SURROGATE, streaming.TRAIL_SURROGATE))
+        assert (stream_id, event["text"], event["end"], event.get(streaming.REPLACED_CHARS, 0), *edges) == expected
         _encodable(parsed)
 
 
@@ -343,6 +350,64 @@ def test_same_seq_different_content_is_a_conflicting_duplicate(clf):
     assert h.counts["events_duplicate"] == 4 and h.counts["events_conflicting"] == 4
     assert h.counts["events_applied"] == 5 and h.counts.get("duplicates_unchecked", 0) == 0
     assert len(h.dead) == 4 and h.reconciled()
+
+
+def _utf16_cuts(text: str, rng: random.Random, pieces: int) -> list[str]:
+    """`text` cut at random UTF-16 code-unit positions (as a JS client slicing a string would):
+    a cut inside an astral character leaves each half as a lone surrogate."""
+    units = text.encode("utf-16-le")
+    cuts = sorted({0, len(units) // 2, *(rng.randrange(len(units) // 2 + 1) for _ in range(pieces - 1))})
+    return [units[2 * a : 2 * b].decode("utf-16-le", "surrogatepass") for a, b in zip(cuts, cuts[1:])]
+
+
+def test_a_character_cut_between_two_events_is_joined(clf):
+    rng = random.Random(21)
+    alphabet = ["good", "movie", " ", " ", "\U0001F600", "\U0001F44D", "é", "ÉCOLE", ".", "<br />", "\u00a0", "zz"]
+    joined = 0
+    for trial in range(100):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 25)))
+        chunks = _utf16_cuts(text, rng, rng.randint(1, 12))
+        joined += sum(1 for c in chunks[1:] if c and "\udc00" <= c[0] <= "\udfff")
+        events = [json.dumps({"stream_id": "e", "seq": i, "text": c, **({"end": True} if i == len(chunks) - 1 else {})})
+                  for i, c in enumerate(chunks)]  # ensure_ascii: lone halves travel as \udXXX escapes
+        order = events + [rng.choice(events) for _ in range(3)]  # redeliveries
+        rng.shuffle(order)
+        h = Harness(clf, max_buffered_events=64)
+        for payload in order:
+            h.send(payload)
+        if h.states["e"].read()["status"] == "open":
+            h.expire("e")
+        state = clf.start()
+        want, state = clf.feed(state, text)
+        want += clf.finish(state)[0]
+        got = sorted((r for r in h.outputs if not r.get("final")), key=lambda r: r["tokens_seen"])
+        assert [(r["token"], r["probability"]) for r in got] == [(p.token, p.probability) for p in want], (trial, chunks)
+        assert h.dead == [] and h.counts.get("replaced_chars", 0) == 0 and h.reconciled()
+    assert joined >= 15  # the generator really cuts characters in half
+
+
+def test_halves_that_cannot_be_joined_become_replacement_characters(clf):
+    h = Harness(clf)
+    for payload in [
+        _ev("a", 0, "ok\ud83d"),  # high half, then an event without the low half
+        _ev("a", 1, "next \ude00z"),  # a low half inside the text (not at its start)
+        _ev("a", 2, "\ude00tail\ud83d", end=True),  # a low half first in the stream's event, a high half at the end
+        _ev("b", 0, "\ude00start"),  # a low half with nothing before it
+        _ev("c", 0, "abc\ud83d"),  # a high half, then the stream expires
+        _ev("a", 0, "ok\ud83d"),  # a redelivery: the same content, lone half included
+        _ev("a", 0, "ok\ud83e"),  # a different half: a conflicting duplicate
+    ]:
+        h.send(payload)
+    h.expire("b")
+    h.expire("c")
+    for sid, text in (("a", "ok\ufffdnext \ufffdz\ufffdtail\ufffd"), ("b", "\ufffdstart"), ("c", "abc\ufffd")):
+        state = clf.start()
+        want, state = clf.feed(state, text)
+        want += clf.finish(state)[0]
+        assert [t for _, t in _tokens(h.outputs, sid)] == [p.token for p in want], sid
+    assert h.counts["replaced_chars"] == 5  # in the DoFn: ok/next, tail (lead, end), b (lead), c (expiry)
+    assert [d["reason"].split(":")[0] for d in h.dead] == ["conflicting_duplicate"]
+    assert "ok\ufffd" in h.dead[0]["row"] and h.reconciled()
 
 
 def test_conflict_window_is_bounded(clf):
@@ -530,7 +595,8 @@ def _cli(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
 
 def test_replay_with_poison_lines_exits_0_with_every_good_stream(clf, model_dir, tmp_path):
     good = []
-    for sid, chunks in (("s1", ["The movie was GR", "EAT, truly go", "od.", " Bad plot"]), ("s2", ["awful film ", "xyzzy"])):
+    for sid, chunks in (("s1", ["The movie was GR", "EAT, truly go", "od.", " Bad plot"]), ("s2", ["awful film ", "xyzzy"]),
+                        ("s7", ["smile\ud83d", "\ude00 wide"])):  # an emoji cut between two events
         good += [{"stream_id": sid, "seq": i, "text": c, "ts": 100 + i, **({"end": True} if i == len(chunks) - 1 else {})}
                  for i, c in enumerate(chunks)]
     lines = [json.dumps(ev).encode() for ev in good]
@@ -571,13 +637,14 @@ def test_replay_with_poison_lines_exits_0_with_every_good_stream(clf, model_dir,
     assert stats["events_duplicate"] == 1 and stats["events_conflicting"] == 1
     assert stats["dead_lettered"] == len(poison) - 4
     assert stats["replaced_chars"] == 1 and stats["events_repaired"] == 1
+    assert stats["counters"]["surrogates_joined"] == 1
     assert json.loads(proc.stdout.strip().splitlines()[-1])["reconciled"] is True
 
     rows = [json.loads(line) for f in (tmp_path / "out").glob("preds-0*.jsonl") for line in f.read_bytes().decode("utf-8").splitlines()]
     dead = [json.loads(line) for f in (tmp_path / "out").glob("preds-dead_letter-*.jsonl")
             for line in f.read_bytes().decode("utf-8").splitlines()]
     for sid, text in (("s1", "The movie was GREAT, truly good. Bad plot"), ("s2", "awful film xyzzy"),
-                      ("s3", "cut emoji \ufffd here"), ("s4", "nul \x00")):
+                      ("s3", "cut emoji \ufffd here"), ("s4", "nul \x00"), ("s7", "smile\U0001F600 wide")):
         state = clf.start()
         want, state = clf.feed(state, text)
         want += clf.finish(state)[0]
