@@ -202,7 +202,12 @@ class TransformResult(NamedTuple):
 class AnalyzeAndTransform(beam.PTransform):
     """Split, analyse (train split only) and transform documents with TFT.
 
-    Input: a PCollection of `{id, text[, label]}` dicts (ReadCorpus output).
+    Input: a PCollection of `{id, text[, label]}` dicts (ReadCorpus output), or
+    a pair ``(to_analyze, to_transform)`` of two reads of the same corpus.  With
+    one PCollection, TFT's transform step can only start once the vocabulary is
+    built, so a runner must keep every document until then: local runners hold
+    them in memory (peak RSS grows with the corpus).  With the pair, the second
+    read streams through the transform instead (`pipelines.preprocess` does this).
     Writes `transform_fn/` and `transformed_metadata/` under `output_dir` and
     `transformed/{train,eval}-*.tfrecord.gz`; returns a `TransformResult`.
 
@@ -224,13 +229,14 @@ class AnalyzeAndTransform(beam.PTransform):
         self._batch_size = batch_size
         self._write = write
 
-    def expand(self, documents: beam.PCollection) -> TransformResult:
+    def expand(self, documents: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> TransformResult:
         import tensorflow_transform.beam as tft_beam
         from tfx_bsl.coders import example_coder
 
         config = self._config
         arrow_schema = raw_arrow_schema(config)
         adapter_config = tensor_adapter_config(config)
+        to_analyze, documents = documents if isinstance(documents, tuple) else (None, documents)
         train_docs, eval_docs = documents | "SplitByIdHash" >> beam.Partition(_split_fn, 2, config.eval_fraction)
 
         def to_batches(pcoll: beam.PCollection, name: str) -> beam.PCollection:
@@ -242,8 +248,13 @@ class AnalyzeAndTransform(beam.PTransform):
 
         train_rb = to_batches(train_docs, "Train")
         eval_rb = to_batches(eval_docs, "Eval")
+        analyze_rb = train_rb
+        if to_analyze is not None:
+            analyze_rb = to_batches(
+                to_analyze | "KeepTrainToAnalyze" >> beam.Filter(
+                    lambda d: _split_fn(d, 2, config.eval_fraction) == SPLIT_TRAIN), "Analyze")
         preprocessing_fn = make_preprocessing_fn(config)
-        transform_fn = (train_rb, adapter_config) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(preprocessing_fn)
+        transform_fn = (analyze_rb, adapter_config) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(preprocessing_fn)
 
         outputs = {}
         stats = {}

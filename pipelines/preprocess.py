@@ -87,7 +87,7 @@ def read_corpus_transform(known: argparse.Namespace):
     )
 
 
-def maybe_sample(docs, fraction: float):
+def maybe_sample(docs, fraction: float, label: str = "SampleDocuments"):
     """Keep a deterministic `fraction` of documents (no-op at 1.0); the rest are counted."""
     import apache_beam as beam
 
@@ -95,7 +95,28 @@ def maybe_sample(docs, fraction: float):
 
     if fraction >= 1.0:
         return docs
-    return docs | "SampleDocuments" >> beam.ParDo(KeepSample(fraction))
+    return docs | label >> beam.ParDo(KeepSample(fraction))
+
+
+# The second read of the corpus (vocabulary only); its counters repeat the first read's and are left out.
+ANALYZE_READ_STEPS = ("ReadCorpusToAnalyze", "SampleDocumentsToAnalyze")
+
+
+def first_read_counters(result, namespace: str) -> dict[str, int]:
+    """Counters of a preprocess run, without those of the steps in `ANALYZE_READ_STEPS`."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except Exception:  # Some runners do not support metrics queries; stats then omit them.
+        return out
+    for counter in query.get("counters", []):
+        if (counter.key.step or "").split("/", 1)[0] in ANALYZE_READ_STEPS:
+            continue
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +154,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from beam_rnn.io import WriteJsonLines
     from beam_rnn.manifest import MANIFEST_FILE, write_manifest
     from beam_rnn.preprocessing import PreprocessConfig
-    from beam_rnn.runtime import counters
     from beam_rnn.transform import AnalyzeAndTransform, dead_letter_reason_counts, finalize_stats, write_partial_stats
 
     parser = build_parser()
@@ -173,14 +193,19 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=tmp_dir):
         docs, dead = p | "ReadCorpus" >> read
         docs = maybe_sample(docs, known.sample_fraction)
-        result = docs | "AnalyzeAndTransform" >> AnalyzeAndTransform(
+        # Memory: the vocabulary is built from a second read of the corpus, so that the documents to
+        # transform stream through instead of being held until it is ready (AnalyzeAndTransform doc).
+        to_analyze, _ = p | ANALYZE_READ_STEPS[0] >> read_corpus_transform(known)
+        to_analyze = maybe_sample(to_analyze, known.sample_fraction, label=ANALYZE_READ_STEPS[1])
+        result = (to_analyze, docs) | "AnalyzeAndTransform" >> AnalyzeAndTransform(
             config=config, output_dir=output, batch_size=known.batch_size
         )
         _ = dead | "WriteDeadLetter" >> WriteJsonLines(os.path.join(output, C.DEAD_LETTER_DIR, "dead_letter"))
         write_partial_stats(result.stats, dead_letter_reason_counts(dead), tmp_dir)
     pipeline_result = p.result
-    stats = finalize_stats(output, config=config, counters={**counters(pipeline_result, "beam_rnn.io"),
-                                                            **counters(pipeline_result, "beam_rnn.transform")})
+    stats = finalize_stats(output, config=config,
+                           counters={**first_read_counters(pipeline_result, "beam_rnn.io"),
+                                     **first_read_counters(pipeline_result, "beam_rnn.transform")})
     with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     if not known.keep_tmp:

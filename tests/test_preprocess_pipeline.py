@@ -128,3 +128,24 @@ def test_cli_run_exits_zero_in_subprocess(tmp_path):
     assert summary == {"rows_in": 6, "documents_out": 5, "dead_lettered": 1, "reconciled": True,
                        "vocabulary_words": summary["vocabulary_words"]}
     assert summary["vocabulary_words"] >= 2
+
+
+def test_second_read_for_the_vocabulary_is_not_counted_twice(tmp_path):
+    # preprocess reads the corpus twice (the vocabulary from one read, the transform streams the
+    # other: memory stays flat); rows, dead letters and sampled-out documents are counted once.
+    from beam_rnn.transform import in_sample
+    from pipelines import preprocess
+
+    corpus = tmp_path / "corpus.csv"
+    write_corpus(corpus)
+    out = tmp_path / "out"
+    stats = preprocess.run(["--input", str(corpus), "--format", "csv", "--id-column", "id", "--output", str(out),
+                            "--vocab-size", "50", "--min-frequency", "1", "--sample-fraction", "0.5",
+                            "--runner", "DirectRunner"])
+    kept = [i for i in [g[0] for g in GOOD] + ["g7"] if in_sample(i, 0.5)]
+    assert 0 < len(kept) < 7  # the sample keeps some and drops some
+    assert stats["rows_in"] == 11 and stats["dead_lettered"] == 4
+    assert stats["sampled_out"] == 7 - len(kept) and stats["documents_out"] == len(kept)
+    assert stats["reconciled"] is True
+    dead = [line for f in glob.glob(str(out / C.DEAD_LETTER_DIR / "*.jsonl")) for line in open(f)]
+    assert len(dead) == 4
