@@ -14,8 +14,9 @@ directory (``bilstm/`` and/or ``lstm/``) and computes, with a Beam combiner:
 
 Token ids come from the exported `tokenize` signature (the TFT graph), so every
 model sees exactly the ids it was trained on.  Per-document work is distributed;
-the combiner keeps counts and sums, plus one float32 score and one int8 label per
-document and model for the exact AUC (about 5 bytes a document).
+the combiner keeps counts and sums and, for the AUC, a histogram of at most
+65,536 float32 scores per model (exact while the distinct scores fit, then
+coarsened with a stated error bound), so its state does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import apache_beam as beam
 import numpy as np
 
 from beam_rnn import constants as C
+from beam_rnn.inference import _coarsen, auc_from_histogram, float32_bits
 
 PREFIX_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 DEFAULT_LENGTH_BOUNDARIES = (100, 300)  # tokens: short < 100 <= medium < 300 <= long
@@ -288,10 +290,18 @@ class _ScoreDoFn(beam.DoFn):
 
 
 class ReportCombineFn(beam.CombineFn):
-    """Counts and sums for every metric; scores for exact AUC (5 bytes/doc/model)."""
+    """Counts and sums for every metric, and an AUC histogram: state does not grow with the corpus.
+
+    The AUC is exact (float32 scores, ties 1/2) while a model has at most
+    `auc_max_bins` distinct scores, then a bounded histogram with a guaranteed
+    error bound (`auc_method`, `auc_max_error`), as in `beam_rnn.inference.ScoreSummaryFn`.
+    """
 
     def __init__(self, model_names: Sequence[str], num_classes: int, fractions: Sequence[float] = PREFIX_FRACTIONS,
-                 length_boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDARIES):
+                 length_boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDARIES, auc_max_bins: int = 1 << 16):
+        if auc_max_bins < 2:
+            raise ValueError(f"auc_max_bins must be >= 2, got {auc_max_bins}.")
+        self._max_bins = auc_max_bins
         self._names = list(model_names)
         self._k = num_classes
         self._fractions = list(fractions)
@@ -306,7 +316,9 @@ class ReportCombineFn(beam.CombineFn):
             "models": {n: {"confusion": np.zeros((k, k), np.int64), "log_loss": 0.0,
                            "ece_count": np.zeros(ECE_BINS, np.int64), "ece_conf": np.zeros(ECE_BINS),
                            "ece_correct": np.zeros(ECE_BINS), "bucket_correct": np.zeros(nb, np.int64),
-                           "early_correct": np.zeros(nf, np.int64), "scores": [], "labels": []}
+                           # Memory: a bounded {float32 bits >> shift: [neg, pos]} histogram, not a score per
+                           # document (a list grew ~0.3 KB/doc/model with its pickled merge copies).
+                           "early_correct": np.zeros(nf, np.int64), "auc_hist": {}, "auc_shift": 0}
                        for n in self._names},
         }
 
@@ -332,9 +344,11 @@ class ReportCombineFn(beam.CombineFn):
             m["bucket_correct"][bucket] += pred == label
             early = np.asarray(record["early"][name], dtype=np.float64)
             m["early_correct"] += predicted_labels(early) == label
-            if self._k == 2:
-                m["scores"].append(np.float32(cp[1]))
-                m["labels"].append(np.int8(label))
+            if self._k == 2 and cp[1] == cp[1]:  # NaN scores have no rank
+                counts = m["auc_hist"].setdefault(float32_bits(float(cp[1])) >> m["auc_shift"], [0, 0])
+                counts[label] += 1
+                if len(m["auc_hist"]) > self._max_bins:
+                    self._shrink(m)
         acc["agree"] += len(set(preds)) == 1
         return acc
 
@@ -348,11 +362,24 @@ class ReportCombineFn(beam.CombineFn):
             for name in self._names:
                 a, b = out["models"][name], acc["models"][name]
                 for key in a:
-                    if key in ("scores", "labels"):
-                        a[key].extend(b[key])
-                    else:
+                    if key not in ("auc_hist", "auc_shift"):
                         a[key] = a[key] + b[key]
+                shift = max(a["auc_shift"], b["auc_shift"])
+                merged = _coarsen(a["auc_hist"], a["auc_shift"], shift)
+                if merged is a["auc_hist"]:
+                    merged = dict(merged)
+                for key, (neg, pos) in _coarsen(b["auc_hist"], b["auc_shift"], shift).items():
+                    bucket = merged.setdefault(key, [0, 0])
+                    merged[key] = [bucket[0] + neg, bucket[1] + pos]
+                a["auc_hist"], a["auc_shift"] = merged, shift
+                self._shrink(a)
         return out
+
+    def _shrink(self, m: dict) -> None:
+        """Drops low float32 bits until the histogram has at most auc_max_bins keys."""
+        while len(m["auc_hist"]) > self._max_bins:
+            m["auc_hist"] = _coarsen(m["auc_hist"], m["auc_shift"], m["auc_shift"] + 1)
+            m["auc_shift"] += 1
 
     def extract_output(self, acc):
         n = acc["n"]
@@ -361,10 +388,14 @@ class ReportCombineFn(beam.CombineFn):
             m = acc["models"][name]
             confusion = m["confusion"]
             ece = float(np.sum(np.abs(m["ece_correct"] - m["ece_conf"]))) / n if n else 0.0
+            auc, _, _, tied = auc_from_histogram(m["auc_hist"]) if self._k == 2 else (None, 0, 0, 0.0)
+            exact = m["auc_shift"] == 0
             models[name] = {
                 "documents": n,
                 "accuracy": float(np.trace(confusion)) / n if n else 0.0,
-                "auc": roc_auc(np.array(m["scores"]), np.array(m["labels"])) if self._k == 2 else None,
+                "auc": auc,
+                "auc_method": None if auc is None else ("exact" if exact else "histogram"),
+                "auc_max_error": None if auc is None else (0.0 if exact else 0.5 * tied),
                 "f1": f1_from_confusion(confusion),
                 "log_loss": m["log_loss"] / n if n else 0.0,
                 "ece": ece,

@@ -171,3 +171,53 @@ def test_damaged_model_exits_2_before_the_pipeline(evaluated, tmp_path, damage):
     assert "damaged" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists(), "the pipeline must not have started"
     assert time.time() - started < 120
+
+
+def _combine(fn, records, parts=3):
+    """Runs a CombineFn the way a runner does: partial accumulators, merged."""
+    accs = []
+    for i in range(parts):
+        acc = fn.create_accumulator()
+        for r in records[i::parts]:
+            acc = fn.add_input(acc, r)
+        accs.append(acc)
+    return fn.extract_output(fn.merge_accumulators(accs))
+
+
+def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
+    # The AUC state must not grow with the corpus: a histogram of at most auc_max_bins keys,
+    # exact while the distinct scores fit, else with a guaranteed error bound.
+    rng = np.random.default_rng(3)
+    n = 4000
+    labels = rng.integers(0, 2, n)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
+    lengths = rng.integers(1, 400, n)
+    records = [{"id": str(i), "label": int(y), "length": int(t), "probability": {"m": float(s), "m2": 1.0 - float(s)},
+                "early": {"m": [float(s)] * len(report.PREFIX_FRACTIONS), "m2": [0.5] * len(report.PREFIX_FRACTIONS)}}
+               for i, (s, y, t) in enumerate(zip(scores, labels, lengths))]
+    exact_auc = report.roc_auc(scores.astype(np.float64), labels)
+
+    exact_all = _combine(report.ReportCombineFn(["m", "m2"], 2), records)
+    exact = exact_all["models"]["m"]
+    assert exact["auc"] == pytest.approx(exact_auc, abs=1e-12)
+    assert exact_all["models"]["m2"]["auc"] == pytest.approx(1 - exact_auc, abs=1e-12)
+    assert (exact["auc_method"], exact["auc_max_error"]) == ("exact", 0.0)
+    for name, p in (("m", scores), ("m2", 1.0 - scores.astype(np.float64))):  # per-length accuracy, every model
+        correct = (p > 0.5).astype(int) == labels
+        for bucket, mask in (("short", lengths < 100), ("medium", (lengths >= 100) & (lengths < 300)),
+                             ("long", lengths >= 300)):
+            assert exact_all["models"][name]["accuracy_by_length"][bucket] == pytest.approx(np.mean(correct[mask]))
+
+    fn = report.ReportCombineFn(["m", "m2"], 2, auc_max_bins=64)
+    acc = fn.create_accumulator()
+    for r in records:
+        acc = fn.add_input(acc, r)
+        assert len(acc["models"]["m"]["auc_hist"]) <= 64
+    binned_all = _combine(fn, records)
+    binned = binned_all["models"]["m"]
+    assert binned["auc_method"] == "histogram" and 0 < binned["auc_max_error"] < 0.05
+    assert abs(binned["auc"] - exact_auc) <= binned["auc_max_error"]
+    # Everything else is exact either way.
+    for name in ("m", "m2"):
+        for key in ("accuracy", "confusion_matrix", "accuracy_by_length", "early_accuracy", "ece", "log_loss"):
+            assert binned_all["models"][name][key] == exact_all["models"][name][key], (name, key)
