@@ -83,7 +83,7 @@ class ModelConfig:
         stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
             Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
             Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
-        seed: Seed of every initialiser (and of the Dropout layer).
+        seed: Seed of every initialiser and of the Dropout layer's random generator.
     """
 
     kind: str
@@ -244,7 +244,10 @@ def build_classifier(config: ModelConfig) -> keras.Model:
         name=DENSE_HIDDEN_LAYER,
     )(x)
     if dropout > 0:
-        x = keras.layers.Dropout(dropout, seed=seeds.take(), name=DROPOUT_LAYER)(x)
+        # A tf.random.Generator (state in a variable) rather than Keras' default TF1
+        # stateful op (state inside the kernel): the trainer saves its state, so a
+        # resumed run draws the same masks as an uninterrupted one.
+        x = keras.layers.Dropout(dropout, seed=seeds.take(), rng_type="stateful", name=DROPOUT_LAYER)(x)
     logits = keras.layers.Dense(
         config.num_outputs,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),

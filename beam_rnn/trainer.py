@@ -15,19 +15,29 @@ Output, per model kind, under ``OUTPUT/<kind>/``::
     metrics.json          final eval metrics of the kept (best) weights, timings
     weights/model.*       final weights (TF checkpoint format, model variables only)
     checkpoints/epoch_NNN.*  weights after every epoch
-    backup/               BackupAndRestore state; present only while training is unfinished
+    backup/               the training state while training is unfinished (see below)
     logs/                 TensorBoard (train/ and validation/)
 
-Fault tolerance: `keras.callbacks.BackupAndRestore` backs up model, optimizer and
-epoch after every epoch, so rerunning the same command after the process was
-killed resumes at the next epoch and finishes.  The kept weights are those of the
-best epoch by the early-stopping monitor over *all* epochs, including the ones run
-before a restart (read from history.jsonl, loaded from checkpoints/).
+Exact resume: after every epoch the whole training state is committed to
+``backup/`` with one `tf.train.Checkpoint` — model weights, the Adam slots and
+iteration counter (which also drives any learning-rate schedule), the state of
+the Dropout layer's random generator and the number of finished epochs.
+Everything else is a pure function of what is saved: epoch ``e`` shuffles the
+cached training split with the seed ``(shuffle seed, e)`` instead of a stateful
+reshuffling iterator, and early stopping replays the committed epochs of
+history.jsonl.  Rerunning the same command after the process died — between
+epochs or in the middle of one — restarts at the beginning of the first
+unfinished epoch and ends with weights bit-identical to an uninterrupted run
+(work done in the unfinished epoch is redone).  A backup made with another
+model or training config, or for other data, is discarded with a warning.
+``backup/`` is removed when training finishes.  The kept weights are those of the
+best epoch by the early-stopping monitor over *all* epochs, including the ones
+run before a restart (read from history.jsonl, loaded from checkpoints/).
 
 Determinism: `keras.utils.set_random_seed` and `tf.config.experimental.
 enable_op_determinism()` (process-wide) are set, the models seed their own
-initialisers, and the shuffle is seeded, so two runs with the same config are
-bit-identical on CPU.
+initialisers and Dropout, and the shuffle is seeded per epoch, so two runs with
+the same config are bit-identical on CPU.
 """
 
 from __future__ import annotations
@@ -59,11 +69,7 @@ METRICS_FILE = "metrics.json"
 MODEL_CONFIG_FILE = "model_config.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 
-# Fault injection for resume tests: after epoch N (1-based) has been backed up,
-# the process exits immediately with KILL_EXIT_CODE, as if it had been killed.
-KILL_AFTER_EPOCH_ENV = "BEAM_RNN_KILL_AFTER_EPOCH"
-KILL_EXIT_CODE = 75
-
+RUN_FILE = "run.json"  # backup/run.json: what the backup was made for (configs, data)
 TAIL_BUCKET_GROWTH = 1.5
 # Measured on IMDB (20% eval split by hash of the derived id, seed 42, 2 CPU cores):
 # BiLSTM 0.892 at 5e-4 (best epoch 2) vs 0.877 at 1e-3 (it overfits after epoch 1);
@@ -267,6 +273,60 @@ def validate_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     return stats
 
 
+# What training reads from a preprocess output, checked against its manifest.json.
+_INPUT_PREFIXES = (f"{C.TRANSFORM_FN_DIR}/", f"{C.TRANSFORMED_METADATA_DIR}/", f"{C.TRANSFORMED_DIR}/",
+                   C.STATS_FILE, C.PREPROCESS_CONFIG_FILE)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
+    """`validate_transformed_dir`, then integrity, before any model is built; returns stats.json.
+
+    The files training reads (transform_fn/, transformed_metadata/, the shards,
+    stats.json, preprocess_config.json) must match the directory's manifest.json
+    (sizes and sha256; `pipelines.preprocess` writes it last, so a directory
+    without one did not finish), no shard may be missing from it, and the TFT
+    metadata and graph must load (the export needs them after training).
+
+    Raises:
+        TrainerInputError or beam_rnn.manifest.ArtifactError (both ValueErrors):
+            one line naming the damaged or missing file.
+    """
+    from beam_rnn.manifest import verify_manifest
+
+    stats = validate_transformed_dir(transformed_dir)
+    what = "preprocess output"
+    manifest = verify_manifest(
+        transformed_dir, prefixes=_INPUT_PREFIXES, what=what,
+        required=(C.STATS_FILE, C.PREPROCESS_CONFIG_FILE, f"{C.TRANSFORM_FN_DIR}/saved_model.pb"),
+    )
+    for pattern in (train_pattern(transformed_dir), eval_pattern(transformed_dir)):
+        for path in _files(pattern):
+            rel = f"{C.TRANSFORMED_DIR}/{os.path.basename(path)}"
+            if rel not in manifest["files"]:
+                raise TrainerInputError(f"{what} {transformed_dir}: {rel} is not in its manifest.json "
+                                        "(left over from another run?)")
+    import tensorflow_transform as tft
+
+    try:
+        output = tft.TFTransformOutput(transformed_dir)
+        output.transformed_feature_spec()
+    except Exception as e:  # noqa: BLE001  (any failure to read is the same error for the user)
+        raise TrainerInputError(f"{what} {transformed_dir}: {C.TRANSFORMED_METADATA_DIR}/ does not load "
+                                f"({_first_line(e)})") from e
+    try:
+        output.transform_features_layer()
+    except Exception as e:  # noqa: BLE001
+        raise TrainerInputError(f"{what} {transformed_dir}: {C.TRANSFORM_FN_DIR}/saved_model.pb does not load "
+                                f"as a SavedModel ({_first_line(e)})") from e
+    return stats
+
+
 # --- Input pipeline -------------------------------------------------------------
 
 
@@ -334,6 +394,22 @@ def quantile_boundaries(lengths: np.ndarray, num_buckets: int) -> tuple[int, ...
     return tuple(bounds)
 
 
+def epoch_shuffle_seed(seed: int, epoch) -> Any:
+    """The shuffle seed of `epoch` (0-based; an int or an int64 tensor): a pure function of both."""
+    return tf.constant(int(seed), tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def batches_per_epoch(lengths: np.ndarray, batch_size: int, bucket_boundaries: Sequence[int] | None = None) -> int:
+    """How many batches one epoch of `make_dataset` yields for documents of these lengths.
+
+    Each length bucket flushes its own last, partial batch, so the count does not
+    depend on the shuffle: the sum over buckets of ceil(documents / batch_size).
+    """
+    boundaries = [int(b) for b in (bucket_boundaries or ())]
+    counts = np.bincount(np.digitize(np.asarray(lengths), boundaries), minlength=len(boundaries) + 1)
+    return int(sum(-(-int(c) // batch_size) for c in counts))
+
+
 def make_dataset(
     file_pattern: str,
     *,
@@ -344,6 +420,7 @@ def make_dataset(
     bucket_boundaries: Sequence[int] | None = None,
     num_classes: int = 2,
     shuffle_buffer_size: int | None = None,
+    epochs: Sequence[int] = (0,),
 ) -> tf.data.Dataset:
     """`(token_ids, label)` batches from gzipped TFRecords of transformed tf.Examples.
 
@@ -352,40 +429,58 @@ def make_dataset(
         batch_size: Documents per batch.
         max_length: Keep the first `max_length` token ids of each document (None: all).
         shuffle: Shuffle every epoch over the WHOLE split (the input may be sorted,
-            e.g. by label): the parsed data is cached and shuffled with a buffer
-            covering every document, reshuffled each iteration.
-        seed: Shuffle seed (deterministic order for a given seed and iteration).
+            e.g. by label): the parsed data is cached once and each epoch shuffled
+            with a buffer covering every document.
+        seed: Shuffle seed (None: 0).  Epoch `e` is shuffled with
+            `epoch_shuffle_seed(seed, e)`, so its order depends on (seed, e) only,
+            not on how many epochs were iterated before (what makes resume exact).
         bucket_boundaries: Length boundaries for `bucket_by_sequence_length`
             (None/empty: one bucket). Either way each batch is padded to its own
             longest document only.
         num_classes: 2 gives float32 labels `[batch, 1]` (matching the single
             logit); K > 2 gives int64 labels `[batch]`.
         shuffle_buffer_size: Override the buffer (default: the number of documents).
+        epochs: The epochs (0-based) whose batches the dataset yields, one after
+            the other (each `batches_per_epoch` long); the default is one pass,
+            epoch 0, which iterates the same way every time.
 
     Returns:
         A dataset of `(token_ids int64 [batch, time] right-padded with 0, label)`.
         Documents with no tokens appear as a single padding id.
     """
     ds = _parsed(_files(file_pattern), num_classes, max_length).cache()
+    buffer = 0
     if shuffle:
         buffer = shuffle_buffer_size
         if buffer is None:
             buffer = int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-        ds = ds.shuffle(max(1, int(buffer)), seed=seed, reshuffle_each_iteration=True)
     label_shape = [1] if num_classes == 2 else []
     boundaries = [int(b) for b in (bucket_boundaries or ())]
-    if boundaries:
-        ds = ds.bucket_by_sequence_length(
-            lambda ids, _: tf.shape(ids, out_type=tf.int32)[0],
-            bucket_boundaries=boundaries,
-            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-            padded_shapes=([None], label_shape),
-            pad_to_bucket_boundary=False,
-            drop_remainder=False,
-        )
+    base_seed = 0 if seed is None else int(seed)
+
+    def one_epoch(epoch) -> tf.data.Dataset:
+        # Bucketing inside the epoch: each epoch flushes its own partial batches.
+        epoch_ds = ds
+        if shuffle:
+            epoch_ds = epoch_ds.shuffle(max(1, int(buffer)), seed=epoch_shuffle_seed(base_seed, epoch),
+                                        reshuffle_each_iteration=False)
+        if boundaries:
+            return epoch_ds.bucket_by_sequence_length(
+                lambda ids, _: tf.shape(ids, out_type=tf.int32)[0],
+                bucket_boundaries=boundaries,
+                bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+                padded_shapes=([None], label_shape),
+                pad_to_bucket_boundary=False,
+                drop_remainder=False,
+            )
+        return epoch_ds.padded_batch(batch_size, padded_shapes=([None], label_shape))
+
+    epochs = [int(e) for e in epochs]
+    if len(epochs) == 1:
+        out = one_epoch(epochs[0])
     else:
-        ds = ds.padded_batch(batch_size, padded_shapes=([None], label_shape))
-    return ds.prefetch(tf.data.AUTOTUNE)
+        out = tf.data.Dataset.from_tensor_slices(tf.constant(epochs, tf.int64)).flat_map(one_epoch)
+    return out.prefetch(tf.data.AUTOTUNE)
 
 
 # --- Training -------------------------------------------------------------------
@@ -411,8 +506,22 @@ def write_metrics(model_dir: str, metrics: Mapping[str, Any]) -> str:
 def _read_history(path: str) -> list[dict[str, Any]]:
     if not tf.io.gfile.exists(path):
         return []
+    records = []
     with tf.io.gfile.GFile(path) as f:
-        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        for line in f.read().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line torn by a kill (its epoch was never committed)
+                continue
+    return records
+
+
+def _write_history(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Replace history.jsonl (written aside, then renamed over it)."""
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write("".join(json.dumps(dict(r)) + "\n" for r in records))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def weights_path(model_dir: str) -> str:
@@ -493,19 +602,6 @@ class _ScalarLogs(keras.callbacks.Callback):
         self._writers.clear()
 
 
-class _KillAfterEpoch(keras.callbacks.Callback):
-    """Fault injection: exit abruptly once epoch `n` (1-based) is backed up."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.n:
-            logger.warning("%s=%d: exiting abruptly after epoch %d", KILL_AFTER_EPOCH_ENV, self.n, epoch + 1)
-            os._exit(KILL_EXIT_CODE)
-
-
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"clipnorm": config.clipnorm} if config.clipnorm is not None else {}
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
@@ -521,15 +617,30 @@ def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: in
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
-def _prepare_model_dir(model_dir: str, model_config: models.ModelConfig, config: TrainConfig) -> bool:
+def _run_signature(model_config: models.ModelConfig, config: TrainConfig, train_files: Sequence[str]) -> dict[str, Any]:
+    """What a backup was made for: a restart may continue it only when all of this is unchanged.
+
+    Not included: `epochs` (a rerun may train longer: epoch e's shuffle does not
+    depend on the number of epochs), `verbose` and `kinds` (a rerun may train
+    fewer kinds).
+    """
+    train_config = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "verbose", "kinds")}
+    shards = {os.path.basename(f): int(tf.io.gfile.stat(f).length) for f in train_files}
+    return json.loads(json.dumps({"model_config": model_config.to_dict(), "train_config": train_config,
+                                  "train_shards": shards}))
+
+
+def _prepare_model_dir(model_dir: str, model_config: models.ModelConfig, config: TrainConfig,
+                       signature: Mapping[str, Any]) -> bool:
     """Decide between resuming and a fresh start; return True when resuming."""
     backup_dir = os.path.join(model_dir, BACKUP_DIR)
-    resume = tf.io.gfile.isdir(backup_dir) and bool(tf.io.gfile.listdir(backup_dir))
-    config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    resume = tf.io.gfile.isdir(backup_dir) and tf.train.latest_checkpoint(backup_dir) is not None
     if resume:
-        previous = _read_json(config_path) if tf.io.gfile.exists(config_path) else None
-        if previous != model_config.to_dict():
-            logger.warning("Backup in %s is for a different model config; starting fresh.", backup_dir)
+        run_path = os.path.join(backup_dir, RUN_FILE)
+        previous = _read_json(run_path) if tf.io.gfile.exists(run_path) else None
+        if previous != signature:
+            logger.warning("Backup in %s was made for a different model config, training config or data; "
+                           "starting fresh.", backup_dir)
             resume = False
     if not resume:
         for name in (BACKUP_DIR, CHECKPOINTS_DIR, LOGS_DIR, WEIGHTS_DIR):
@@ -540,11 +651,98 @@ def _prepare_model_dir(model_dir: str, model_config: models.ModelConfig, config:
             path = os.path.join(model_dir, name)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.remove(path)
+        tf.io.gfile.makedirs(backup_dir)
+        _write_json(os.path.join(backup_dir, RUN_FILE), dict(signature))
     for name in (CHECKPOINTS_DIR, WEIGHTS_DIR):
         tf.io.gfile.makedirs(os.path.join(model_dir, name))
-    _write_json(config_path, model_config.to_dict())
+    _write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), model_config.to_dict())
     _write_json(os.path.join(model_dir, TRAIN_CONFIG_FILE), config.to_dict())
     return resume
+
+
+def _random_generators(model: keras.Model) -> dict[str, tf.random.Generator]:
+    """The random generators of the layers that draw random numbers in training (Dropout).
+
+    Keras keeps a layer's generator out of its weights and checkpoints on purpose
+    (backwards compatibility), so the training state saves it explicitly.  A
+    layer on a legacy stateful RNG (TF1 random ops, state inside the kernel)
+    could not be resumed exactly: refuse it.
+    """
+    generators = {}
+    for index, layer in enumerate(model.submodules):
+        rng = getattr(layer, "_random_generator", None)
+        if rng is None or not isinstance(layer, keras.layers.Layer):
+            continue
+        rates = [getattr(layer, name, None) for name in ("rate", "dropout", "recurrent_dropout")]
+        rates = [r for r in rates if isinstance(r, (int, float))]
+        if rates and not any(r > 0 for r in rates):
+            continue  # draws nothing
+        if rng._rng_type != rng.RNG_STATEFUL:  # pylint: disable=protected-access
+            raise ValueError(f"layer {layer.name!r} uses a {rng._rng_type!r} random generator whose state cannot be "
+                             "saved; build it with rng_type='stateful' (see models.build_classifier)")
+        rng._maybe_init()  # pylint: disable=protected-access  (creates the generator's state variable now)
+        generators[f"{index}_{layer.name}"] = rng._generator  # pylint: disable=protected-access
+    return generators
+
+
+class _TrainingState:
+    """Everything a restart needs to continue bit-identically, in one `tf.train.Checkpoint`.
+
+    Model weights, optimizer (Adam slots, iteration counter), Dropout generator
+    states and the number of finished epochs; `tf.train.CheckpointManager`
+    rewrites its pointer file atomically after the new files are complete, so a
+    process killed while saving leaves the previous epoch's state in place.
+    """
+
+    def __init__(self, backup_dir: str, model: keras.Model) -> None:
+        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        model.optimizer.build(model.trainable_variables)  # slots exist before a restore
+        parts: dict[str, Any] = {"model": model, "optimizer": model.optimizer, "epochs_done": self.epochs_done}
+        generators = _random_generators(model)
+        if generators:
+            parts["rng"] = generators
+        self.checkpoint = tf.train.Checkpoint(**parts)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, backup_dir, max_to_keep=1, checkpoint_name="state")
+
+    def restore(self) -> int:
+        """Load the last committed state; returns the number of finished epochs."""
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        return int(self.epochs_done.numpy())
+
+    def commit(self, epochs_done: int) -> None:
+        self.epochs_done.assign(epochs_done)
+        self.manager.save(checkpoint_number=epochs_done)
+
+
+class _CommitState(keras.callbacks.Callback):
+    """Commits the training state after every epoch (after history, checkpoint and early stopping)."""
+
+    def __init__(self, state: _TrainingState) -> None:
+        super().__init__()
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.commit(epoch + 1)
+
+
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` whose state continues across a restart.
+
+    `on_train_begin` resets the state, then replays the epochs finished before
+    the restart (their logs from history.jsonl) through Keras' own `on_epoch_end`,
+    so the best value, the epochs without improvement and a stop already decided
+    carry over.  No weights are held in memory: `train` loads the best epoch's
+    checkpoint at the end.
+    """
+
+    def __init__(self, past: Sequence[Mapping[str, Any]], **kwargs) -> None:
+        super().__init__(restore_best_weights=False, **kwargs)
+        self.past = [dict(record) for record in past]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for record in self.past:
+            super().on_epoch_end(int(record["epoch"]) - 1, record)
 
 
 def _best_epoch(history: list[dict[str, Any]], monitor: str) -> int | None:
@@ -565,14 +763,15 @@ def train(
     kind: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
-    """Train one model kind on a preprocessing output, resuming an interrupted run.
+    """Train one model kind on a preprocessing output, resuming an interrupted run exactly.
 
     Args:
         transformed_dir: The preprocessing output (see the module docstring).
         output_dir: The model goes to `output_dir/<kind>/`.
         config: Training configuration.
         kind: Which model to train (default: `config.kinds[0]`).
-        callbacks: Extra Keras callbacks (run after the built-in ones).
+        callbacks: Extra Keras callbacks, run after the built-in ones (so after
+            the epoch's state is committed); also how tests inject faults.
 
     Returns:
         A dict with:
@@ -613,16 +812,6 @@ def train(
         if config.bucket_boundaries is not None
         else quantile_boundaries(lengths, config.num_buckets)
     )
-    train_ds = make_dataset(
-        train_files,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        shuffle=True,
-        seed=config.effective_shuffle_seed,
-        bucket_boundaries=boundaries,
-        num_classes=num_classes,
-        shuffle_buffer_size=len(lengths),
-    )
     eval_ds = make_dataset(
         eval_files,
         batch_size=config.batch_size,
@@ -632,39 +821,44 @@ def train(
         num_classes=num_classes,
     )
 
-    resumed = _prepare_model_dir(model_dir, model_config, config)
+    signature = _run_signature(model_config, config, _files(train_files))
+    resumed = _prepare_model_dir(model_dir, model_config, config, signature)
     model = models.build_classifier(model_config)
     warm_start = None
     if config.pretrained_embeddings:
         from beam_rnn.embeddings import warm_start_from_file
 
-        # Before compile (freezing changes the trainable set); on resume, BackupAndRestore
-        # later restores the trained weights over this initialisation.
+        # Before compile (freezing changes the trainable set); on resume, the
+        # restored training state replaces this initialisation.
         warm_start = warm_start_from_file(model, config.pretrained_embeddings, transformed_dir,
                                           freeze=config.freeze_embeddings, rescale=config.rescale_pretrained)
     _compile(model, config, kind, num_classes)
 
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    state = _TrainingState(backup_dir, model)
     history_path = os.path.join(model_dir, HISTORY_FILE)
-    epoch_log = _EpochLog(history_path)
+    start_epoch = state.restore() if resumed else 0
+    # Epochs after the last commit were cut short by the kill: they run again.
+    committed = [h for h in _read_history(history_path) if int(h["epoch"]) <= start_epoch]
+    _write_history(history_path, committed)
+
     mode = "min" if config.monitor.endswith("loss") else "max"
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor=config.monitor, mode=mode, patience=config.early_stopping_patience, restore_best_weights=True
+    early_stopping = _EarlyStopping(
+        committed, monitor=config.monitor, mode=mode, patience=config.early_stopping_patience
     )
+    early_stopping.set_model(model)
+    early_stopping.on_train_begin()  # replays the committed epochs: a stop may already be decided
+    epoch_log = _EpochLog(history_path)
     all_callbacks: list[keras.callbacks.Callback] = [
         epoch_log,
         keras.callbacks.ModelCheckpoint(
             os.path.join(model_dir, CHECKPOINTS_DIR, CHECKPOINT_TEMPLATE), save_weights_only=True, save_freq="epoch"
         ),
         _ScalarLogs(os.path.join(model_dir, LOGS_DIR)),
-        # After the checkpoint (a restored run must find every finished epoch) and
-        # before EarlyStopping (which may swap in the best weights at the end).
-        keras.callbacks.BackupAndRestore(backup_dir=os.path.join(model_dir, BACKUP_DIR)),
         early_stopping,
+        _CommitState(state),  # last built-in: the epoch is finished once this has run
         *callbacks,
     ]
-    kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
-    if kill_after:
-        all_callbacks.append(_KillAfterEpoch(int(kill_after)))
 
     logger.info(
         "Training %s (%s) on %d documents, bucket boundaries %s%s",
@@ -672,14 +866,26 @@ def train(
         model_config,
         len(lengths),
         list(boundaries),
-        " (resuming)" if resumed else "",
+        f" (resuming at epoch {start_epoch + 1})" if resumed else "",
     )
-    start = time.time()
-    model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=all_callbacks, verbose=config.verbose)
-    train_seconds = time.time() - start
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)
-    if tf.io.gfile.exists(backup_dir):  # Finished: BackupAndRestore emptied it; drop the shell.
-        tf.io.gfile.rmtree(backup_dir)
+    train_seconds = 0.0
+    if start_epoch < config.epochs and not early_stopping.stopped_epoch:
+        train_ds = make_dataset(
+            train_files,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            shuffle=True,
+            seed=config.effective_shuffle_seed,
+            bucket_boundaries=boundaries,
+            num_classes=num_classes,
+            shuffle_buffer_size=len(lengths),
+            epochs=range(start_epoch, config.epochs),
+        )
+        start = time.time()
+        model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=batches_per_epoch(lengths, config.batch_size, boundaries),
+                  callbacks=all_callbacks, verbose=config.verbose)
+        train_seconds = time.time() - start
 
     history = _read_history(history_path)
     best = _best_epoch(history, config.monitor)
@@ -693,7 +899,7 @@ def train(
     final.save_weights(weights_path(model_dir))
 
     epochs_run = max([int(h["epoch"]) for h in history], default=0)
-    # No epoch ran in this process only when a backup already covered them all.
+    # No epoch ran in this process only when the backup already covered them all.
     first = epoch_log.first_epoch if epoch_log.first_epoch is not None else epochs_run
     epochs_this_run = 0 if epoch_log.last_epoch is None else epoch_log.last_epoch + 1 - first
     train_examples = len(lengths)
@@ -720,5 +926,7 @@ def train(
         "warm_start": warm_start,
     }
     write_metrics(model_dir, metrics)
+    # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
+    tf.io.gfile.rmtree(backup_dir)
     logger.info("Trained %s: %s", kind, metrics)
     return {"kind": kind, "model": model, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}

@@ -2,10 +2,12 @@
 
     python -m pipelines.train --transformed out/prep --output out/models --model both
 
-Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json) and
-writes OUTPUT/<kind>/ (weights/, checkpoints/, logs/, metrics.json, ...; see
-beam_rnn.trainer).  Rerunning the same command after the process was killed resumes
-from the last finished epoch.  After each model is trained it is handed to
+Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json),
+checked against its manifest.json (and the TFT graph loaded) before any model is
+built, and writes OUTPUT/<kind>/ (weights/, checkpoints/, logs/, metrics.json, ...;
+see beam_rnn.trainer).  Rerunning the same command after the process was killed
+resumes at the start of the first unfinished epoch and ends with the same weights
+as an uninterrupted run.  After each model is trained it is handed to
 `beam_rnn.export.export_model` (unless --skip-export).
 """
 
@@ -103,18 +105,38 @@ def _config(known: argparse.Namespace, kinds: tuple[str, ...]):
 
 
 def _check_pretrained(known: argparse.Namespace) -> None:
-    """Raise ValueError (→ exit 2) for unusable warm-start flags, before any training."""
+    """Raise ValueError (→ exit 2) for unusable warm-start flags, before any training.
+
+    The vectors file is read whole here (every line parses, every vector has the
+    same width, and as many vectors as its "<count> <dim>" header announces), so a
+    truncated or damaged file stops the run before any work instead of after the
+    model is built.
+    """
     import tensorflow as tf
 
     if known.freeze_embeddings and not known.pretrained_embeddings:
         raise ValueError("--freeze-embeddings needs --pretrained-embeddings")
-    if not known.pretrained_embeddings:
+    path = known.pretrained_embeddings
+    if not path:
         return
-    if not tf.io.gfile.exists(known.pretrained_embeddings):
-        raise ValueError(f"--pretrained-embeddings {known.pretrained_embeddings!r} does not exist")
-    from beam_rnn.embeddings import read_word2vec_dim
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+        raise ValueError(f"--pretrained-embeddings {path!r} does not exist or is not a file")
+    from beam_rnn.embeddings import load_word2vec_text, read_word2vec_dim
 
-    dim = read_word2vec_dim(known.pretrained_embeddings)
+    try:
+        dim = read_word2vec_dim(path)
+        vectors = load_word2vec_text(path)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            header = f.readline().split()
+            lines = sum(1 for line in f if line.strip())
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--pretrained-embeddings {path} is damaged or not word2vec/GloVe text: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if not vectors:
+        raise ValueError(f"--pretrained-embeddings {path} holds no vectors")
+    if len(header) == 2 and all(p.isdigit() for p in header) and int(header[0]) != lines:
+        raise ValueError(f"--pretrained-embeddings {path} is damaged: its header announces {int(header[0])} "
+                         f"vectors, it holds {lines} (a truncated file?)")
     if dim != known.embedding_dim:
         raise ValueError(f"--pretrained-embeddings has {dim}-dimensional vectors but --embedding-dim is "
                          f"{known.embedding_dim}; pass --embedding-dim {dim}")
@@ -141,11 +163,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         config = _config(known, kinds)
         for kind in kinds:  # Validates the model fields before any training starts.
             config.model_config(kind, vocab_size=3, num_classes=2)
-        trainer.validate_transformed_dir(known.transformed)
+        # Complete, intact (manifest sizes + sha256) and loadable, before any model is built.
+        trainer.check_transformed_dir(known.transformed)
         _check_pretrained(known)
-    except trainer.TrainerInputError as e:
-        parser.error(str(e))
-    except ValueError as e:
+    except ValueError as e:  # TrainerInputError, beam_rnn.manifest.ArtifactError, bad flags
         parser.error(str(e))
 
     from beam_rnn.export import export_model

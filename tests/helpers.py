@@ -26,7 +26,8 @@ def synthetic_docs(n: int, labels: list, seed: int, words: list[str] = WORDS) ->
 
 
 def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = False) -> dict:
-    """Run the real AnalyzeAndTransform stage on in-memory documents, as pipelines.preprocess does.
+    """Run the real AnalyzeAndTransform stage on in-memory documents, as pipelines.preprocess does
+    (manifest.json written last included).
 
     Returns:
         The stats.json contents.
@@ -45,6 +46,9 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
         f.write(cfg.to_json())
     if not keep_tmp:
         shutil.rmtree(tmp)
+    from beam_rnn.manifest import write_manifest
+
+    write_manifest(out, exclude=(C.TMP_DIR + "/",))  # last, as pipelines.preprocess does
     return stats
 
 

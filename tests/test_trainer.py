@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from beam_rnn import constants as C
 from beam_rnn import trainer
@@ -155,6 +156,147 @@ def test_each_cell_builds_and_trains(binary_dir, tmp_path, kind, cell):
     assert cell_layer.__class__.__name__ == {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "SimpleRNN"}[cell]
 
 
+# --- Exact resume ---------------------------------------------------------------
+
+# Dropout (random generator state), Adam state from epoch 2 on, and early stopping on
+# val_accuracy with patience 1: this run stops after epoch 2 because epoch 2's accuracy
+# is below epoch 1's, which a restart only knows by replaying the committed history.
+RESUME = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=3, dropout=0.3, monitor="val_accuracy",
+              early_stopping_patience=1, learning_rate=3e-3)
+
+
+class _Killed(Exception):
+    """Raised by _KillAt: the training process 'dies' (nothing after it runs)."""
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Fault injection: die at the end of `epoch` (0-based), or after its batch `batch`."""
+
+    def __init__(self, epoch: int, batch: int | None = None) -> None:
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.batch is not None and self.current == self.epoch and batch == self.batch:
+            raise _Killed(f"epoch {self.epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.batch is None and epoch == self.epoch:
+            raise _Killed(f"after epoch {epoch + 1}")
+
+
+def _checkpoint_arrays(prefix: str) -> dict[str, np.ndarray]:
+    """Every tensor of a TF checkpoint (model weights and optimizer slots) by name."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _assert_same_training(reference_dir: Path, resumed_dir: Path) -> None:
+    """Bit-identical final weights, per-epoch checkpoints (incl. Adam slots) and history."""
+    ref_model, _ = trainer.load_trained_model(str(reference_dir))
+    res_model, _ = trainer.load_trained_model(str(resumed_dir))
+    ref_weights, res_weights = ref_model.get_weights(), res_model.get_weights()
+    assert len(ref_weights) == len(res_weights) > 0
+    for a, b in zip(ref_weights, res_weights):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    ref_ckpts = sorted(p.name for p in (reference_dir / trainer.CHECKPOINTS_DIR).glob("epoch_*.index"))
+    assert ref_ckpts == sorted(p.name for p in (resumed_dir / trainer.CHECKPOINTS_DIR).glob("epoch_*.index"))
+    for name in ref_ckpts:
+        prefix = name[: -len(".index")]
+        a = _checkpoint_arrays(str(reference_dir / trainer.CHECKPOINTS_DIR / prefix))
+        b = _checkpoint_arrays(str(resumed_dir / trainer.CHECKPOINTS_DIR / prefix))
+        assert sorted(a) == sorted(b) and any("optimizer" in k for k in a)
+        for key in a:
+            assert np.array_equal(a[key], b[key]), (name, key)
+    volatile = ("seconds", "pid")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in volatile} for r in h]  # noqa: E731
+    assert strip(_history(str(reference_dir))) == strip(_history(str(resumed_dir)))
+
+
+@pytest.fixture(scope="module")
+def resume_reference(binary_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("resume_reference")
+    metrics = trainer.train(binary_dir, str(out), TrainConfig(**RESUME))["metrics"]
+    # The scenario is what the docstring of RESUME says it is.
+    assert metrics["epochs_run"] == 2 and metrics["stopped_early"] and metrics["best_epoch"] == 1, metrics
+    return {"dir": out / C.MODEL_LSTM, "metrics": metrics}
+
+
+@pytest.mark.parametrize(
+    "kill,start_epoch",
+    [
+        pytest.param(_KillAt(0), 1, id="after-epoch-1"),
+        pytest.param(_KillAt(1, batch=3), 1, id="mid-epoch-2"),
+        pytest.param(_KillAt(0, batch=3), 0, id="mid-epoch-1"),
+    ],
+)
+def test_resume_after_kill_is_bit_identical(binary_dir, tmp_path, resume_reference, kill, start_epoch):
+    config = TrainConfig(**RESUME)
+    model_dir = tmp_path / C.MODEL_LSTM
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(tmp_path), config, callbacks=[kill])
+    assert not (model_dir / trainer.METRICS_FILE).exists()
+    assert len(_history(str(model_dir))) == (1 if kill.batch is None else kill.epoch)
+
+    metrics = trainer.train(binary_dir, str(tmp_path), config)["metrics"]
+    assert metrics["start_epoch"] == start_epoch and metrics["resumed"] == (start_epoch > 0)
+    assert metrics["epochs_this_run"] == 2 - start_epoch
+    _assert_same_training(resume_reference["dir"], model_dir)
+    for key in ("best_epoch", "stopped_early", "epochs_run", "accuracy", "loss", "auc"):
+        assert metrics[key] == resume_reference["metrics"][key], key
+    assert not (model_dir / trainer.BACKUP_DIR).exists()
+
+
+def test_resume_drops_epochs_that_were_not_committed(binary_dir, tmp_path, resume_reference):
+    """Killed between writing epoch 2's history line (torn) and committing its state: epoch 2 runs again."""
+    config = TrainConfig(**RESUME)
+    model_dir = tmp_path / C.MODEL_LSTM
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(tmp_path), config, callbacks=[_KillAt(0)])
+    history_path = model_dir / trainer.HISTORY_FILE
+    first = history_path.read_text()
+    history_path.write_text(first + json.dumps({"epoch": 2, "loss": 0.1, "val_accuracy": 0.99}) + '\n{"epoch": 3, "lo')
+    metrics = trainer.train(binary_dir, str(tmp_path), config)["metrics"]
+    assert metrics["start_epoch"] == 1
+    _assert_same_training(resume_reference["dir"], model_dir)
+
+
+def test_resume_continues_after_an_early_stop_was_committed(binary_dir, tmp_path, resume_reference):
+    """Killed after the stop was decided and committed: the rerun trains no epoch and keeps the result."""
+    config = TrainConfig(**RESUME)
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(tmp_path), config, callbacks=[_KillAt(1)])
+    metrics = trainer.train(binary_dir, str(tmp_path), config)["metrics"]
+    assert metrics["epochs_this_run"] == 0 and metrics["train_seconds"] == 0 and metrics["stopped_early"]
+    _assert_same_training(resume_reference["dir"], tmp_path / C.MODEL_LSTM)
+
+
+def test_backup_of_another_config_is_not_resumed(binary_dir, tmp_path):
+    small = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=2, units=8, embedding_dim=8, dense_units=8)
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(tmp_path), TrainConfig(**small), callbacks=[_KillAt(0)])
+    assert (tmp_path / C.MODEL_LSTM / trainer.BACKUP_DIR / trainer.RUN_FILE).exists()
+    metrics = trainer.train(binary_dir, str(tmp_path), TrainConfig(**{**small, "batch_size": 24}))["metrics"]
+    assert metrics["start_epoch"] == 0 and not metrics["resumed"] and metrics["epochs_this_run"] == 2
+    assert [h["epoch"] for h in _history(str(tmp_path / C.MODEL_LSTM))] == [1, 2]
+
+
+def test_legacy_random_layers_are_refused():
+    """A layer whose random state lives inside a TF1 kernel could not be resumed exactly: refused."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dropout(0.5, seed=1, name="legacy")(inputs))
+    with pytest.raises(ValueError, match="legacy"):
+        trainer._random_generators(model)
+    idle = keras.Model(inputs, keras.layers.Dropout(0.0, seed=1)(inputs))
+    assert trainer._random_generators(idle) == {}
+    stateful = keras.Model(inputs, keras.layers.Dropout(0.5, seed=1, rng_type="stateful")(inputs))
+    assert list(trainer._random_generators(stateful).values())[0].state.shape[0] > 0
+
+
 # --- Input pipeline -------------------------------------------------------------
 
 
@@ -218,8 +360,8 @@ def _epoch_labels(ds) -> list[np.ndarray]:
 def test_full_shuffle_mixes_label_sorted_input(tmp_path):
     path = str(tmp_path / "sorted-00000-of-00001.tfrecord.gz")
     _write_sorted_examples(path, 150)
-    ds = trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11)
-    epoch1, epoch2 = _epoch_labels(ds), _epoch_labels(ds)
+    epoch1 = _epoch_labels(trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[0]))
+    epoch2 = _epoch_labels(trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[1]))
     for batches in (epoch1, epoch2):
         labels = np.concatenate(batches)
         assert len(labels) == 300 and labels.sum() == 150  # every document exactly once
@@ -233,6 +375,43 @@ def test_full_shuffle_mixes_label_sorted_input(tmp_path):
     # Contrast: a small buffer leaves the first batches single-label.
     small = trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, shuffle_buffer_size=10)
     assert _epoch_labels(small)[0].max() == 0
+
+
+def _epoch_ids(ds) -> list[np.ndarray]:
+    return [ids.numpy() for ids, _ in ds]
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch(binary_dir):
+    """Epoch e's batches are the same whether the dataset starts at epoch 0 or at e (what resume relies on)."""
+    pattern = trainer.train_pattern(binary_dir)
+    lengths = trainer.sequence_lengths(pattern)
+    kwargs = dict(batch_size=16, shuffle=True, seed=5, bucket_boundaries=(8, 16, 24))
+    steps = trainer.batches_per_epoch(lengths, 16, (8, 16, 24))
+    whole = _epoch_ids(trainer.make_dataset(pattern, epochs=range(0, 3), **kwargs))
+    assert len(whole) == 3 * steps
+    epochs = [whole[i * steps:(i + 1) * steps] for i in range(3)]
+    for e in range(3):
+        alone = _epoch_ids(trainer.make_dataset(pattern, epochs=[e], **kwargs))
+        assert len(alone) == steps
+        assert all(np.array_equal(a, b) for a, b in zip(alone, epochs[e]))
+        # Each epoch holds every document once.
+        assert sum(b.shape[0] for b in alone) == len(lengths)
+    tail = _epoch_ids(trainer.make_dataset(pattern, epochs=range(1, 3), **kwargs))
+    assert len(tail) == 2 * steps and all(np.array_equal(a, b) for a, b in zip(tail, whole[steps:]))
+    # Different epochs and different seeds give different orders.
+    assert not all(np.array_equal(a, b) for a, b in zip(epochs[0], epochs[1]) if a.shape == b.shape)
+    other = _epoch_ids(trainer.make_dataset(pattern, epochs=[0], **{**kwargs, "seed": 6}))
+    assert not all(np.array_equal(a, b) for a, b in zip(other, epochs[0]) if a.shape == b.shape)
+
+
+@pytest.mark.parametrize("boundaries", [(8, 16, 24), (3,), None])
+def test_batches_per_epoch_counts_the_batches(binary_dir, boundaries):
+    pattern = trainer.train_pattern(binary_dir)
+    for max_length, batch_size in ((None, 16), (5, 7)):
+        lengths = trainer.sequence_lengths(pattern, max_length)
+        ds = trainer.make_dataset(pattern, batch_size=batch_size, max_length=max_length, shuffle=True, seed=1,
+                                  bucket_boundaries=boundaries)
+        assert trainer.batches_per_epoch(lengths, batch_size, boundaries) == sum(1 for _ in ds)
 
 
 def test_quantile_boundaries():
@@ -337,36 +516,186 @@ def test_cli_incomplete_input_exits_2_with_one_message(binary_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_resumes_after_kill(binary_dir, tmp_path):
-    """Kill the driver after epoch 1 (fault-injection env hook, os._exit), rerun, check it resumes at epoch 1."""
-    out = tmp_path / "out"
-    args = ["--transformed", binary_dir, "--output", str(out), "--model", "lstm", "--epochs", "3",
-            "--units", "8", "--embedding-dim", "8", "--dense-units", "8", "--batch-size", "32",
-            "--learning-rate", "0.01", "--patience", "5", "--skip-export"]
-    model_dir = out / C.MODEL_LSTM
+# Run by the tests below in a child process: train through the library and die for
+# real (os._exit, nothing flushed or cleaned up, as with `kill -9`) after batch
+# KILL_BATCH of epoch KILL_EPOCH (0-based).  The config is either a TrainConfig as
+# JSON ("json TRANSFORMED OUTPUT CONFIG") or the driver's own flags ("cli FLAGS...").
+_DIE_SCRIPT = """
+import json, os, sys
+import tf_keras as keras
+from beam_rnn import trainer
+from pipelines import train as driver
 
-    killed = _run_cli(args, env={trainer.KILL_AFTER_EPOCH_ENV: "1"})
-    assert killed.returncode == trainer.KILL_EXIT_CODE, killed.stderr[-3000:]
+kill_epoch, kill_batch, marker, mode, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+if mode == "json":
+    transformed, output, config = args[0], args[1], trainer.TrainConfig.from_dict(json.loads(args[2]))
+else:
+    known = driver.build_parser().parse_args(args)
+    transformed, output, config = known.transformed, known.output, driver._config(known, (known.model,))
+
+
+class Die(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == kill_epoch and batch == kill_batch:
+            open(marker, "w").close()
+            os._exit(9)
+
+
+trainer.train(transformed, output, config, callbacks=[Die()])
+sys.exit(1)  # never reached: the process died in epoch kill_epoch + 1
+"""
+
+
+def _die(tmp_path: Path, kill_epoch: int, kill_batch: int, mode: str, args: list[str]) -> None:
+    script, marker = tmp_path / "die.py", tmp_path / "died"
+    script.write_text(_DIE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(kill_epoch), str(kill_batch), str(marker), mode, *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 9 and marker.exists(), proc.stderr[-3000:]
+
+
+def test_resume_after_the_process_really_died(binary_dir, tmp_path, resume_reference):
+    """A real death (os._exit) in the middle of epoch 2, then the same training again: bit-identical."""
+    config = TrainConfig(**RESUME)
+    _die(tmp_path, 1, 2, "json", [binary_dir, str(tmp_path), json.dumps(config.to_dict())])
+    model_dir = tmp_path / C.MODEL_LSTM
     assert [h["epoch"] for h in _history(str(model_dir))] == [1]
-    assert list((model_dir / trainer.BACKUP_DIR).rglob("*"))  # a backup to resume from
+    assert not (model_dir / trainer.METRICS_FILE).exists()
+    metrics = trainer.train(binary_dir, str(tmp_path), config)["metrics"]
+    assert metrics["start_epoch"] == 1 and metrics["resumed"]
+    _assert_same_training(resume_reference["dir"], model_dir)
+
+
+@pytest.mark.slow  # three trainings, two of them in fresh processes (~40 s on 2 busy cores)
+def test_cli_resumes_after_real_kill_bit_identical(binary_dir, tmp_path):
+    """The process dies in the middle of epoch 2; rerunning the CLI command ends with the uninterrupted weights."""
+    from pipelines import train as driver
+
+    out = tmp_path / "out"
+    args = ["--transformed", binary_dir, "--output", str(out), "--model", C.MODEL_BILSTM, "--epochs", "2",
+            "--units", "8", "--embedding-dim", "8", "--dense-units", "8", "--batch-size", "32",
+            "--learning-rate", "0.01", "--dropout", "0.3", "--patience", "5", "--skip-export"]
+    model_dir = out / C.MODEL_BILSTM
+    _die(tmp_path, 1, 2, "cli", args)
+    assert [h["epoch"] for h in _history(str(model_dir))] == [1]
     assert not (model_dir / trainer.METRICS_FILE).exists()
 
-    env = {k: v for k, v in os.environ.items() if k != trainer.KILL_AFTER_EPOCH_ENV}
-    resumed = subprocess.run([sys.executable, "-m", "pipelines.train", *args], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True, timeout=240)
+    resumed = _run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((model_dir / trainer.METRICS_FILE).read_text())
     assert metrics["start_epoch"] == 1 and metrics["resumed"], metrics
-    assert metrics["epochs_this_run"] == 2 and metrics["epochs_run"] == 3
+    assert metrics["epochs_this_run"] == 1 and metrics["epochs_run"] == 2
     history = _history(str(model_dir))
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[0]["pid"] != history[1]["pid"] == history[2]["pid"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0]["pid"] != history[1]["pid"]
     assert not (model_dir / trainer.BACKUP_DIR).exists()
-    assert (model_dir / trainer.WEIGHTS_DIR / f"{trainer.WEIGHTS_PREFIX}.index").exists()
-    for epoch in (1, 2, 3):
-        assert (model_dir / trainer.CHECKPOINTS_DIR / f"epoch_{epoch:03d}.index").exists()
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary[C.MODEL_LSTM]["epochs_run"] == 3
+    assert summary[C.MODEL_BILSTM]["epochs_run"] == 2
+
+    # The same command, never interrupted (in this process).
+    reference_args = [a if a != str(out) else str(tmp_path / "reference") for a in args]
+    known = driver.build_parser().parse_args(reference_args)
+    trainer.train(binary_dir, known.output, driver._config(known, (C.MODEL_BILSTM,)), kind=C.MODEL_BILSTM)
+    _assert_same_training(tmp_path / "reference" / C.MODEL_BILSTM, model_dir)
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_cli_truncated_transform_graph_exits_2_before_training(binary_dir, tmp_path):
+    broken = Path(_incomplete_copy(binary_dir, tmp_path / "broken", []))
+    _truncate(broken / C.TRANSFORM_FN_DIR / "saved_model.pb")
+    proc = _run_cli(["--transformed", str(broken), "--output", str(tmp_path / "out"), "--model", "lstm"],
+                    timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{C.TRANSFORM_FN_DIR}/saved_model.pb" in errors[0], proc.stderr[-3000:]
+    assert "damaged" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # no model dir, no epoch
+
+
+def test_cli_without_manifest_exits_2(binary_dir, tmp_path):
+    unfinished = Path(_incomplete_copy(binary_dir, tmp_path / "unfinished", ["manifest.json"]))
+    proc = _run_cli(["--transformed", str(unfinished), "--output", str(tmp_path / "out")], timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "manifest.json" in errors[0] and str(unfinished) in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def _driver_error(args: list[str], capsys) -> str:
+    """Run the driver in this process; it must stop with exit 2 and one error line, which is returned."""
+    from pipelines import train as driver
+
+    with pytest.raises(SystemExit) as e:
+        driver.run(args)
+    assert e.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "damage,named",
+    [
+        # Intact per the manifest but does not load: the graph is checked, not only the bytes.
+        ("rewrite_graph", f"{C.TRANSFORM_FN_DIR}/saved_model.pb"),
+        ("truncate_shard", f"{C.TRANSFORMED_DIR}/train-"),
+        ("alter_stats", C.STATS_FILE),
+        ("stale_shard", f"{C.TRANSFORMED_DIR}/train-99999"),
+        ("drop_metadata", f"{C.TRANSFORMED_METADATA_DIR}/schema.pbtxt"),
+    ],
+)
+def test_damaged_preprocess_output_is_refused_before_training(binary_dir, tmp_path, capsys, damage, named):
+    from beam_rnn.manifest import write_manifest
+
+    broken = Path(_incomplete_copy(binary_dir, tmp_path / "broken", []))
+    if damage == "rewrite_graph":
+        (broken / C.TRANSFORM_FN_DIR / "saved_model.pb").write_bytes(b"not a SavedModel")
+        write_manifest(str(broken), exclude=(C.TMP_DIR + "/",))
+    elif damage == "truncate_shard":
+        _truncate(next((broken / C.TRANSFORMED_DIR).glob("train-*")))
+    elif damage == "alter_stats":
+        stats = json.loads((broken / C.STATS_FILE).read_text())
+        (broken / C.STATS_FILE).write_text(json.dumps({**stats, "num_classes": 2, "note": "edited"}))
+    elif damage == "stale_shard":
+        shutil.copy(next((broken / C.TRANSFORMED_DIR).glob("train-*")),
+                    broken / C.TRANSFORMED_DIR / "train-99999-of-99999.tfrecord.gz")
+    else:
+        (broken / C.TRANSFORMED_METADATA_DIR / "schema.pbtxt").unlink()
+    error = _driver_error(["--transformed", str(broken), "--output", str(tmp_path / "out")], capsys)
+    assert named in error and str(broken) in error
+    assert not (tmp_path / "out").exists()
+
+
+def _vectors_file(path: Path, words: list[str], dim: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    path.write_text(f"{len(words)} {dim}\n" + "".join(
+        f"{w} {' '.join(f'{x:.6f}' for x in rng.normal(size=dim))}\n" for w in words))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut_mid_vector", "cut_on_line_boundary", "not_text", "directory"])
+def test_damaged_pretrained_vectors_are_refused_before_training(binary_dir, tmp_path, capsys, damage):
+    path = _vectors_file(tmp_path / "vectors.txt", [f"word{i}" for i in range(20)])
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "cut_mid_vector":
+        path.write_text("".join(lines[:11]) + lines[11][: len(lines[11]) // 2])
+    elif damage == "cut_on_line_boundary":
+        path.write_text("".join(lines[:11]))
+    elif damage == "not_text":
+        path.write_bytes(b"20 8\n" + bytes(range(256)) * 4)
+    else:
+        path = tmp_path
+    error = _driver_error(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--embedding-dim", "8",
+                           "--pretrained-embeddings", str(path)], capsys)
+    assert "--pretrained-embeddings" in error and str(path) in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
