@@ -37,19 +37,41 @@ Decisions worth knowing:
   ``missing_text`` (``missing_label``) dead letter naming the column.
 * A file that cannot be parsed at all (corrupt gzip, TFRecord, Parquet, or a
   broken CSV header) yields one ``unreadable_file`` dead letter (counted as one
-  row) after whatever rows were read before the damage.  I/O errors are not
-  caught, so the runner retries the bundle.
+  row) after whatever rows were read before the damage.  A file that ends early
+  (a compressed stream cut before its end-of-stream marker, even on a line
+  boundary, or a TFRecord cut inside a record) yields one ``truncated_file`` dead
+  letter instead.  Both name the rows read and the byte offset, are logged as a
+  warning and counted (``files_truncated`` / ``files_unreadable``).  I/O errors
+  are not caught, so the runner retries the bundle.
+* A malformed CSV / TSV record never swallows the lines after it: when a record
+  that spans several physical lines fails to parse (broken quoting, wrong field
+  count, or it runs past the record bound), only its first line is dead-lettered
+  and parsing resumes at the next physical line.
+* One size limit for every format: a document whose text is longer than
+  ``max_document_chars`` (default `DEFAULT_MAX_DOCUMENT_CHARS`, 10 million) is a
+  ``document_too_large`` dead letter.  Nothing larger is held in memory: a line is
+  read up to ``4 * max_document_chars + 1 MiB`` bytes, a CSV record up to
+  ``2 * max_document_chars + 1 MiB`` characters.  There is no other parser limit
+  (the csv module's field size limit is raised to match).
+* Int labels are class ids ``0..K-1``: a negative one is an ``invalid_label``
+  dead letter, and a declared int label set must be exactly ``{0, ..., K-1}``.
 * Every pattern must match at least one file; otherwise the pipeline fails.
 * Undecodable bytes become U+FFFD, one per byte, counted in ``replaced_chars``.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import collections
+import contextlib
 import csv
 import dataclasses
 import gzip
+import io
 import json
+import logging
+import lzma
 import re
 import struct
 import zlib
@@ -94,6 +116,8 @@ REASON_MISSING_LABEL = "missing_label"
 REASON_INVALID_LABEL = "invalid_label"
 REASON_LABEL_NOT_IN_SET = "label_not_in_set"
 REASON_UNREADABLE_FILE = "unreadable_file"
+REASON_TRUNCATED_FILE = "truncated_file"
+REASON_DOCUMENT_TOO_LARGE = "document_too_large"
 REASON_CODES = (
     REASON_UNPARSEABLE_ROW,
     REASON_INVALID_JSON,
@@ -103,7 +127,12 @@ REASON_CODES = (
     REASON_INVALID_LABEL,
     REASON_LABEL_NOT_IN_SET,
     REASON_UNREADABLE_FILE,
+    REASON_TRUNCATED_FILE,
+    REASON_DOCUMENT_TOO_LARGE,
 )
+
+# The one document-size limit of every format (characters of text); see CorpusConfig.
+DEFAULT_MAX_DOCUMENT_CHARS = 10_000_000
 
 READ_STAGE = "read"
 DEAD_LETTER_TAG = "dead_letter"
@@ -117,6 +146,8 @@ COUNTER_DOCUMENTS_OUT = "documents_out"
 COUNTER_DEAD_LETTER = "dead_letter"
 COUNTER_REPLACED_CHARS = "replaced_chars"
 COUNTER_ROWS_WITH_REPLACED_BYTES = "rows_with_replaced_bytes"
+COUNTER_FILES_TRUNCATED = "files_truncated"
+COUNTER_FILES_UNREADABLE = "files_unreadable"
 
 # Polarity directory / extension names of the IMDB and MR corpora, accepted as int
 # labels only for the formats whose label *is* such a name.
@@ -142,6 +173,16 @@ _DISALLOW_EMPTY = fileio.EmptyMatchTreatment.DISALLOW
 # stream) is deliberately absent: an I/O failure should fail the bundle so that the
 # runner retries it, not silently turn a whole file into one dead letter.
 _CORRUPT_FILE_ERRORS = (ValueError, EOFError, zlib.error, gzip.BadGzipFile, csv.Error)
+# Reading bounds derived from max_document_chars: at most 4 UTF-8 bytes a character
+# for a physical line, 2 characters a character (doubled quotes) for a CSV record,
+# plus room for the other fields.
+_LINE_BYTES_PER_CHAR = 4
+_RECORD_CHARS_PER_CHAR = 2
+_BOUND_SLACK = 1 << 20
+_SKIP_CHUNK_BYTES = 1 << 20
+# Dead letters of oversized rows hold only the start of the row.
+_DEAD_ROW_PREVIEW_CHARS = 1000
+_DECOMPRESS_CHUNK_BYTES = 64 << 10
 # Formats with one row per physical line: an uncompressed file of these can be cut
 # into byte ranges at newlines and read in parallel.  CSV / TSV cannot (a quoted
 # field may hold newlines), nor can compressed files (no random access).
@@ -257,6 +298,12 @@ def decode_bytes(data: bytes, encoding: str) -> tuple[str, int]:
     return replace_lone_surrogates(data.decode(encoding, errors="surrogateescape"))
 
 
+def _class_id(label: int) -> int:
+    if label < 0:
+        raise ValueError(f"negative label {label}: int labels are class ids 0..K-1")
+    return label
+
+
 def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -> int | str:
     """Parses one raw label value.
 
@@ -271,7 +318,8 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
       A python int (int labels) or a stripped str (string labels).
 
     Raises:
-      ValueError: The value is not a valid label of that type.
+      ValueError: The value is not a valid label of that type (a negative int
+        label included: int labels are class ids 0..K-1).
     """
     if isinstance(value, bool):
         # bool is an int subclass; True/False as a class id is almost surely a
@@ -284,11 +332,11 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
             return str(value)
         raise ValueError(f"label of type {type(value).__name__} is not a string")
     if isinstance(value, int):
-        return value
+        return _class_id(value)
     if isinstance(value, float):
         # Integral floats come from CSV->DataFrame->Parquet round trips with NaNs.
         if value.is_integer():
-            return int(value)
+            return _class_id(int(value))
         raise ValueError(f"label {value!r} is not an integer")
     if isinstance(value, str):
         stripped = value.strip()
@@ -297,7 +345,7 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
         # A regex rather than bare int(): int() also accepts "1_000" and non-ASCII
         # digits, which are not labels anyone meant to write.
         if _INT_RE.fullmatch(stripped):
-            return int(stripped)
+            return _class_id(int(stripped))
         raise ValueError(f"label {value!r} is not an integer")
     raise ValueError(f"label of type {type(value).__name__} is not an integer")
 
@@ -315,6 +363,9 @@ class CorpusConfig:
       label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
       label_set: Declared labels (already parsed to `label_type`), or None.
       encoding: ASCII-compatible text encoding of the files.
+      max_document_chars: Longest accepted text, in characters; longer documents
+        are `document_too_large` dead letters.  It also bounds what is held in
+        memory (`max_line_bytes`, `max_record_chars`).
     """
 
     format: str
@@ -325,6 +376,7 @@ class CorpusConfig:
     label_type: str = LABEL_TYPE_INT
     label_set: Iterable[Any] | None = None  # a frozenset of parsed labels once constructed
     encoding: str = "utf-8"
+    max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -351,8 +403,21 @@ class CorpusConfig:
         # for encodings in which "\n" is the single byte 0x0A (not UTF-16/32).
         if "\n".encode(self.encoding) != b"\n":
             raise ValueError(f"Encoding {self.encoding!r} is not ASCII-compatible; re-encode the corpus.")
+        if isinstance(self.max_document_chars, bool) or not isinstance(self.max_document_chars, int) \
+                or self.max_document_chars < 1:
+            raise ValueError(f"max_document_chars must be a positive integer, got {self.max_document_chars!r}.")
         if self.label_set is not None:
             object.__setattr__(self, "label_set", self._normalise_label_set(self.label_set))
+
+    @property
+    def max_line_bytes(self) -> int:
+        """Longest physical line read into memory; a longer one is skipped as `document_too_large`."""
+        return _LINE_BYTES_PER_CHAR * self.max_document_chars + _BOUND_SLACK
+
+    @property
+    def max_record_chars(self) -> int:
+        """How far a CSV / TSV record may span (characters) before it counts as broken."""
+        return _RECORD_CHARS_PER_CHAR * self.max_document_chars + _BOUND_SLACK
 
     @property
     def accepts_polarity(self) -> bool:
@@ -370,6 +435,11 @@ class CorpusConfig:
                 raise ValueError(f"Invalid entry {label!r} in label_set: {e}") from e
         if not normalised:
             raise ValueError("label_set must not be empty.")
+        if self.label_type == LABEL_TYPE_INT and normalised != set(range(len(normalised))):
+            raise ValueError(
+                f"declared int labels {sorted(normalised)} are not 0..{len(normalised) - 1}: int labels are "
+                "class ids 0..K-1 (use label_type 'string' for other label values)."
+            )
         return frozenset(normalised)
 
     def field_name(self, key: str) -> str:
@@ -407,6 +477,10 @@ def build_document(
         return None, _reason(
             REASON_UNPARSEABLE_ROW,
             f"{config.field_name(TEXT_KEY)!r} holds a {type(text).__name__}, not a string",
+        )
+    if len(text) > config.max_document_chars:
+        return None, _reason(
+            REASON_DOCUMENT_TOO_LARGE, f"{len(text)} chars > limit {config.max_document_chars} (max_document_chars)"
         )
     if not text.strip():
         return None, _reason(REASON_EMPTY_TEXT, f"{config.field_name(TEXT_KEY)!r} is empty or whitespace")
@@ -450,11 +524,16 @@ class RawRecord:
 
 
 class Outcome(NamedTuple):
-    """What one raw row became: exactly one of `document` / `dead_letter` is set."""
+    """What one raw row became: exactly one of `document` / `dead_letter` is set.
+
+    `file_error` is the reason code (`truncated_file` / `unreadable_file`) when
+    the dead letter stands for the damaged rest of a file.
+    """
 
     document: dict[str, Any] | None
     dead_letter: dict[str, str] | None
     replaced_chars: int
+    file_error: str | None = None
 
 
 def record_outcome(record: RawRecord, path: str, id_root: str, config: CorpusConfig) -> Outcome:
@@ -475,27 +554,248 @@ def record_outcome(record: RawRecord, path: str, id_root: str, config: CorpusCon
     default_id = derive_id(relative_path(path, id_root), record.position)
     document, reason = build_document(record.fields or {}, default_id, config)
     if document is None:
-        return Outcome(None, dead_letter(source, record.raw, reason), record.replaced_chars)
+        raw = record.raw
+        if reason_code(reason) == REASON_DOCUMENT_TOO_LARGE:
+            raw = row_preview(raw)
+        return Outcome(None, dead_letter(source, raw, reason), record.replaced_chars)
     return Outcome(document, None, record.replaced_chars)
 
 
+def row_preview(raw: str) -> str:
+    """The start of an oversized row, for its dead letter (the source names the whole row)."""
+    if len(raw) <= _DEAD_ROW_PREVIEW_CHARS:
+        return raw
+    return f"{raw[:_DEAD_ROW_PREVIEW_CHARS]}... [{len(raw) - _DEAD_ROW_PREVIEW_CHARS} more chars]"
+
+
+# --- Opening files ----------------------------------------------------------------------
+class CorruptFileError(Exception):
+    """A file's contents end early or cannot be decoded (not an I/O failure).
+
+    Attributes:
+      code: `REASON_TRUNCATED_FILE` or `REASON_UNREADABLE_FILE`.
+      detail: What was found and where (byte offsets).
+    """
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class _SourceBytes(io.RawIOBase):
+    """The bytes of a file as its filesystem returns them: counted, I/O errors remembered.
+
+    A decompressor raises OSError both for corrupt data and (passing it on) for a
+    failed read; `io_error` tells the two apart, so that only the first becomes a
+    dead letter and the second still fails the bundle for the runner to retry.
+    """
+
+    def __init__(self, handle: BinaryIO):
+        super().__init__()
+        self._handle = handle
+        self.offset = 0
+        self.io_error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._handle.read(len(buffer))
+        except OSError as e:
+            self.io_error = e
+            raise
+        buffer[: len(data)] = data
+        self.offset += len(data)
+        return len(data)
+
+
+class _DecompressedStream(io.RawIOBase):
+    """Decompresses a stream of concatenated frames with a ``decompressobj``-like object.
+
+    Used for DEFLATE and ZSTD (gzip, bzip2 and xz use the standard library's
+    readers); raises EOFError when the input ends inside a frame.
+    """
+
+    def __init__(self, source: io.RawIOBase, new_decompressor: Callable[[], Any]):
+        super().__init__()
+        self._source = source
+        self._new_decompressor = new_decompressor
+        self._decompressor = new_decompressor()
+        self._output = memoryview(b"")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        while not len(self._output):
+            if self._decompressor.eof:
+                data = self._decompressor.unused_data or self._source.read(_DECOMPRESS_CHUNK_BYTES)
+                if not data:
+                    return 0
+                self._decompressor = self._new_decompressor()  # the next concatenated frame
+            else:
+                data = self._source.read(_DECOMPRESS_CHUNK_BYTES)
+                if not data:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            self._output = memoryview(self._decompressor.decompress(data))
+        size = min(len(buffer), len(self._output))
+        buffer[:size] = self._output[:size]
+        self._output = self._output[size:]
+        self._position += size
+        return size
+
+
+def _decompressing_reader(source: io.RawIOBase, compression_type: str) -> BinaryIO:
+    if compression_type == CompressionTypes.GZIP:
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    if compression_type == CompressionTypes.BZIP2:
+        return bz2.BZ2File(source, mode="rb")
+    if compression_type == CompressionTypes.LZMA:
+        return lzma.LZMAFile(source, mode="rb")
+    if compression_type == CompressionTypes.DEFLATE:
+        return io.BufferedReader(_DecompressedStream(source, zlib.decompressobj))
+    if compression_type == CompressionTypes.ZSTD:
+        import zstandard  # pylint: disable=import-outside-toplevel
+
+        # The window bound Beam uses too (memory of huge-window frames).
+        new = lambda: zstandard.ZstdDecompressor(max_window_size=2147483648).decompressobj()  # noqa: E731
+        return io.BufferedReader(_DecompressedStream(source, new))
+    raise ValueError(f"unsupported compression type {compression_type!r}")
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, zlib.error, lzma.LZMAError]
+    try:
+        import zstandard  # pylint: disable=import-outside-toplevel
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def open_corpus_file(path: str, compression_type: str = CompressionTypes.AUTO) -> Iterator[BinaryIO]:
+    """Opens a corpus file for reading, decompressing it by its extension.
+
+    Unlike Beam's CompressedFile, a compressed stream that ends before its
+    end-of-stream marker (a partial download, even one cut on a line boundary) is
+    detected, and so is corrupt compressed data: reading raises `CorruptFileError`
+    (`truncated_file` / `unreadable_file`) with the byte offsets, after every byte
+    before the damage was returned.  I/O errors propagate unchanged.  Any Beam
+    filesystem (gs:// included): the file is opened through `FileSystems`.
+
+    Args:
+      path: The file.
+      compression_type: A `CompressionTypes` value; AUTO picks it from the extension.
+
+    Yields:
+      A binary file object with ``read`` and ``readline(size)``.
+    """
+    if compression_type == CompressionTypes.AUTO:
+        compression_type = CompressionTypes.detect_compression_type(path)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        if compression_type == CompressionTypes.UNCOMPRESSED:
+            yield handle
+            return
+        source = _SourceBytes(handle)
+        stream = _decompressing_reader(source, compression_type)
+
+        def where() -> str:
+            try:
+                decompressed = f"decompressed byte {stream.tell()}, "
+            except (OSError, ValueError):
+                decompressed = ""
+            return f"{decompressed}compressed byte {source.offset}"
+
+        try:
+            yield stream
+        except EOFError as e:
+            detail = f"{compression_type} data ends before its end-of-stream marker ({where()}, the end of the file)"
+            raise CorruptFileError(REASON_TRUNCATED_FILE, detail) from e
+        except _decompression_errors() as e:
+            if source.io_error is not None:
+                raise
+            detail = f"corrupt {compression_type} data ({type(e).__name__}: {e}) at {where()}"
+            raise CorruptFileError(REASON_UNREADABLE_FILE, detail) from e
+
+
 # --- Format readers: path -> Iterator[RawRecord] ------------------------------------
-def _decoded_lines(handle: BinaryIO, encoding: str, limit: int | None = None) -> Iterator[tuple[str, int]]:
-    """Yields ``(line, replaced_chars)``, lines split on b"\\n" and keeping it.
+class _Line(NamedTuple):
+    """One physical line (end of line kept).
+
+    `complete` is False for a line longer than the reading bound: `text` then
+    holds only its start and `size` its full length in bytes.
+    """
+
+    number: int
+    text: str
+    replaced_chars: int
+    size: int
+    complete: bool = True
+
+
+def _read_bounded_line(handle: BinaryIO, max_bytes: int) -> tuple[bytes, int, bool]:
+    """Reads one line of at most `max_bytes` bytes (plus its newline); skips the rest of a longer one.
+
+    Returns:
+      ``(line, size, complete)``: for a longer line, its first bytes, its full
+      size, and False; memory stays bounded by `max_bytes`.
+    """
+    line = handle.readline(max_bytes + 1)
+    if len(line) <= max_bytes or line.endswith(b"\n"):
+        return line, len(line), True
+    size = len(line)
+    while True:
+        chunk = handle.readline(_SKIP_CHUNK_BYTES)
+        size += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            break
+    return line[: _DEAD_ROW_PREVIEW_CHARS * 4], size, False
+
+
+def _physical_lines(
+    handle: BinaryIO, config: CorpusConfig, limit: int | None = None, first_line: int = 1
+) -> Iterator[_Line]:
+    """Yields the lines of `handle`, split on b"\n" (kept), numbered from `first_line`.
 
     With `limit`, stops after the line that reaches `limit` bytes (ranges from
-    `line_ranges` end right after a newline, so no line is cut).
+    `line_ranges` end right after a newline, so no line is cut).  A line longer
+    than ``config.max_line_bytes`` is not held in memory (see `_Line`).
     """
     remaining = limit
     if remaining is not None and remaining <= 0:
         return
-    # readline rather than iteration: Beam's CompressedFile has no __iter__.
-    for raw_line in iter(handle.readline, b""):
-        yield decode_bytes(raw_line, encoding)
+    max_bytes = config.max_line_bytes
+    number = first_line
+    while True:
+        raw_line, size, complete = _read_bounded_line(handle, max_bytes)
+        if not raw_line:
+            return
+        if complete:
+            text, replaced = decode_bytes(raw_line, config.encoding)
+        else:  # only a preview: cut characters are not counted as replaced
+            text, replaced = raw_line.decode(config.encoding, errors="replace"), 0
+        yield _Line(number, text, replaced, size, complete)
+        number += 1
         if remaining is not None:
-            remaining -= len(raw_line)
+            remaining -= size
             if remaining <= 0:
                 return
+
+
+def _too_long_line_reason(line: _Line, config: CorpusConfig) -> str:
+    return _reason(
+        REASON_DOCUMENT_TOO_LARGE,
+        f"line {line.number} has {line.size} bytes, more than the {config.max_line_bytes} read for "
+        f"max_document_chars {config.max_document_chars}; not read",
+    )
 
 
 def _strip_eol(line: str) -> str:
@@ -557,16 +857,22 @@ def _read_lines(
     """
     # A range exists only for uncompressed files: open them as such, so seek is cheap.
     compression = CompressionTypes.UNCOMPRESSED if (start or end is not None) else CompressionTypes.AUTO
-    with FileSystems.open(path, compression_type=compression) as handle:
+    with open_corpus_file(path, compression) as handle:
         if start:
             handle.seek(start)
         limit = None if end is None else end - start
-        lines = _decoded_lines(handle, config.encoding, limit)
-        for line_number, (line, replaced) in enumerate(lines, start=first_line):
-            line = _strip_eol(line)
-            if not line.strip():
+        for line in _physical_lines(handle, config, limit, first_line):
+            if not line.complete:
+                yield RawRecord(line.number, _line_preview(line), error=_too_long_line_reason(line, config))
+                continue
+            text = _strip_eol(line.text)
+            if not text.strip():
                 continue  # blank lines are layout, not rows
-            yield make_record(line_number, line, replaced)
+            yield make_record(line.number, text, line.replaced_chars)
+
+
+def _line_preview(line: _Line) -> str:
+    return f"{line.text[:_DEAD_ROW_PREVIEW_CHARS]}... [{line.size} bytes in all]"
 
 
 def _fields_reader(parse: Callable[[str], Mapping[str, Any]]) -> Callable[[int, str, int], RawRecord]:
@@ -647,36 +953,56 @@ def read_jsonl(path: str, config: CorpusConfig, **line_range: int | None) -> Ite
     return _read_lines(path, config, record, **line_range)
 
 
-class _LineRecorder:
-    """Feeds decoded lines to csv.reader, remembering those of the current record."""
+class _RecordTooLong(Exception):
+    """A CSV record runs past `CorpusConfig.max_record_chars`, or into an over-long line."""
 
-    def __init__(self, lines: Iterator[tuple[str, int]]):
+
+class _RecordFeed:
+    """Feeds physical lines to csv.reader, remembering those of the current record.
+
+    Lines given back with `push_back` are fed again before the file's next ones:
+    after a broken multi-line record, parsing resumes at its second line.
+    """
+
+    def __init__(self, lines: Iterator[_Line], max_record_chars: int):
         self._lines = lines
-        self.lines: list[str] = []
-        self.replaced_chars = 0
-        self.line_number = 0
+        self._pending: collections.deque[_Line] = collections.deque()
+        self._max_record_chars = max_record_chars
+        self.record: list[_Line] = []
+        self._chars = 0
 
-    def __iter__(self) -> _LineRecorder:
+    def __iter__(self) -> "_RecordFeed":
         return self
 
     def __next__(self) -> str:
-        line, replaced = next(self._lines)
-        self.lines.append(line)
-        self.replaced_chars += replaced
-        self.line_number += 1
-        return line
+        line = self._pending.popleft() if self._pending else next(self._lines)
+        self.record.append(line)
+        self._chars += len(line.text)
+        if not line.complete or (len(self.record) > 1 and self._chars > self._max_record_chars):
+            raise _RecordTooLong()
+        return line.text
 
-    def take(self) -> tuple[str, int, int, int]:
-        """Returns (raw text, replaced chars, first line, last line) and resets."""
-        raw = _strip_eol("".join(self.lines))
-        first = self.line_number - len(self.lines) + 1
-        taken = (raw, self.replaced_chars, first, self.line_number)
-        self.lines, self.replaced_chars = [], 0
-        return taken
+    def take(self) -> list[_Line]:
+        """Returns the lines of the record just read and starts a new record."""
+        record, self.record, self._chars = self.record, [], 0
+        return record
+
+    def push_back(self, lines: Sequence[_Line]) -> None:
+        self._pending.extendleft(reversed(lines))
 
 
 def _is_blank_row(row: Sequence[str]) -> bool:
     return len(row) <= 1 and not "".join(row).strip()
+
+
+def _ensure_csv_field_limit(chars: int) -> None:
+    """Raises the csv module's (process-wide) field size limit to at least `chars`.
+
+    Its default, 131,072 characters, would otherwise be a hidden document-size
+    limit; ours (max_document_chars) is checked per document instead.
+    """
+    if csv.field_size_limit() < chars:
+        csv.field_size_limit(chars)
 
 
 def read_delimited(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
@@ -686,48 +1012,88 @@ def read_delimited(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
     with the wrong number of fields or broken quoting is an `unparseable_row`; a
     header without the text (or label) column makes every row a `missing_text`
     (`missing_label`) dead letter naming the column, so nothing disappears.
+
+    A broken record never takes good rows with it: when a record that spans
+    several physical lines cannot be parsed (a csv error such as an unterminated
+    quote, the wrong number of fields, or running past
+    ``config.max_record_chars``), only its first physical line is dead-lettered
+    and parsing resumes at the next physical line.  Legitimately quoted
+    multi-line fields parse as one record.  A physical line longer than
+    ``config.max_line_bytes`` is a `document_too_large` row of its own.
     """
     dialect = "excel-tab" if config.format == FORMAT_TSV else "excel"
-    with FileSystems.open(path) as handle:
-        recorder = _LineRecorder(_decoded_lines(handle, config.encoding))
-        reader = csv.reader(recorder, dialect=dialect, strict=True)
+    _ensure_csv_field_limit(config.max_record_chars + config.max_line_bytes)
+    with open_corpus_file(path) as handle:
+        feed = _RecordFeed(_physical_lines(handle, config), config.max_record_chars)
+        reader = csv.reader(feed, dialect=dialect, strict=True)
         header: list[str] | None = None
         position = 0
         while True:
+            error = None
             try:
                 row = next(reader)
-                error = None
             except StopIteration:
                 return
             except csv.Error as e:
                 row, error = None, str(e)
-            raw, replaced, first, last = recorder.take()
+            except _RecordTooLong:
+                row = None
+            record = feed.take()
+            if not record:
+                return
+            first, last = record[0], record[-1]
             if row is not None and _is_blank_row(row):
                 continue
             if header is None:
                 if row is None:
-                    raise ValueError(f"unparseable header row: {error}")
+                    raise ValueError(f"unparseable header row (line {first.number}): {error or 'too long'}")
                 # A UTF-8 byte-order mark would otherwise stick to the first name.
                 header = [name.lstrip("\ufeff").strip() for name in row]
                 continue
             position += 1
-            lines = f"line {first}" if first == last else f"lines {first}-{last}"
-            if row is None:
-                yield RawRecord(position, raw, error=_reason(REASON_UNPARSEABLE_ROW, f"{error} ({lines})"),
-                                replaced_chars=replaced)
-            elif len(row) != len(header):
-                detail = f"{len(row)} fields, header has {len(header)} ({lines})"
-                error = _reason(REASON_UNPARSEABLE_ROW, detail)
-                yield RawRecord(position, raw, error=error, replaced_chars=replaced)
-            else:
+            if row is not None and len(row) == len(header):
+                raw = _strip_eol("".join(line.text for line in record))
                 fields, _ = _select_fields(dict(zip(header, row)), config)
-                yield RawRecord(position, raw, fields=fields, replaced_chars=replaced)
+                yield RawRecord(position, raw, fields=fields, replaced_chars=sum(l.replaced_chars for l in record))
+                continue
+            if len(record) == 1 and not first.complete:
+                yield RawRecord(position, _line_preview(first), error=_too_long_line_reason(first, config))
+                continue
+            if row is not None:
+                problem = f"{len(row)} fields, header has {len(header)}"
+            elif error is not None:
+                problem = error
+            elif last.complete:
+                problem = (f"the record runs past {config.max_record_chars} characters (an unterminated quote, "
+                           f"or a field far over max_document_chars {config.max_document_chars})")
+            else:
+                problem = f"the record runs into line {last.number} of {last.size} bytes"
+            if len(record) == 1:
+                detail = f"{problem} (line {first.number})"
+            else:
+                # Dead-letter only the record's first line; its other lines are read
+                # again as rows of their own, so a broken quote swallows no good row.
+                feed.push_back(record[1:])
+                detail = (f"{problem} (record from line {first.number} to {last.number}; "
+                          f"line {first.number} dead-lettered, reading resumes at line {first.number + 1})")
+            raw = _strip_eol(first.text) if first.complete else _line_preview(first)
+            yield RawRecord(position, raw, error=_reason(REASON_UNPARSEABLE_ROW, detail),
+                            replaced_chars=first.replaced_chars)
 
 
 def read_aclimdb_file(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
     """Reads one aclImdb review file: the whole file is the document."""
-    with FileSystems.open(path) as handle:
-        text, replaced = decode_bytes(handle.read(), config.encoding)
+    with open_corpus_file(path) as handle:
+        data = handle.read(config.max_line_bytes + 1)
+        if len(data) > config.max_line_bytes:  # not read further: far over max_document_chars
+            size = len(data) + sum(len(chunk) for chunk in iter(lambda: handle.read(_SKIP_CHUNK_BYTES), b""))
+            preview = data[:_DEAD_ROW_PREVIEW_CHARS].decode(config.encoding, errors="replace")
+            detail = (f"file has {size} bytes, more than the {config.max_line_bytes} read for "
+                      f"max_document_chars {config.max_document_chars}; not read")
+            yield RawRecord(None, f"{preview}... [{size} bytes in all]",
+                            error=_reason(REASON_DOCUMENT_TOO_LARGE, detail))
+            return
+        text, replaced = decode_bytes(data, config.encoding)
     label = FileSystems.split(FileSystems.split(path)[0])[1]  # .../pos/0_9.txt -> pos
     yield RawRecord(None, text, fields={TEXT_KEY: text, LABEL_KEY: label}, replaced_chars=replaced)
 
@@ -761,22 +1127,52 @@ def iter_tfrecords(handle: BinaryIO) -> Iterator[bytes]:
     """Yields the payloads of a TFRecord stream, checking both CRCs.
 
     Raises:
-      ValueError: The stream is truncated or a checksum does not match.
+      CorruptFileError: The stream ends inside a record (`truncated_file`).
+      ValueError: A length header or checksum does not match.
     """
+    for payload, _ in _tfrecord_payloads(handle, None):
+        yield payload
+
+
+def _tfrecord_payloads(handle: BinaryIO, max_bytes: int | None) -> Iterator[tuple[bytes | None, int]]:
+    """Yields ``(payload, length)`` per record; payload None (skipped unread) when longer than `max_bytes`."""
+    offset = 0
+    number = 0
     while True:
         header = handle.read(12)
         if not header:
             return
-        if len(header) != 12 or not _is_tfrecord_header(header):
-            raise ValueError("corrupt TFRecord length header")
-        (length,) = struct.unpack("<Q", header[:8])
-        payload = handle.read(length)
-        footer = handle.read(4)
-        if len(payload) != length or len(footer) != 4:
-            raise ValueError("truncated TFRecord")
-        if _masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
-            raise ValueError("TFRecord data checksum mismatch")
-        yield payload
+        number += 1
+        if len(header) == 12 and not _is_tfrecord_header(header):
+            raise ValueError(f"corrupt TFRecord length header at byte {offset}")
+        length = struct.unpack("<Q", header[:8])[0] if len(header) == 12 else None
+        if length is not None and max_bytes is not None and length > max_bytes:
+            skipped = _skip_bytes(handle, length)
+            payload, footer = None, handle.read(4) if skipped == length else b""
+            complete = skipped == length and len(footer) == 4
+        else:
+            payload = handle.read(length) if length is not None else b""
+            footer = handle.read(4) if length is not None else b""
+            complete = length is not None and len(payload) == length and len(footer) == 4
+        if not complete:
+            raise CorruptFileError(
+                REASON_TRUNCATED_FILE, f"the TFRecord stream ends inside record {number} (which starts at byte {offset})"
+            )
+        if payload is not None and _masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
+            raise ValueError(f"TFRecord data checksum mismatch in record {number} at byte {offset}")
+        offset += 12 + length + 4
+        yield payload, length
+
+
+def _skip_bytes(handle: BinaryIO, count: int) -> int:
+    """Reads and drops up to `count` bytes in bounded chunks; returns how many there were."""
+    skipped = 0
+    while skipped < count:
+        chunk = handle.read(min(_SKIP_CHUNK_BYTES, count - skipped))
+        if not chunk:
+            break
+        skipped += len(chunk)
+    return skipped
 
 
 def example_fields(example: Any, config: CorpusConfig) -> tuple[dict[str, Any] | None, str | None, int]:
@@ -821,8 +1217,13 @@ def read_tfrecord(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
 
-    with FileSystems.open(path, compression_type=_tfrecord_compression(path)) as handle:
-        for position, payload in enumerate(iter_tfrecords(handle), start=1):
+    with open_corpus_file(path, _tfrecord_compression(path)) as handle:
+        for position, (payload, length) in enumerate(_tfrecord_payloads(handle, config.max_line_bytes), start=1):
+            if payload is None:
+                detail = (f"record of {length} bytes, more than the {config.max_line_bytes} read for "
+                          f"max_document_chars {config.max_document_chars}; not read")
+                yield RawRecord(position, f"[{length} bytes]", error=_reason(REASON_DOCUMENT_TOO_LARGE, detail))
+                continue
             try:
                 example = tf.train.Example.FromString(payload)
             except DecodeError as e:
@@ -894,8 +1295,11 @@ def read_corpus_file(
     """Reads one corpus file (or one `line_ranges` range of it), one `Outcome` per raw row.
 
     A file whose contents cannot be parsed at all (corrupt gzip / TFRecord /
-    Parquet, CSV header broken) ends in one `unreadable_file` dead letter holding
-    the rows not yet read; I/O errors propagate so the runner can retry.
+    Parquet, CSV header broken) ends in one `unreadable_file` dead letter, and a
+    file that ends early (compressed stream without its end-of-stream marker,
+    TFRecord cut inside a record) in one `truncated_file` dead letter, after the
+    rows read before the damage; the reason names how many and the byte offset,
+    and a warning is logged.  I/O errors propagate so the runner can retry.
 
     Args:
       path: The file.
@@ -911,12 +1315,23 @@ def read_corpus_file(
     if not whole and not is_splittable(path, config):
         raise ValueError(f"{path!r} ({config.format}) cannot be read in byte ranges")
     line_range = {} if whole else {"start": start, "end": end, "first_line": first_line}
+    rows = 0
     try:
         for record in _READERS[config.format](path, config, **line_range):
+            rows += 1
             yield record_outcome(record, path, id_root, config)
+    except CorruptFileError as e:
+        code, detail = e.code, e.detail
+    except EOFError as e:
+        code, detail = REASON_TRUNCATED_FILE, f"{type(e).__name__}: {e}"
     except _CORRUPT_FILE_ERRORS as e:
-        reason = _reason(REASON_UNREADABLE_FILE, f"{type(e).__name__}: {e}")
-        yield Outcome(None, dead_letter(path, "", reason), 0)
+        code, detail = REASON_UNREADABLE_FILE, f"{type(e).__name__}: {e}"
+    else:
+        return
+    where = "" if whole else f" (byte range from {start})"
+    reason = _reason(code, f"{detail}; rows read before it: {rows}{where}")
+    logging.warning("Corpus file %s: %s", path, reason)
+    yield Outcome(None, dead_letter(path, "", reason), 0, file_error=code)
 
 
 # --- File matching -------------------------------------------------------------------------
@@ -998,11 +1413,17 @@ class _ReadFileFn(beam.DoFn):
         self._dead_letter = Metrics.counter(METRICS_NAMESPACE, COUNTER_DEAD_LETTER)
         self._replaced_chars = Metrics.counter(METRICS_NAMESPACE, COUNTER_REPLACED_CHARS)
         self._rows_with_replaced = Metrics.counter(METRICS_NAMESPACE, COUNTER_ROWS_WITH_REPLACED_BYTES)
+        self._files_truncated = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILES_TRUNCATED)
+        self._files_unreadable = Metrics.counter(METRICS_NAMESPACE, COUNTER_FILES_UNREADABLE)
 
     def process(self, element: FileRange) -> Iterator[Any]:
         id_root, path, start, end, first_line = element
         for outcome in read_corpus_file(path, id_root, self._config, start=start, end=end, first_line=first_line):
             self._rows_in.inc()
+            if outcome.file_error == REASON_TRUNCATED_FILE:
+                self._files_truncated.inc()
+            elif outcome.file_error is not None:
+                self._files_unreadable.inc()
             if outcome.replaced_chars:
                 self._replaced_chars.inc(outcome.replaced_chars)
                 self._rows_with_replaced.inc()
@@ -1080,6 +1501,10 @@ class ReadCorpus(beam.PTransform):
     ``neg`` -> 0 are accepted as well (also in `label_set`).
     ``label_type="string"`` keeps the stripped string.
 
+    Int labels are class ids: negative ones are `invalid_label` dead letters and
+    a declared int `label_set` must be exactly ``0..K-1``.  Texts longer than
+    `max_document_chars` are `document_too_large` dead letters.
+
     Undecodable bytes are replaced with U+FFFD (one per byte) and counted, never
     dropped.  Files matching several patterns are read once per pattern.
     """
@@ -1098,6 +1523,7 @@ class ReadCorpus(beam.PTransform):
         encoding: str = "utf-8",
         reshuffle_documents: bool | None = None,
         split_bytes: int = DEFAULT_SPLIT_BYTES,
+        max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS,
     ):
         """Validates the settings.
 
@@ -1134,6 +1560,11 @@ class ReadCorpus(beam.PTransform):
             scan (ids and dead letters are exactly those of a whole-file read).
             0 reads every file whole.  CSV / TSV (quoted newlines), TFRecord,
             Parquet and compressed files are always read whole.
+          max_document_chars: The one document-size limit of every format: a
+            document whose text has more characters is a `document_too_large`
+            dead letter.  It also bounds memory: lines longer than
+            ``4 * max_document_chars + 1 MiB`` bytes and CSV records longer than
+            ``2 * max_document_chars + 1 MiB`` characters are not held.
 
         Raises:
           ValueError: Invalid settings.
@@ -1159,6 +1590,7 @@ class ReadCorpus(beam.PTransform):
             label_type=label_type,
             label_set=label_set,  # normalised (and type-checked) by CorpusConfig
             encoding=encoding,
+            max_document_chars=max_document_chars,
         )
 
     @property

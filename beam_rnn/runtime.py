@@ -118,3 +118,81 @@ def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -
     else:
         logging.getLogger("beam_rnn").info("Runner: %s", standard.runner)
     return options
+
+
+_MAX_LISTED_PROBLEMS = 3
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def corpus_input_problem(patterns: Sequence[str], *, directories: bool = False) -> str | None:
+    """Checks corpus inputs before any pipeline starts; returns one line, or None when usable.
+
+    Problems found (each would otherwise fail a pipeline minutes later, or give an
+    empty model):
+
+    * a pattern that matches no file (a dangling glob, a typo, a broken link);
+    * a directory given where files are expected (every format but aclimdb);
+    * a matched local file that cannot be opened, or is not a regular file;
+    * every matched file is empty.
+
+    Any Beam filesystem works (matching goes through `FileSystems`); whether a
+    file can be opened is checked for local files only.
+
+    Args:
+      patterns: The --input patterns.
+      directories: The inputs are directory trees (aclimdb): each must exist.
+
+    Returns:
+      None, or one line naming the inputs at fault.
+    """
+    import glob
+
+    from apache_beam.io.filesystems import FileSystems
+
+    problems: list[str] = []
+    sizes: list[int] = []
+    for pattern in patterns:
+        if directories:
+            if input_matches([pattern]):
+                problems.append(f"{pattern} does not exist")
+            elif _is_local(pattern) and not os.path.isdir(pattern):
+                problems.append(f"{pattern} is not a directory (aclimdb reads a tree such as aclImdb/ or aclImdb/train)")
+            continue
+        if _is_local(pattern) and os.path.isdir(pattern):
+            problems.append(f"{pattern} is a directory; give files or a glob such as {pattern.rstrip('/')}/*")
+            continue
+        try:
+            [result] = FileSystems.match([pattern])
+            matched = result.metadata_list
+        except Exception:  # a filesystem that raises instead of matching nothing
+            matched = []
+        skipped = []
+        if _is_local(pattern):
+            # Beam's local match silently skips what it cannot stat (broken links).
+            found = {m.path for m in matched}
+            skipped = [path for path in sorted(glob.glob(pattern, recursive=True))
+                       if path not in found and not os.path.isdir(path)]
+            problems += [f"{path} cannot be read (not a regular file, or a broken link)" for path in skipped]
+        if not matched:
+            if not skipped:
+                problems.append(f"{pattern} matches no files")
+            continue
+        for metadata in matched:
+            if _is_local(metadata.path):
+                try:
+                    with open(metadata.path, "rb") as handle:
+                        handle.read(1)
+                except OSError as e:
+                    problems.append(f"{metadata.path} cannot be read ({e.strerror or e})")
+                    continue
+            sizes.append(metadata.size_in_bytes)
+    if problems:
+        more = len(problems) - _MAX_LISTED_PROBLEMS
+        listed = "; ".join(problems[:_MAX_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+        return f"--input: {listed}"
+    if sizes and not any(sizes):
+        return f"--input: every matched file is empty ({len(sizes)} file{'s' if len(sizes) > 1 else ''}): no corpus to read"
+    return None

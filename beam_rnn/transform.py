@@ -327,7 +327,8 @@ def finalize_stats(
         output_dir: The preprocessing output directory.
         config: The preprocessing configuration used.
         counters: Pipeline counters (`rows_in`, `documents_out`, `dead_letter`,
-            `replaced_chars`, `sampled_out`) from the run's metrics.
+            `replaced_chars`, `sampled_out`, `files_truncated`,
+            `files_unreadable`) from the run's metrics.
 
     Returns:
         The statistics written to `output_dir/stats.json`.
@@ -359,6 +360,9 @@ def finalize_stats(
         "reconciled": rows_in == documents + dead + sampled_out,
         "dead_letter_by_reason": partial["dead_letter_by_reason"],
         "replaced_undecodable_chars": int(counters.get("replaced_chars", 0)),
+        # Files cut short / not decodable (each is also one dead letter, see beam_rnn.io).
+        "files_truncated": int(counters.get("files_truncated", 0)),
+        "files_unreadable": int(counters.get("files_unreadable", 0)),
         "vocabulary_words": len(vocab),
         "num_oov_buckets": config.num_oov_buckets,
         # Size of the id space a model's Embedding needs: padding + OOV + words.
@@ -372,6 +376,39 @@ def finalize_stats(
     with tf.io.gfile.GFile(os.path.join(output_dir, C.STATS_FILE), "w") as f:
         f.write(json.dumps(stats, indent=2))
     return stats
+
+
+def output_problem(stats: Mapping[str, Any], config: PreprocessConfig) -> str | None:
+    """Why a finished preprocessing run is not a usable training input (None when it is).
+
+    * No documents at all (every row dead-lettered, sampled out, or an empty
+      corpus): TFT would still write a one-word placeholder vocabulary.
+    * Int labels that are not exactly 0..K-1 without a declared label set: a
+      stray ``7`` in a 0/1 corpus would make an 8-class model.  (With a declared
+      set the reader already dead-letters other labels.)
+
+    Args:
+        stats: The statistics `finalize_stats` wrote.
+        config: The preprocessing configuration used.
+
+    Returns:
+        One line saying what is wrong and what to do, or None.
+    """
+    if stats["documents_out"] == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in stats["dead_letter_by_reason"].items()) or "none"
+        return (f"no documents: {stats['rows_in']} rows read, {stats['dead_lettered']} dead-lettered "
+                f"({reasons}), {stats['sampled_out']} sampled out; nothing to train on")
+    if config.labelled and config.label_type == C.LABEL_TYPE_INT and not config.label_set:
+        seen = sorted(int(k) for k in stats["label_counts"])
+        if seen != list(range(len(seen))):
+            prefix = 0  # the class ids 0..prefix-1 that are all present
+            while prefix < len(seen) and seen[prefix] == prefix:
+                prefix += 1
+            declare = (f"pass --labels {','.join(map(str, range(prefix)))} to dead-letter the others, or "
+                       if prefix >= 2 else "")
+            return (f"int labels must be class ids 0..K-1, but the labels seen are {seen}: {declare}"
+                    f"pass --label-type string to treat them as names")
+    return None
 
 
 def vocabulary_path(output_dir: str, name: str = C.VOCAB_FILENAME) -> str:

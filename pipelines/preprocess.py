@@ -20,6 +20,10 @@ from typing import Sequence
 from beam_rnn import constants as C
 
 
+class PreprocessError(Exception):
+    """The run finished but its output is not usable (one line); no manifest.json is written."""
+
+
 def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = False) -> None:
     """Flags that describe a corpus (shared by every driver that reads one)."""
     group = parser.add_argument_group("corpus")
@@ -33,11 +37,15 @@ def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = F
     group.add_argument("--id-column", default=None, help="Id column/field (default: derived from file and position).")
     group.add_argument("--unlabelled", action="store_true", help="The corpus has no labels.")
     group.add_argument("--label-type", choices=C.LABEL_TYPES, default=C.LABEL_TYPE_INT,
-                       help="int: labels are 0..K-1 (pos/neg names accepted for file_per_label and aclimdb); "
-                       "string: a label vocabulary is built.")
+                       help="int: labels are class ids 0..K-1 (negative ones are dead letters; pos/neg names "
+                       "accepted for file_per_label and aclimdb); string: a label vocabulary is built.")
     group.add_argument("--labels", default=None,
                        help="Comma-separated declared label set; rows with other labels are dead-lettered. "
-                       "For string labels the order defines the ids.")
+                       "Int labels must be 0..K-1. For string labels the order defines the ids.")
+    group.add_argument("--max-document-chars", type=int, default=None, metavar="N",
+                       help="Longest document text accepted, in characters, in every format (default: "
+                       "beam_rnn.io.DEFAULT_MAX_DOCUMENT_CHARS, 10 million); longer documents are dead letters "
+                       "(document_too_large).")
     group.add_argument("--sample-fraction", type=float, default=1.0,
                        help="Keep this fraction of the documents, chosen by hash of the id (deterministic; "
                        "the rest are counted as sampled_out). Default 1.0 (all).")
@@ -47,9 +55,16 @@ def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = F
 
 
 def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Fill in --input/--format (IMDB by default) and check the input exists; exit 2 if not."""
+    """Fill in --input/--format (IMDB by default) and check the corpus flags and inputs; exit 2 if bad.
+
+    Before any pipeline starts: a pattern matching nothing, a directory given as a
+    file (all formats but aclimdb), an unreadable file, an all-empty corpus, a
+    declared int label set that is not 0..K-1 and a non-positive
+    --max-document-chars are one error line and exit status 2.
+    """
     from beam_rnn import datasets
-    from beam_rnn.runtime import input_matches
+    from beam_rnn.io import DEFAULT_MAX_DOCUMENT_CHARS, CorpusConfig
+    from beam_rnn.runtime import corpus_input_problem
 
     if not known.input:
         try:
@@ -66,17 +81,21 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
         known.unlabelled = True
     if not 0.0 < known.sample_fraction <= 1.0:
         parser.error(f"--sample-fraction must be in (0, 1], got {known.sample_fraction}")
-    missing = input_matches(known.input)
-    if missing:
-        parser.error(f"--input matches no files: {', '.join(missing)}")
+    if known.max_document_chars is None:
+        known.max_document_chars = DEFAULT_MAX_DOCUMENT_CHARS
+    if known.max_document_chars < 1:
+        parser.error(f"--max-document-chars must be >= 1, got {known.max_document_chars}")
+    try:  # the same validation ReadCorpus applies (declared labels, columns, format)
+        _corpus_config(known, CorpusConfig)
+    except ValueError as e:
+        parser.error(f"{'--labels: ' if known.labels and 'label' in str(e) else ''}{e}")
+    problem = corpus_input_problem(known.input, directories=known.format == C.FORMAT_ACLIMDB)
+    if problem:
+        parser.error(problem)
 
 
-def read_corpus_transform(known: argparse.Namespace):
-    """The ReadCorpus transform the corpus flags describe."""
-    from beam_rnn.io import ReadCorpus
-
-    return ReadCorpus(
-        known.input if len(known.input) > 1 else known.input[0],
+def _corpus_config(known: argparse.Namespace, factory):
+    return factory(
         format=known.format,
         text_column=known.text_column,
         label_column=known.label_column,
@@ -84,7 +103,19 @@ def read_corpus_transform(known: argparse.Namespace):
         labelled=not known.unlabelled,
         label_type=known.label_type,
         label_set=known.labels.split(",") if known.labels else None,
+        max_document_chars=known.max_document_chars,
     )
+
+
+def read_corpus_transform(known: argparse.Namespace):
+    """The ReadCorpus transform the corpus flags describe."""
+    import functools
+
+    from beam_rnn.io import DEFAULT_MAX_DOCUMENT_CHARS, ReadCorpus
+
+    if getattr(known, "max_document_chars", None) is None:
+        known.max_document_chars = DEFAULT_MAX_DOCUMENT_CHARS
+    return _corpus_config(known, functools.partial(ReadCorpus, known.input if len(known.input) > 1 else known.input[0]))
 
 
 def maybe_sample(docs, fraction: float, label: str = "SampleDocuments"):
@@ -145,6 +176,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
     Returns:
         The contents of OUTPUT/stats.json.
+
+    Raises:
+        SystemExit: (status 2) bad flags or inputs, before any work.
+        PreprocessError: The corpus gave no documents, or int labels that are not
+            0..K-1 (without --labels); no manifest.json is written.
     """
     import apache_beam as beam
     import tensorflow as tf
@@ -154,7 +190,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from beam_rnn.io import WriteJsonLines
     from beam_rnn.manifest import MANIFEST_FILE, write_manifest
     from beam_rnn.preprocessing import PreprocessConfig
-    from beam_rnn.transform import AnalyzeAndTransform, dead_letter_reason_counts, finalize_stats, write_partial_stats
+    from beam_rnn.transform import (
+        AnalyzeAndTransform,
+        dead_letter_reason_counts,
+        finalize_stats,
+        output_problem,
+        write_partial_stats,
+    )
 
     parser = build_parser()
     known, pipeline_args = parser.parse_known_args(argv)
@@ -210,6 +252,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         f.write(config.to_json())
     if not known.keep_tmp:
         tf.io.gfile.rmtree(tmp_dir)
+    problem = output_problem(stats, config)
+    if problem:  # stats.json and the dead letters stay for diagnosis; without a manifest nothing trains on it
+        raise PreprocessError(f"{problem} (see {os.path.join(output, C.STATS_FILE)}; no {MANIFEST_FILE} written)")
     # Last: readers (train, embeddings) verify the output against it before work.
     write_manifest(output, exclude=(C.TMP_DIR + "/",))
     return stats
@@ -217,7 +262,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO)
-    stats = run(argv)
+    try:
+        stats = run(argv)
+    except PreprocessError as e:
+        print(f"beam-rnn preprocess: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({k: stats[k] for k in ("rows_in", "documents_out", "dead_lettered", "reconciled",
                                             "vocabulary_words")}))
     return 0

@@ -138,7 +138,7 @@ def test_reason_code_and_dead_letter():
         "reason": "empty_text: 'text' is empty",
         "stage": "read",
     }
-    assert len(set(REASON_CODES)) == 8
+    assert len(set(REASON_CODES)) == 10
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_reason_code_and_dead_letter():
     [
         ("1", LABEL_TYPE_INT, False, 1),
         (" 0 ", LABEL_TYPE_INT, False, 0),
-        ("-3", LABEL_TYPE_INT, False, -3),
+        ("-3", LABEL_TYPE_STRING, False, "-3"),
         (4, LABEL_TYPE_INT, False, 4),
         (2.0, LABEL_TYPE_INT, False, 2),
         ("pos", LABEL_TYPE_INT, True, 1),
@@ -163,6 +163,13 @@ def test_parse_label(value, label_type, polarity, expected):
 @pytest.mark.parametrize("value", ["pos", "1.5", "1_000", "x", 2.5, True, None, [1]])
 def test_parse_label_rejects(value):
     with pytest.raises(ValueError):
+        parse_label(value, LABEL_TYPE_INT)
+
+
+@pytest.mark.parametrize("value", ["-3", " -1 ", -1, -2.0])
+def test_negative_int_labels_are_rejected(value):
+    # Int labels are class ids 0..K-1: a negative one is never a class.
+    with pytest.raises(ValueError, match=r"^negative label -\d+: int labels are class ids 0\.\.K-1"):
         parse_label(value, LABEL_TYPE_INT)
 
 
@@ -190,6 +197,10 @@ def test_split_labeled_line_and_label_from_file_name():
         ({"format": FORMAT_CSV, "label_type": "float"}, "Unknown label_type 'float'"),
         ({"format": FORMAT_CSV, "label_set": ["0", "one"]}, "Invalid entry 'one' in label_set"),
         ({"format": FORMAT_CSV, "label_set": "01"}, "sequence of labels"),
+        ({"format": FORMAT_CSV, "label_set": ["0", "2"]}, r"declared int labels \[0, 2\] are not 0\.\.1"),
+        ({"format": FORMAT_CSV, "label_set": ["1"]}, r"declared int labels \[1\] are not 0\.\.0"),
+        ({"format": FORMAT_CSV, "label_set": ["-1", "0"]}, "negative label -1"),
+        ({"format": FORMAT_CSV, "max_document_chars": 0}, "max_document_chars must be a positive integer"),
         ({"format": FORMAT_LABELED_LINES, "id_column": "id"}, "id_column is only meaningful"),
         ({"format": FORMAT_CSV, "encoding": "utf-16"}, "not ASCII-compatible"),
         ({"format": FORMAT_CSV, "encoding": "no-such-codec"}, "Unknown encoding"),
@@ -506,13 +517,13 @@ def test_csv_bad_rows_are_dead_lettered(tmp_path, beam_options):
         b"r8,not in set,5\n"
         b"r9,caf\xe9 \xff ok,0\n"
         b'r10,"unterminated,1\n'
-        b"r11,swallowed,1\n",
+        b"r11,not swallowed,1\n",
     )
     metrics = run_read(
         beam_options,
         tmp_path,
         ReadCorpus(str(tmp_path / "bad.csv"), format=FORMAT_CSV, id_column="id", label_set=["0", "1"]),
-        [doc("r1", "good one", 1), doc("r9", "caf\ufffd \ufffd ok", 0)],
+        [doc("r1", "good one", 1), doc("r9", "caf\ufffd \ufffd ok", 0), doc("r11", "not swallowed", 1)],
         [
             ("bad.csv:2", "unparseable_row", 'r2,"broken"quote,0'),
             ("bad.csv:3", "unparseable_row", "r3,too,many,fields,1"),
@@ -521,9 +532,9 @@ def test_csv_bad_rows_are_dead_lettered(tmp_path, beam_options):
             ("bad.csv:6", "missing_label", "r6,no label,"),
             ("bad.csv:7", "invalid_label", "r7,bad label,x"),
             ("bad.csv:8", "label_not_in_set", "r8,not in set,5"),
-            # An unterminated quote runs to the end of the file: one dead letter
-            # holding every remaining line, so nothing disappears.
-            ("bad.csv:10", "unparseable_row", 'r10,"unterminated,1\nr11,swallowed,1'),
+            # An unterminated quote runs to the end of the file; only its own line
+            # is dead-lettered and the row after it is read again, as a row.
+            ("bad.csv:10", "unparseable_row", 'r10,"unterminated,1'),
         ],
     )
     assert metrics["replaced_chars"] == 2
@@ -531,12 +542,20 @@ def test_csv_bad_rows_are_dead_lettered(tmp_path, beam_options):
 
 
 def test_csv_reasons_name_columns_and_lines(tmp_path, beam_options):
-    write_bytes(tmp_path / "c.csv", b'id,text,label\nr1,"two\nlines",1,extra\n')
+    # A two-line record with one field too many: its first line is dead-lettered,
+    # its second is read again as a row of its own (here an invalid label).
+    write_bytes(tmp_path / "c.csv", b'id,text,label\nr1,"two\nlines",1,extra\nr2,three fields,1\n')
     p = BeamTestPipeline(options=beam_options)
-    _, dead = p | ReadCorpus(str(tmp_path / "c.csv"), format=FORMAT_CSV)
+    docs, dead = p | ReadCorpus(str(tmp_path / "c.csv"), format=FORMAT_CSV)
+    assert_that(docs | beam.Map(lambda d: d[TEXT_KEY]), equal_to(["three fields"]), label="Docs")
     assert_that(
-        dead | beam.Map(lambda d: d[DEAD_REASON_KEY]),
-        equal_to(["unparseable_row: 4 fields, header has 3 (lines 2-3)"]),
+        dead | beam.Map(lambda d: (d[DEAD_SOURCE_KEY].rsplit("/", 1)[1], d[DEAD_REASON_KEY])),
+        equal_to([
+            ("c.csv:1", "unparseable_row: 4 fields, header has 3 (record from line 2 to 3; "
+                        "line 2 dead-lettered, reading resumes at line 3)"),
+            ("c.csv:2", "invalid_label: label 'extra' is not an integer"),
+        ]),
+        label="Dead",
     )
     p.run().wait_until_finish()
 
@@ -706,7 +725,7 @@ def test_truncated_tfrecord_keeps_the_records_before_the_damage(tmp_path, beam_o
         tmp_path,
         ReadCorpus(str(path), format=FORMAT_TFRECORD),
         [doc("cut.tfrecord:1", "kept", 1)],
-        [("cut.tfrecord", "unreadable_file", "")],
+        [("cut.tfrecord", "truncated_file", "")],
     )
 
 

@@ -149,3 +149,130 @@ def test_second_read_for_the_vocabulary_is_not_counted_twice(tmp_path):
     assert stats["reconciled"] is True
     dead = [line for f in glob.glob(str(out / C.DEAD_LETTER_DIR / "*.jsonl")) for line in open(f)]
     assert len(dead) == 4
+
+
+# --------------------------------------------------------------------------
+# Issue 11: hostile corpora are refused before work, or fail without a manifest
+# --------------------------------------------------------------------------
+def _run_in_process(argv, capsys):
+    """preprocess.run(argv) expected to stop at argument checking: returns (exit code, error lines)."""
+    from pipelines import preprocess
+
+    with pytest.raises(SystemExit) as exc:
+        preprocess.run(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    return exc.value.code, errors
+
+
+@pytest.mark.parametrize("case, message", [
+    ("directory", "is a directory; give files or a glob such as"),
+    ("broken_link", "cannot be read (not a regular file, or a broken link)"),
+    ("dangling_glob", "matches no files"),
+    ("all_empty", "every matched file is empty (2 files)"),
+    ("labels_not_class_ids", "--labels: declared int labels [0, 2] are not 0..1"),
+    ("negative_declared_label", "negative label -1"),
+    ("max_document_chars", "--max-document-chars must be >= 1, got 0"),
+])
+def test_bad_inputs_exit_2_before_any_work(tmp_path, capsys, case, message):
+    good = tmp_path / "good.csv"
+    write_corpus(good)
+    extra = []
+    if case == "directory":
+        inputs = [str(tmp_path)]
+    elif case == "broken_link":
+        (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
+        inputs = [str(good), str(tmp_path / "gone.csv")]
+    elif case == "dangling_glob":
+        inputs = [str(good), str(tmp_path / "typo-*.csv")]
+    elif case == "all_empty":
+        (tmp_path / "e1.csv").write_bytes(b"")
+        (tmp_path / "e2.csv").write_bytes(b"")
+        inputs = [str(tmp_path / "e*.csv")]
+    else:
+        inputs = [str(good)]
+        extra = {"labels_not_class_ids": ["--labels", "0,2"], "negative_declared_label": ["--labels=-1,0"],
+                 "max_document_chars": ["--max-document-chars", "0"]}[case]
+    code, errors = _run_in_process(["--input", *inputs, "--format", "csv", "--output", str(tmp_path / "o"),
+                                    *extra], capsys)
+    assert code == 2
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_directory_input_exits_2_at_once(tmp_path):
+    # The audit's case: a directory started the pipeline and died 110 s later with tracebacks.
+    write_corpus(tmp_path / "c.csv")
+    proc = run_cli("beam_rnn.cli", "preprocess", "--input", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{tmp_path} is a directory" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_cli_int_labels_that_are_not_class_ids_fail_without_a_manifest(tmp_path):
+    from beam_rnn.manifest import MANIFEST_FILE
+
+    corpus = tmp_path / "c.csv"
+    rows = [f"{text},{label}" for text, label in [("good film", 0), ("bad film", 1), ("fine film", 0),
+                                                   ("great film", 1), ("odd one", 7), ("negative one", -1)]]
+    corpus.write_text("text,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    proc = run_cli("beam_rnn.cli", "preprocess", "--input", str(corpus), "--output", str(out),
+                   "--min-frequency", "1", "--runner", "DirectRunner")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("beam-rnn preprocess: error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    assert "int labels must be class ids 0..K-1, but the labels seen are [0, 1, 7]" in errors[0]
+    assert "--labels 0,1" in errors[0] and "--label-type string" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (out / MANIFEST_FILE).exists()
+    stats = json.loads((out / C.STATS_FILE).read_text())
+    # The negative label is a dead letter, not a class.
+    assert stats["dead_letter_by_reason"] == {"invalid_label": 1}
+    assert stats["reconciled"] is True
+
+
+def test_corpus_without_documents_fails_without_a_manifest(tmp_path):
+    from beam_rnn.manifest import MANIFEST_FILE
+    from pipelines import preprocess
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "", "label": 0}\nnot json\n{"label": 1}\n')
+    out = tmp_path / "o"
+    with pytest.raises(preprocess.PreprocessError, match=r"^no documents: 3 rows read, 3 dead-lettered"):
+        preprocess.run(["--input", str(corpus), "--format", "jsonl", "--output", str(out), "--runner", "DirectRunner"])
+    assert not (out / MANIFEST_FILE).exists()
+
+
+def test_hostile_corpus_counts_every_row_and_damaged_file(tmp_path):
+    """Broken quote, negative label, oversized document and a truncated .csv.gz in one corpus."""
+    import gzip
+
+    from beam_rnn.manifest import MANIFEST_FILE
+    from pipelines import preprocess
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.csv").write_text(
+        "text,label\n"
+        "a good film,1\n"
+        '"an unterminated quote,0\n'  # must not swallow the rows below
+        "a bad film,0\n"
+        "still counted,1\n"
+        "negative,-1\n"
+        f"{'long ' * 100},1\n"  # 500 chars > --max-document-chars 200
+        "last row,0\n"
+    )
+    payload = b"text,label\n" + b"".join(f"gz row {i},{i % 2}\n".encode() for i in range(40))
+    complete = gzip.compress(payload)
+    (corpus / "b.csv.gz").write_bytes(complete[:-8])  # every row there, the gzip trailer missing
+    out = tmp_path / "o"
+    stats = preprocess.run(["--input", str(corpus / "*"), "--format", "csv", "--output", str(out),
+                            "--max-document-chars", "200", "--min-frequency", "1", "--runner", "DirectRunner"])
+    assert stats["files_truncated"] == 1 and stats["files_unreadable"] == 0
+    assert stats["dead_letter_by_reason"] == {"document_too_large": 1, "invalid_label": 1, "truncated_file": 1,
+                                              "unparseable_row": 1}
+    # a.csv: 7 records (4 documents, 3 dead letters); b.csv.gz: 40 documents + 1 truncated_file.
+    assert (stats["rows_in"], stats["documents_out"], stats["dead_lettered"]) == (48, 44, 4)
+    assert stats["reconciled"] is True and stats["num_classes"] == 2
+    assert (out / MANIFEST_FILE).exists()
