@@ -16,7 +16,9 @@ and model load, and peak RSS is per variant):
   (what our pipeline does inside each bundle), the strongest in-process baseline.
 
 Then peak RSS of ``ours`` at larger corpora (the CSV hard-linked N times, so
-nothing is copied): memory must stay flat as the corpus grows.
+nothing is copied): memory must stay flat as the corpus grows.  ONE large file
+(the case an audit found growing) and preprocess / evaluate are measured by
+benchmarks/memory.py.
 
     python benchmarks/score.py                       # 25k throughput + RSS at 100k and 1M
     python benchmarks/score.py --docs 100000          # RSS at 100k only
