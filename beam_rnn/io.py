@@ -741,23 +741,20 @@ class _Line(NamedTuple):
     complete: bool = True
 
 
-def _read_bounded_line(handle: BinaryIO, max_bytes: int) -> tuple[bytes, int, bool]:
-    """Reads one line of at most `max_bytes` bytes (plus its newline); skips the rest of a longer one.
+def _skip_rest_of_line(handle: BinaryIO, line: bytes) -> tuple[bytes, int]:
+    """Reads and drops the rest of an over-long line whose start `line` was read.
 
     Returns:
-      ``(line, size, complete)``: for a longer line, its first bytes, its full
-      size, and False; memory stays bounded by `max_bytes`.
+      ``(preview, size)``: the line's first bytes and its full size; memory stays
+      bounded by one chunk.
     """
-    line = handle.readline(max_bytes + 1)
-    if len(line) <= max_bytes or line.endswith(b"\n"):
-        return line, len(line), True
     size = len(line)
     while True:
         chunk = handle.readline(_SKIP_CHUNK_BYTES)
         size += len(chunk)
         if not chunk or chunk.endswith(b"\n"):
             break
-    return line[: _DEAD_ROW_PREVIEW_CHARS * 4], size, False
+    return line[: _DEAD_ROW_PREVIEW_CHARS * 4], size
 
 
 def _physical_lines(
@@ -773,16 +770,20 @@ def _physical_lines(
     if remaining is not None and remaining <= 0:
         return
     max_bytes = config.max_line_bytes
+    encoding = config.encoding
+    readline = handle.readline
     number = first_line
     while True:
-        raw_line, size, complete = _read_bounded_line(handle, max_bytes)
+        raw_line = readline(max_bytes + 1)
         if not raw_line:
             return
-        if complete:
-            text, replaced = decode_bytes(raw_line, config.encoding)
+        size = len(raw_line)
+        if size <= max_bytes or raw_line.endswith(b"\n"):  # the usual case, inlined: this loop is hot
+            text, replaced = replace_lone_surrogates(raw_line.decode(encoding, errors="surrogateescape"))
+            yield _Line(number, text, replaced, size)
         else:  # only a preview: cut characters are not counted as replaced
-            text, replaced = raw_line.decode(config.encoding, errors="replace"), 0
-        yield _Line(number, text, replaced, size, complete)
+            raw_line, size = _skip_rest_of_line(handle, raw_line)
+            yield _Line(number, raw_line.decode(encoding, errors="replace"), 0, size, False)
         number += 1
         if remaining is not None:
             remaining -= size
@@ -1052,9 +1053,13 @@ def read_delimited(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
                 continue
             position += 1
             if row is not None and len(row) == len(header):
-                raw = _strip_eol("".join(line.text for line in record))
+                if len(record) == 1:
+                    raw, replaced = _strip_eol(first.text), first.replaced_chars
+                else:
+                    raw = _strip_eol("".join(line.text for line in record))
+                    replaced = sum(line.replaced_chars for line in record)
                 fields, _ = _select_fields(dict(zip(header, row)), config)
-                yield RawRecord(position, raw, fields=fields, replaced_chars=sum(l.replaced_chars for l in record))
+                yield RawRecord(position, raw, fields=fields, replaced_chars=replaced)
                 continue
             if len(record) == 1 and not first.complete:
                 yield RawRecord(position, _line_preview(first), error=_too_long_line_reason(first, config))
