@@ -290,3 +290,34 @@ def test_negative_int_labels_are_dead_letters(tmp_path, beam_options):
     outcomes = list(read_corpus_file(str(path), str(tmp_path), CorpusConfig(format=FORMAT_CSV)))
     assert outcomes[1].dead_letter[DEAD_REASON_KEY] == (
         "invalid_label: negative label -1: int labels are class ids 0..K-1")
+
+
+def test_oversized_tfrecord_and_aclimdb_file_are_skipped_unread(tmp_path):
+    from tests.io_fixtures import make_aclimdb, make_example, write_tfrecord
+
+    config = CorpusConfig(format="tfrecord", max_document_chars=10)  # read bound: 40 bytes + 1 MiB
+    huge = b"w" * (config.max_line_bytes + 10)
+    path = write_tfrecord(tmp_path / "t.tfrecord", [make_example({"text": b"small", "label": 1}),
+                                                    make_example({"text": huge, "label": 0}),
+                                                    make_example({"text": b"after", "label": 0})])
+    outcomes = list(read_corpus_file(str(path), str(tmp_path), config))
+    assert [o.document["text"] if o.document else None for o in outcomes] == ["small", None, "after"]
+    assert outcomes[1].dead_letter[DEAD_REASON_KEY].startswith("document_too_large: record of ")
+    root = make_aclimdb(tmp_path / "aclImdb")
+    big = write_bytes(root / "train" / "pos" / "9_9.txt", huge)
+    acl = CorpusConfig(format="aclimdb", max_document_chars=10)
+    [outcome] = read_corpus_file(str(big), str(root), acl)
+    assert outcome.dead_letter[DEAD_REASON_KEY].startswith(f"document_too_large: file has {len(huge)} bytes")
+    assert len(outcome.dead_letter["row"]) < 1100
+
+
+def test_truncated_gzip_tfrecord_is_a_truncated_file(tmp_path):
+    from tests.io_fixtures import make_example, write_tfrecord
+
+    path = write_tfrecord(tmp_path / "t.tfrecord.gz", [make_example({"text": f"doc {i}".encode(), "label": i % 2})
+                                                       for i in range(200)], gzip=True)
+    path.write_bytes(path.read_bytes()[:-4])  # the gzip size trailer is cut
+    outcomes = list(read_corpus_file(str(path), str(tmp_path), CorpusConfig(format="tfrecord")))
+    assert [o.document["text"] for o in outcomes[:-1]] == [f"doc {i}" for i in range(200)]
+    assert outcomes[-1].file_error == "truncated_file"
+    assert "gzip data ends before its end-of-stream marker" in outcomes[-1].dead_letter[DEAD_REASON_KEY]
