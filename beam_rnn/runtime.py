@@ -182,6 +182,9 @@ def corpus_input_problem(patterns: Sequence[str], *, directories: bool = False) 
             continue
         for metadata in matched:
             if _is_local(metadata.path):
+                if not os.path.isfile(metadata.path):  # a FIFO or device: opening it could block
+                    problems.append(f"{metadata.path} cannot be read (not a regular file)")
+                    continue
                 try:
                     with open(metadata.path, "rb") as handle:
                         handle.read(1)

@@ -167,6 +167,7 @@ def _run_in_process(argv, capsys):
 @pytest.mark.parametrize("case, message", [
     ("directory", "is a directory; give files or a glob such as"),
     ("broken_link", "cannot be read (not a regular file, or a broken link)"),
+    ("fifo", "fifo.csv cannot be read (not a regular file)"),
     ("dangling_glob", "matches no files"),
     ("all_empty", "every matched file is empty (2 files)"),
     ("labels_not_class_ids", "--labels: declared int labels [0, 2] are not 0..1"),
@@ -182,6 +183,9 @@ def test_bad_inputs_exit_2_before_any_work(tmp_path, capsys, case, message):
     elif case == "broken_link":
         (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
         inputs = [str(good), str(tmp_path / "gone.csv")]
+    elif case == "fifo":  # opening it to check it would block: it is refused unopened
+        os.mkfifo(tmp_path / "fifo.csv")
+        inputs = [str(good), str(tmp_path / "fifo.csv")]
     elif case == "dangling_glob":
         inputs = [str(good), str(tmp_path / "typo-*.csv")]
     elif case == "all_empty":
