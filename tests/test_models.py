@@ -252,6 +252,34 @@ def test_bilstm_same_seed_same_weights():
         np.testing.assert_array_equal(a, b)
 
 
+def test_dropout_masks_are_seeded_and_their_state_can_be_saved(tmp_path):
+    """Dropout draws from a seeded tf.random.Generator: same config, same masks; its state
+    round-trips through a checkpoint, so a resumed training draws the masks it would have drawn."""
+    config = _stream_config("lstm", layers=1, dropout=0.5)
+    ids = tf.constant([[3, 4, 5, 0], [6, 7, 0, 0]], tf.int64)
+
+    def generator(model):
+        rng = model.get_layer(models.DROPOUT_LAYER)._random_generator
+        rng._maybe_init()
+        return rng._generator
+
+    first = models.build_classifier(config)
+    draws = [first(ids, training=True).numpy() for _ in range(3)]
+    assert not np.array_equal(draws[0], draws[1])  # a new mask every call
+    np.testing.assert_array_equal(first(ids, training=False).numpy(), first(ids, training=False).numpy())
+    second = models.build_classifier(config)
+    np.testing.assert_array_equal(second(ids, training=True).numpy(), draws[0])  # seeded
+
+    # Save after one draw, restore into a fresh model: the next masks are draws[1], draws[2].
+    saved = tf.train.Checkpoint(rng=generator(second)).write(str(tmp_path / "rng"))
+    third = models.build_classifier(config)
+    tf.train.Checkpoint(rng=generator(third)).read(saved).assert_consumed()
+    np.testing.assert_array_equal(third(ids, training=True).numpy(), draws[1])
+    np.testing.assert_array_equal(third(ids, training=True).numpy(), draws[2])
+    # The generator's state is not a model weight (exports and step weights are unchanged).
+    assert len(third.get_weights()) == len(models.build_classifier(_stream_config("lstm", layers=1, dropout=0.0)).get_weights())
+
+
 # --- Step equivalence --------------------------------------------------------------------
 
 
