@@ -16,6 +16,10 @@ The IMDB CSV is sorted by label; the tutorial reads tfds' shuffled files, so its
 permuted once (seeded) before its own shuffle(10000), as the tutorial's data would be.
 
     python benchmarks/train.py [--epochs 2] [--input ../shared/data/imdb/train.csv]
+
+Trainer speed alone (e.g. before/after a trainer change), on every 8th review (3,125):
+
+    python benchmarks/train.py --ours-only --subset-every 8 --kinds lstm,bilstm
 """
 
 from __future__ import annotations
@@ -86,19 +90,34 @@ def run_tutorial(train, evals, epochs: int, seed: int) -> dict:
             "fit_seconds": fit_seconds, "adapt_seconds": adapt_seconds, "vocabulary": len(encoder.get_vocabulary())}
 
 
-def run_ours(input_path: str, workdir: str, epochs: int, seed: int) -> dict:
+def subset(input_path: str, every: int, workdir: str) -> str:
+    """Every `every`-th row of a CSV (the IMDB file is sorted by label: this keeps both), as a new file."""
+    out = os.path.join(workdir, f"every{every}.csv")
+    os.makedirs(workdir, exist_ok=True)
+    with open(input_path, newline="", encoding="utf-8") as f, open(out, "w", newline="", encoding="utf-8") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(row for n, row in enumerate(reader) if n % every == 0)
+    return out
+
+
+def run_ours(input_path: str, workdir: str, epochs: int, seed: int, kind: str = "bilstm") -> dict:
     from beam_rnn import trainer
     from pipelines import preprocess
 
     prep = os.path.join(workdir, "prep")
     start = time.perf_counter()
-    stats = preprocess.run(["--input", input_path, "--format", "csv", "--output", prep, "--vocab-size", "998",
-                            "--min-frequency", "1", "--runner", "DirectRunner"])
+    if not os.path.exists(os.path.join(prep, "manifest.json")):  # one preprocessing for every kind
+        preprocess.run(["--input", input_path, "--format", "csv", "--output", prep, "--vocab-size", "998",
+                        "--min-frequency", "1", "--runner", "DirectRunner"])
+    with open(os.path.join(prep, "stats.json"), encoding="utf-8") as f:
+        stats = json.load(f)
     preprocess_seconds = time.perf_counter() - start
-    config = trainer.TrainConfig(kinds=("bilstm",), epochs=epochs, early_stopping_patience=epochs, seed=seed)
-    result = trainer.train(prep, os.path.join(workdir, "models"), config, kind="bilstm")
+    config = trainer.TrainConfig(kinds=(kind,), epochs=epochs, early_stopping_patience=epochs, seed=seed)
+    result = trainer.train(prep, os.path.join(workdir, "models"), config, kind=kind)
     m = result["metrics"]
-    return {"examples_per_second": m["examples_per_second"], "eval_accuracy": m["accuracy"],
+    return {"kind": kind, "examples_per_second": m["examples_per_second"], "eval_accuracy": m["accuracy"],
             "fit_seconds": m["train_seconds"], "preprocess_seconds": preprocess_seconds,
             "vocabulary": stats["vocab_size_with_reserved"], "best_epoch": m["best_epoch"]}
 
@@ -109,12 +128,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "bench_train"))
+    parser.add_argument("--ours-only", action="store_true", help="Time our trainer only (no tutorial arm).")
+    parser.add_argument("--kinds", default="bilstm", help="Our model kinds to time, comma-separated (default bilstm).")
+    parser.add_argument("--subset-every", type=int, default=1, metavar="N", help="Use every N-th row of --input.")
     args = parser.parse_args()
     if not os.path.exists(args.input):
         sys.exit(f"benchmark input {args.input} is absent (needs ../shared/data/imdb/train.csv or --input)")
     shutil.rmtree(args.workdir, ignore_errors=True)
-    ours = run_ours(args.input, args.workdir, args.epochs, args.seed)
-    print("ours:", json.dumps(ours), flush=True)
+    if args.subset_every > 1:
+        args.input = subset(args.input, args.subset_every, args.workdir)
+    for kind in args.kinds.split(","):
+        ours = run_ours(args.input, args.workdir, args.epochs, args.seed, kind=kind)
+        print("ours:", json.dumps(ours), flush=True)
+    if args.ours_only:
+        return
     train, evals = load_split(args.input)
     assert len(train[0]) + len(evals[0]) == 25000 or args.input != str(DEFAULT_INPUT)
     tutorial = run_tutorial(train, evals, args.epochs, args.seed)
