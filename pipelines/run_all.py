@@ -46,6 +46,7 @@ def _corpus_argv(known: argparse.Namespace) -> list[str]:
         argv += ["--id-column", known.id_column]
     if known.labels:
         argv += ["--labels", known.labels]
+    argv += ["--max-document-chars", str(known.max_document_chars)]
     return argv
 
 
@@ -106,8 +107,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.preprocess import PreprocessError
+
     logging.getLogger().setLevel(logging.WARNING)
-    run(argv)
+    try:
+        run(argv)
+    except PreprocessError as e:
+        print(f"beam-rnn run-all: error: preprocess: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

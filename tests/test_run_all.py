@@ -41,3 +41,18 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"bilstm", "lstm"} and metrics["split"] == "eval"
     assert (out / "report" / "report.html").stat().st_size > 10000
+
+
+def test_run_all_stops_with_one_line_when_preprocessing_fails(tmp_path):
+    """Int labels {0, 1, 7} are not class ids: run-all stops after preprocess, exit 1, one error line."""
+    lines = ["id,label,text"] + [f"d{i},{[0, 1, 7][i % 3]},some words here {i}" for i in range(60)]
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "beam_rnn.cli", "run-all", "--input", str(corpus), "--format", "csv",
+         "--id-column", "id", "--output", str(tmp_path / "run"), "--max-document-chars", "5000"],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("beam-rnn run-all: error:")]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert len(errors) == 1 and "7" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "run" / "models").exists()
