@@ -11,10 +11,10 @@ Output, per model kind, under ``OUTPUT/<kind>/``::
 
     model_config.json     the ModelConfig (models.ModelConfig.to_dict)
     train_config.json     the TrainConfig
-    history.jsonl         one JSON line per completed epoch (appended across resumes)
+    history.jsonl         one JSON line per committed epoch (kept across resumes)
     metrics.json          final eval metrics of the kept (best) weights, timings
     weights/model.*       final weights (TF checkpoint format, model variables only)
-    checkpoints/epoch_NNN.*  weights after every epoch
+    checkpoints/epoch_NNN.*  weights (and optimizer slots) after every epoch
     backup/               the training state while training is unfinished (see below)
     logs/                 TensorBoard (train/ and validation/)
 
@@ -316,12 +316,12 @@ def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     try:
         output = tft.TFTransformOutput(transformed_dir)
         output.transformed_feature_spec()
-    except Exception as e:  # noqa: BLE001  (any failure to read is the same error for the user)
+    except Exception as e:  # any failure to read is the same error for the user
         raise TrainerInputError(f"{what} {transformed_dir}: {C.TRANSFORMED_METADATA_DIR}/ does not load "
                                 f"({_first_line(e)})") from e
     try:
         output.transform_features_layer()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TrainerInputError(f"{what} {transformed_dir}: {C.TRANSFORM_FN_DIR}/saved_model.pb does not load "
                                 f"as a SavedModel ({_first_line(e)})") from e
     return stats
