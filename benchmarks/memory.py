@@ -125,6 +125,7 @@ def run_measured(cmd: list[str], log_path: pathlib.Path, poll: float) -> dict:
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     peak_tree = peak_one = 0
+    timeline = []  # (seconds, tree RSS MB) about every 5 s: steady growth vs a step
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -143,10 +144,13 @@ def run_measured(cmd: list[str], log_path: pathlib.Path, poll: float) -> dict:
                 total += rss
                 peak_one = max(peak_one, rss)
             peak_tree = max(peak_tree, total)
+            now = time.perf_counter() - started
+            if not timeline or now - timeline[-1][0] >= 5:
+                timeline.append((round(now, 1), round(total / 2**20)))
             time.sleep(poll)
         rc = proc.wait()
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_tree / 2**20,
-            "peak_process_rss_mb": peak_one / 2**20, "returncode": rc}
+            "peak_process_rss_mb": peak_one / 2**20, "returncode": rc, "rss_timeline_mb": timeline}
 
 
 def command_line(command: str, corpus_csv: pathlib.Path, out: pathlib.Path, models: pathlib.Path) -> list[str]:
