@@ -13,6 +13,7 @@ import functools
 import glob
 import json
 import os
+import math
 import random
 import shutil
 import subprocess
@@ -552,3 +553,22 @@ def test_duplicate_ids_are_counted_in_the_summary(env, tmp_path, labelled):
     assert len(records) == 23 and not dead  # duplicates are scored, and counted
     assert summary["ids"] == 23 and summary["distinct_ids"] == 20 and summary["duplicate_ids"] == 3
     assert summary["labelled"] == (20 + 3 if labelled else 0)
+
+
+def test_distinct_ids_state_is_a_few_sorted_runs(monkeypatch):
+    # The ids live in O(log n) sorted runs, each more than twice the next (memory: an id is re-sorted
+    # O(log n) times, not at every compaction); counts stay exact with duplicates inside and across runs.
+    monkeypatch.setattr(inference.DistinctIdsFn, "_PENDING", 16)
+    fn = inference.DistinctIdsFn()
+    rng = random.Random(7)
+    ids = [f"d{rng.randrange(3000)}" for _ in range(5000)]
+    acc = fn.create_accumulator()
+    for i, doc_id in enumerate(ids, 1):
+        acc = fn.add_input(acc, doc_id)
+        runs = acc[0]
+        assert all(a.size > 2 * b.size for a, b in zip(runs, runs[1:]))
+        assert len(runs) <= math.log2(i) + 2
+    for run in acc[0]:
+        assert run.dtype == np.uint64 and np.all(run[1:] > run[:-1])  # sorted, distinct
+    out = fn.extract_output(fn.merge_accumulators([acc, fn.create_accumulator()]))
+    assert out == {"ids": 5000, "distinct_ids": len(set(ids)), "duplicate_ids": 5000 - len(set(ids))}
