@@ -19,7 +19,7 @@ Measured:
 * training words/s: corpus words (in-vocabulary tokens) x epochs / training
   seconds, for each, and the ratio; ours also with the Beam stage included;
 * optionally (on by default, --skip-sst2 to skip): SST-2 dev accuracy of the
-  BiLSTM classifier (beam_rnn.trainer) without and with warm start from our vectors
+  BiLSTM classifier (beam_rnn.train.trainer) without and with warm start from our vectors
   (fine-tuned, fine-tuned after rescaling, frozen) and from gensim's vectors (raw and
   rescaled), with the trainer's --pretrained-embeddings options (seed s's vectors for
   classifier seed s).
@@ -52,9 +52,9 @@ def corpus_sentences(prep: str, splits: list[str]) -> tuple[list[list[str]], int
     """The transformed documents as word lists (OOV and padding removed), and the doc count."""
     import tensorflow as tf
 
-    from beam_rnn import constants as C
+    from beam_rnn.core import constants as C
     from beam_rnn.embeddings import parse_transformed_example
-    from beam_rnn.transform import read_vocabulary
+    from beam_rnn.preprocess.transform import read_vocabulary
 
     stats = json.load(open(os.path.join(prep, C.STATS_FILE)))
     k = int(stats["num_oov_buckets"])
@@ -117,7 +117,7 @@ def sst2_prep(work: str) -> str:
     The split is a hash of the document id; ids are salted until train sentences
     hash into train and dev sentences into eval (eval_fraction 0.5).
     """
-    from beam_rnn.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
+    from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
     from pipelines import preprocess
 
     out = os.path.join(work, "sst2_prep")
@@ -151,7 +151,7 @@ SST2_ARMS = {
 
 def run_sst2(args, prep: str, work: str, seed: int, vectors: dict[str, str]) -> dict:
     """SST-2 dev accuracy of the BiLSTM for every arm of SST2_ARMS (classifier seed `seed`)."""
-    from beam_rnn import trainer
+    from beam_rnn.train import trainer
 
     results = {}
     for name, (source, freeze, rescale) in SST2_ARMS.items():
@@ -286,6 +286,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

@@ -27,7 +27,6 @@ logs, timings.
 
 import argparse
 import glob
-import gzip
 import hashlib
 import json
 import os
@@ -146,7 +145,7 @@ def predictions_digest(model_dir: str, texts: list[str]) -> dict[str, str]:
     import numpy as np
     import tensorflow as tf
 
-    import beam_rnn.export as export  # registers the tokeniser for model.keras
+    import beam_rnn.train.export as export  # registers the tokeniser for model.keras
 
     out = {}
     loaded = tf.saved_model.load(os.path.join(model_dir, "saved_model"))

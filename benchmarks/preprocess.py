@@ -5,7 +5,7 @@ and tokenisation (the same preprocessing_fn), and write gzipped tf.Example
 TFRecords; they differ in how data crosses into and out of TFT:
 
 * ours: Arrow record batches in, `output_record_batches=True` out, C++ example
-  encoder (beam_rnn.transform.AnalyzeAndTransform via pipelines.preprocess);
+  encoder (beam_rnn.preprocess.transform.AnalyzeAndTransform via pipelines.preprocess);
 * baseline: instance dicts + DatasetMetadata in and out, `ExampleProtoCoder`
   (the style of tensorflow/transform examples/sentiment_example_v2.py).
 
@@ -44,10 +44,10 @@ def run_baseline(input_path: str, output: str) -> int:
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-    from beam_rnn import constants as C
+    from beam_rnn.core import constants as C
     from beam_rnn.io import ReadCorpus
-    from beam_rnn.preprocessing import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
-    from beam_rnn.transform import _split_fn
+    from beam_rnn.preprocess.tft_graph import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
+    from beam_rnn.preprocess.transform import _split_fn
 
     # The IMDB CSV's `id` column repeats across labels (0..12499 per label), so both
     # pipelines use ReadCorpus's derived ids (file:row), which are unique.
@@ -108,6 +108,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(0)

@@ -105,6 +105,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

@@ -71,7 +71,7 @@ def variant_ours(args) -> dict:
 
 
 def variant_stock(args) -> dict:
-    import beam_rnn.export  # noqa: F401  FIRST: registers the tokeniser, makes tf.keras = tf_keras
+    import beam_rnn.train.export  # noqa: F401  FIRST: registers the tokeniser, makes tf.keras = tf_keras
 
     import apache_beam as beam
     import numpy as np
@@ -79,7 +79,7 @@ def variant_stock(args) -> dict:
     from apache_beam.ml.inference.tensorflow_inference import ModelType, TFModelHandlerNumpy
 
     from beam_rnn.io import ReadCorpus, WriteJsonLines
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     handler = KeyedModelHandler(TFModelHandlerNumpy(
         model_uri=os.path.join(args.model, "model.keras"), model_type=ModelType.SAVED_MODEL,

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from beam_rnn import streaming  # noqa: E402
+from beam_rnn.stream import classifier as streaming  # noqa: E402
 
 LENGTHS = (50, 200, 1000)
 STREAMS = 1000
@@ -81,7 +81,7 @@ def _prefix_ids(clf: streaming.StreamingClassifier, texts: list[str], length: in
 def bench_model(model_dir: str, texts: list[str], quick: bool) -> dict[str, Any]:
     import tensorflow as tf
 
-    from beam_rnn import export
+    from beam_rnn.train import export
 
     clf = streaming.StreamingClassifier.load(model_dir)
     sigs = export.load_exported(model_dir).signatures
@@ -155,7 +155,7 @@ def bench_beam(model_dir: str, texts: list[str], streams: int, chunks_per_stream
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     rng = random.Random(1)
     pool = texts or ["good movie bad plot the actor was fine " * 20]
@@ -225,6 +225,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main())

@@ -5,7 +5,7 @@ inside the model, Embedding(1000, 64, mask_zero) → Bidirectional(LSTM(64)) →
 → Dense(1), Adam(1e-4), batch 64, shuffle(10000), every batch padded to its longest review.
 
 Ours: the same architecture and vocabulary size (998 words + padding + OOV = 1000 ids), the
-preprocessing stage (TFT) and `beam_rnn.trainer` (length-bucketed batches, full seeded
+preprocessing stage (TFT) and `beam_rnn.train.trainer` (length-bucketed batches, full seeded
 shuffle, Adam 1e-3).
 
 Both train on the same IMDB split (our 80/20 split by hash of the derived document id) for
@@ -44,7 +44,7 @@ DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "imdb" / "train.csv"
 def load_split(path: str):
     """Texts and labels of our train/eval split (ids as ReadCorpus derives them)."""
     from beam_rnn.io import derive_id
-    from beam_rnn.transform import SPLIT_EVAL, split_for_id
+    from beam_rnn.preprocess.transform import SPLIT_EVAL, split_for_id
 
     train, evals = ([], []), ([], [])
     with open(path, newline="", encoding="utf-8") as f:
@@ -103,7 +103,7 @@ def subset(input_path: str, every: int, workdir: str) -> str:
 
 
 def run_ours(input_path: str, workdir: str, epochs: int, seed: int, kind: str = "bilstm") -> dict:
-    from beam_rnn import trainer
+    from beam_rnn.train import trainer
     from pipelines import preprocess
 
     prep = os.path.join(workdir, "prep")
@@ -158,6 +158,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(0)

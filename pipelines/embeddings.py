@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 DEFAULT_EVAL_DATA = os.path.join("..", "shared", "data", "embedding-eval")
 
@@ -65,7 +65,7 @@ def validate_transformed(transformed: str, splits: Sequence[str]) -> tuple[list[
     """Return the shard files of `splits` and stats.json; raise ValueError with one clear message."""
     import tensorflow as tf
 
-    from beam_rnn.transform import vocabulary_path
+    from beam_rnn.preprocess.transform import vocabulary_path
 
     if not transformed or not tf.io.gfile.isdir(transformed):
         raise ValueError(f"--transformed {transformed!r} does not exist (run pipelines.preprocess first)")
@@ -85,7 +85,7 @@ def validate_transformed(transformed: str, splits: Sequence[str]) -> tuple[list[
     if missing:
         raise ValueError(f"--transformed {transformed!r} is incomplete (run pipelines.preprocess to completion); "
                          f"missing: {'; '.join(missing)}")
-    from beam_rnn.manifest import verify_manifest
+    from beam_rnn.core.manifest import verify_manifest
 
     # ArtifactError is a ValueError: one line naming the damaged file.
     verify_manifest(transformed, prefixes=[C.TRANSFORMED_DIR + "/", C.TRANSFORM_FN_DIR + "/assets/", C.STATS_FILE],
@@ -125,7 +125,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn import embeddings as E
-    from beam_rnn.transform import read_vocabulary
+    from beam_rnn.preprocess.transform import read_vocabulary
 
     output = known.output
     num_oov = int(stats.get("num_oov_buckets", C.DEFAULT_NUM_OOV_BUCKETS))
@@ -139,7 +139,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     with tf.io.gfile.GFile(os.path.join(output, E.CONFIG_FILE), "w") as f:
         f.write(json.dumps({**config.to_dict(), "transformed": known.transformed, "splits": known.splits}, indent=2))
 
-    from beam_rnn.runtime import pipeline_options
+    from beam_rnn.cli.runtime import pipeline_options
 
     options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -210,6 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 SPLITS = ("all", "eval", "train")
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_models(models_dir: str, parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, Any]]:
-    from beam_rnn.report import available_models, read_card
+    from beam_rnn.serve.report import available_models, read_card
 
     names = available_models(models_dir)
     if not names:
@@ -50,8 +50,8 @@ def _check_models(models_dir: str, parser: argparse.ArgumentParser) -> tuple[lis
         cards = {n: read_card(os.path.join(models_dir, n)) for n in names}
     except (ValueError, OSError) as e:
         parser.error(f"--models {models_dir!r}: unreadable {C.MODEL_CARD_FILE}: {e}")
-    from beam_rnn import inference as I
-    from beam_rnn.export import VOCAB_TEXT_FILE
+    from beam_rnn.serve import scoring as I
+    from beam_rnn.train.export import VOCAB_TEXT_FILE
 
     # Before the pipeline: every file the report reads matches the export's manifest,
     # and each SavedModel loads (a damaged model used to fail minutes into the run).
@@ -101,8 +101,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn.io import WriteJsonLines
-    from beam_rnn.report import EvaluateModels, measure_latency, write_report
-    from beam_rnn.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
+    from beam_rnn.serve.report import EvaluateModels, measure_latency, write_report
+    from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
     from pipelines.preprocess import maybe_sample, read_corpus_transform, resolve_corpus
 
     parser = build_parser()
@@ -126,7 +126,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
             os.path.join(output, "dead_letter-*")):
         tf.io.gfile.remove(stale)
-    from beam_rnn.runtime import pipeline_options
+    from beam_rnn.cli.runtime import pipeline_options
 
     options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -150,7 +150,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     with tf.io.gfile.GFile(path) as f:
         metrics_out = json.loads(f.read())
     tf.io.gfile.rmtree(tmp)
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     io_counts = counters(p.result, "beam_rnn.io")
     metrics_out["rows_in"] = io_counts.get("rows_in")
@@ -169,7 +169,7 @@ def _latency_texts(models_dir: str, name: str, n: int = 50, words: int = 230) ->
     import numpy as np
     import tensorflow as tf
 
-    from beam_rnn.export import VOCAB_TEXT_FILE
+    from beam_rnn.train.export import VOCAB_TEXT_FILE
 
     with tf.io.gfile.GFile(os.path.join(models_dir, name, VOCAB_TEXT_FILE)) as f:
         vocab = [w for w in f.read().split("\n") if w] or ["a"]
@@ -186,6 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

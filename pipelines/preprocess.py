@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Sequence
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 
 class PreprocessError(Exception):
@@ -62,9 +62,9 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
     declared int label set that is not 0..K-1 and a non-positive
     --max-document-chars are one error line and exit status 2.
     """
-    from beam_rnn import datasets
+    from beam_rnn.preprocess import datasets
     from beam_rnn.io import DEFAULT_MAX_DOCUMENT_CHARS, CorpusConfig
-    from beam_rnn.runtime import corpus_input_problem
+    from beam_rnn.cli.runtime import corpus_input_problem
 
     if not known.input:
         try:
@@ -122,7 +122,7 @@ def maybe_sample(docs, fraction: float, label: str = "SampleDocuments"):
     """Keep a deterministic `fraction` of documents (no-op at 1.0); the rest are counted."""
     import apache_beam as beam
 
-    from beam_rnn.transform import KeepSample
+    from beam_rnn.preprocess.transform import KeepSample
 
     if fraction >= 1.0:
         return docs
@@ -188,9 +188,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn.io import WriteJsonLines
-    from beam_rnn.manifest import MANIFEST_FILE, write_manifest
-    from beam_rnn.preprocessing import PreprocessConfig
-    from beam_rnn.transform import (
+    from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
+    from beam_rnn.preprocess.tft_graph import PreprocessConfig
+    from beam_rnn.preprocess.transform import (
         AnalyzeAndTransform,
         dead_letter_reason_counts,
         finalize_stats,
@@ -228,7 +228,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             tf.io.gfile.rmtree(os.path.join(output, stale))
     tf.io.gfile.makedirs(tmp_dir)
 
-    from beam_rnn.runtime import pipeline_options
+    from beam_rnn.cli.runtime import pipeline_options
 
     options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -247,7 +247,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     pipeline_result = p.result
     stats = finalize_stats(output, config=config,
                            counters={**first_read_counters(pipeline_result, "beam_rnn.io"),
-                                     **first_read_counters(pipeline_result, "beam_rnn.transform")})
+                                     **first_read_counters(pipeline_result, "beam_rnn.preprocess.transform")})
     with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     if not known.keep_tmp:
@@ -273,6 +273,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

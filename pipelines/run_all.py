@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 QUICK = {"sample_fraction": 0.08, "epochs": 2, "vocab_size": 5000, "max_length": 200}
 
@@ -119,6 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

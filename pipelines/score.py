@@ -28,7 +28,7 @@ from pipelines.preprocess import add_corpus_args, read_corpus_transform, resolve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from beam_rnn import inference as I
+    from beam_rnn.serve import scoring as I
 
     parser = argparse.ArgumentParser(prog="beam-rnn score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +70,7 @@ def _delete_stale_outputs(prefix: str, output_format: str) -> None:
     """Removes earlier outputs of this prefix, so that old shards are not mixed in."""
     from apache_beam.io.filesystems import FileSystems
 
-    from beam_rnn.inference import output_patterns
+    from beam_rnn.serve.scoring import output_patterns
 
     paths = []
     for result in FileSystems.match(list(output_patterns(prefix, output_format).values())):
@@ -119,9 +119,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     import tensorflow as tf
     from apache_beam.options.pipeline_options import SetupOptions
 
-    from beam_rnn import inference as I
+    from beam_rnn.serve import scoring as I
     from beam_rnn.io import WriteJsonLines
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     parser = build_parser()
     known, pipeline_args = parser.parse_known_args(argv)
@@ -160,7 +160,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         tf.io.gfile.makedirs(parent)
     _delete_stale_outputs(prefix, known.output_format)
 
-    from beam_rnn.runtime import pipeline_options
+    from beam_rnn.cli.runtime import pipeline_options
 
     options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -208,6 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

@@ -26,8 +26,8 @@ import os
 import sys
 from typing import Any, Sequence, TextIO
 
-from beam_rnn import streaming as S
-from beam_rnn.manifest import ArtifactError
+from beam_rnn.stream import classifier as S
+from beam_rnn.core.manifest import ArtifactError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +294,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
-    from beam_rnn.runtime import counters, pipeline_options
+    from beam_rnn.cli.runtime import counters, pipeline_options
 
     def write_json_lines(prefix: str) -> beam.PTransform:
         # S.to_json_line: every record encodes as UTF-8, whatever an event carried.
@@ -359,6 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

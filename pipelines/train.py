@@ -5,10 +5,10 @@
 Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json),
 checked against its manifest.json (and the TFT graph loaded) before any model is
 built, and writes OUTPUT/<kind>/ (weights/, checkpoints/, logs/, metrics.json, ...;
-see beam_rnn.trainer).  Rerunning the same command after the process was killed
+see beam_rnn.train.trainer).  Rerunning the same command after the process was killed
 resumes at the start of the first unfinished epoch and ends with the same weights
 as an uninterrupted run.  After each model is trained it is handed to
-`beam_rnn.export.export_model` (unless --skip-export).
+`beam_rnn.train.export.export_model` (unless --skip-export).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 MODEL_BOTH = "both"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from beam_rnn.models import CELLS
-    from beam_rnn.trainer import DEFAULT_LEARNING_RATES, MONITORS, TrainConfig
+    from beam_rnn.train.models import CELLS
+    from beam_rnn.train.trainer import DEFAULT_LEARNING_RATES, MONITORS, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="beam-rnn train", description=__doc__,
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(known: argparse.Namespace, kinds: tuple[str, ...]):
-    from beam_rnn.trainer import TrainConfig
+    from beam_rnn.train.trainer import TrainConfig
 
     boundaries = None
     if known.bucket_boundaries:
@@ -152,7 +152,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     Returns:
         {kind: metrics} — the contents of each OUTPUT/<kind>/metrics.json.
     """
-    from beam_rnn import trainer
+    from beam_rnn.train import trainer
 
     parser = build_parser()
     known, unknown = parser.parse_known_args(argv)
@@ -166,10 +166,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         # Complete, intact (manifest sizes + sha256) and loadable, before any model is built.
         trainer.check_transformed_dir(known.transformed)
         _check_pretrained(known)
-    except ValueError as e:  # TrainerInputError, beam_rnn.manifest.ArtifactError, bad flags
+    except ValueError as e:  # TrainerInputError, beam_rnn.core.manifest.ArtifactError, bad flags
         parser.error(str(e))
 
-    from beam_rnn.export import export_model
+    from beam_rnn.train.export import export_model
     results: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         result = trainer.train(known.transformed, known.output, config, kind=kind)
@@ -190,6 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     hard_exit(main(sys.argv[1:]))

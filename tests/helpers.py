@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 WORDS = "good great fine bad awful poor movie film plot actor the a and of".split()
 
@@ -35,7 +35,7 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
 
-    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+    from beam_rnn.preprocess.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
 
     tmp = os.path.join(out, C.TMP_DIR)
     with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):
@@ -46,7 +46,7 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
         f.write(cfg.to_json())
     if not keep_tmp:
         shutil.rmtree(tmp)
-    from beam_rnn.manifest import write_manifest
+    from beam_rnn.core.manifest import write_manifest
 
     write_manifest(out, exclude=(C.TMP_DIR + "/",))  # last, as pipelines.preprocess does
     return stats
@@ -68,8 +68,8 @@ def build_streaming_model_dir(
     """A streaming model directory built by hand (no TensorFlow): random step weights,
     ``vocab.txt``, ``preprocess_config.json``, ``model_card.json`` and, last, the
     ``manifest.json`` every exported model has.  Returns `model_dir`."""
-    from beam_rnn import rnn_step
-    from beam_rnn.manifest import write_manifest
+    from beam_rnn.stream import step as rnn_step
+    from beam_rnn.core.manifest import write_manifest
 
     rng = np.random.default_rng(seed)
     gates = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]

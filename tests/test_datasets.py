@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.datasets: local IMDB copies, the cache, download and safe extraction."""
+"""Tests for beam_rnn.preprocess.datasets: local IMDB copies, the cache, download and safe extraction."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from beam_rnn import datasets
-from beam_rnn.constants import CACHE_ENV_VAR, FORMAT_ACLIMDB, FORMAT_CSV, IMDB_ENV_VAR
-from beam_rnn.datasets import (
+from beam_rnn.preprocess import datasets
+from beam_rnn.core.constants import CACHE_ENV_VAR, FORMAT_ACLIMDB, FORMAT_CSV, IMDB_ENV_VAR
+from beam_rnn.preprocess.datasets import (
     DatasetError,
     ImdbSource,
     resolve_imdb,
@@ -599,7 +599,7 @@ def test_directory_that_is_not_aclimdb(tmp_path):
 
 def test_module_is_stdlib_only():
     code = (
-        "import sys, beam_rnn.datasets; "
+        "import sys, beam_rnn.preprocess.datasets; "
         "bad = [m for m in ('tensorflow', 'apache_beam', 'tensorflow_transform', 'numpy') "
         "if m in sys.modules]; "
         "print(','.join(bad)); sys.exit(1 if bad else 0)"

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from beam_rnn.manifest import write_manifest
-from beam_rnn import constants as C
+from beam_rnn.core.manifest import write_manifest
+from beam_rnn.core import constants as C
+from beam_rnn.core import metrics
 from beam_rnn import embeddings as E
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,10 +245,10 @@ def test_vectors_round_trip_through_word2vec_text(tmp_path):
 
 
 def test_rankdata_and_spearman_by_hand():
-    np.testing.assert_array_equal(E.rankdata([10, 20, 10, 30]), [1.5, 3, 1.5, 4])
+    np.testing.assert_array_equal(metrics.rankdata([10, 20, 10, 30]), [1.5, 3, 1.5, 4])
     # ranks x: 1 2 3 4, y: 1 3 2 4 -> d^2 = 2, rho = 1 - 6*2 / (4*15) = 0.8
-    assert E.spearman([1, 2, 3, 4], [5, 7, 6, 8]) == pytest.approx(0.8)
-    assert E.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert metrics.spearman([1, 2, 3, 4], [5, 7, 6, 8]) == pytest.approx(0.8)
+    assert metrics.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
 def test_word_pair_similarity_with_coverage(tmp_path):
@@ -285,7 +286,7 @@ def test_analogy_3cosadd_excludes_question_words_and_reports_coverage(tmp_path):
 
 
 def _classifier(vocab_size: int, dim: int):
-    from beam_rnn import models
+    from beam_rnn.train import models
 
     return models.build_classifier(models.ModelConfig(kind="bilstm", vocab_size=vocab_size, embedding_dim=dim,
                                                       units=4, dense_units=4))

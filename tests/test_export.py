@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.export: SavedModel signatures, .keras file, step weights, model card.
+"""Tests for beam_rnn.train.export: SavedModel signatures, .keras file, step weights, model card.
 
 One module-scoped fixture runs two tiny preprocessing pipelines (binary labels
 with one OOV bucket; three string labels with two OOV buckets and truncation),
@@ -26,8 +26,11 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn import constants as C
-from beam_rnn import export, models, preprocessing, rnn_step
+from beam_rnn.core import constants as C
+from beam_rnn.train import export
+from beam_rnn.train import models
+from beam_rnn.preprocess import tft_graph as preprocessing
+from beam_rnn.stream import step as rnn_step
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -120,18 +123,18 @@ _TF_ONLY_SCRIPT = textwrap.dedent(
 )
 
 # Loads model.keras exactly as apache_beam's TFModelHandlerNumpy does
-# (tf.keras.models.load_model), after the documented `import beam_rnn.export`.
+# (tf.keras.models.load_model), after the documented `import beam_rnn.train.export`.
 _KERAS_SCRIPT = textwrap.dedent(
     """
     import importlib.util, json, sys
     import numpy as np
     import tensorflow as tf
-    import beam_rnn.export  # documented requirement: registers the tokeniser, picks tf_keras
+    import beam_rnn.train.export  # documented requirement: registers the tokeniser, picks tf_keras
 
     spec = json.load(open(sys.argv[1]))
     texts = spec["texts"]
     report = {"keras": tf.keras.__name__, "hub": importlib.util.find_spec("tensorflow_hub") is not None}
-    report["flavour"] = beam_rnn.export.tf_keras_flavour()
+    report["flavour"] = beam_rnn.train.export.tf_keras_flavour()
     for name, case in spec["cases"].items():
         model = tf.keras.models.load_model(case["keras"])
         probs = model.predict(np.array(texts, dtype=object), verbose=0)
@@ -407,8 +410,8 @@ def test_import_after_keras_3_was_resolved_warns(tmp_path):
         tf.keras.models  # resolves tf.keras: Keras 3, TF_USE_LEGACY_KERAS is unset
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            import beam_rnn.export
-        print(json.dumps({"flavour": beam_rnn.export.tf_keras_flavour(), "warnings": [str(w.message) for w in caught]}))
+            import beam_rnn.train.export
+        print(json.dumps({"flavour": beam_rnn.train.export.tf_keras_flavour(), "warnings": [str(w.message) for w in caught]}))
         """
     )
     spec = tmp_path / "unused.json"

@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.inference and pipelines.score (DirectRunner, small synthetic exports).
+"""Tests for beam_rnn.serve.scoring and pipelines.score (DirectRunner, small synthetic exports).
 
 One module-scoped fixture preprocesses two tiny corpora (binary int labels; three
 string labels), exports a streaming LSTM and a BiLSTM on the binary data and a
@@ -24,9 +24,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_rnn.manifest import write_manifest
-from beam_rnn import constants as C
-from beam_rnn import export, inference, models, preprocessing
+from beam_rnn.core.manifest import write_manifest
+from beam_rnn.core import constants as C
+from beam_rnn.train import export
+from beam_rnn.serve import scoring as inference
+from beam_rnn.train import models
+from beam_rnn.preprocess import tft_graph as preprocessing
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -329,7 +332,7 @@ def _score_in_pipeline(out_dir: Path, docs_or_corpus, model_dirs, **kwargs):
     import apache_beam as beam
 
     from beam_rnn.io import WriteJsonLines
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     if not isinstance(docs_or_corpus, list):
         kwargs["corpus"] = docs_or_corpus

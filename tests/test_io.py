@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from beam_rnn import io as corpus_io
-from beam_rnn.constants import (
+from beam_rnn.core.constants import (
     DEAD_REASON_KEY,
     DEAD_ROW_KEY,
     DEAD_SOURCE_KEY,
@@ -945,7 +945,7 @@ class _RemoteRunner(beam.runners.runner.PipelineRunner):
 _LOCAL_RUNNERS = [
     [],  # Beam's default (DirectRunner)
     ["--runner=DirectRunner"],
-    ["--runner=beam_rnn.runtime.LocalRunner"],
+    ["--runner=beam_rnn.cli.runtime.LocalRunner"],
     ["--runner=BundleBasedDirectRunner"],
     ["--runner=PrismRunner"],
     ["--runner=PortableRunner", "--job_endpoint=embed"],

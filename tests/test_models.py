@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.models (Keras builders, TF step) and beam_rnn.rnn_step (NumPy step).
+"""Tests for beam_rnn.train.models (Keras builders, TF step) and beam_rnn.stream.step (NumPy step).
 
 The central property: running the streaming model one token at a time with
 carried state — through the TF step and through the NumPy step — gives the same
@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn import models, rnn_step
+from beam_rnn.train import models
+from beam_rnn.stream import step as rnn_step
 
 TOL = 1e-5
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +429,7 @@ def test_probabilities():
 
 def test_rnn_step_imports_without_tensorflow():
     code = (
-        "import sys, beam_rnn.rnn_step\n"
+        "import sys, beam_rnn.stream.step\n"
         "assert 'tensorflow' not in sys.modules, 'rnn_step pulled in tensorflow'\n"
         "assert 'tf_keras' not in sys.modules\n"
     )

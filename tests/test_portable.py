@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -116,7 +116,8 @@ def _dead(prefix: str) -> list[dict]:
 
 
 def _export_small_model(prep: str, model_dir: str) -> None:
-    from beam_rnn import export, models
+    from beam_rnn.train import export
+    from beam_rnn.train import models
 
     with open(os.path.join(prep, C.STATS_FILE)) as f:
         vocab_size = json.load(f)["vocab_size_with_reserved"]

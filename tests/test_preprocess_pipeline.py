@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 from tests.conftest import ROOT
 
 GOOD = [
@@ -133,7 +133,7 @@ def test_cli_run_exits_zero_in_subprocess(tmp_path):
 def test_second_read_for_the_vocabulary_is_not_counted_twice(tmp_path):
     # preprocess reads the corpus twice (the vocabulary from one read, the transform streams the
     # other: memory stays flat); rows, dead letters and sampled-out documents are counted once.
-    from beam_rnn.transform import in_sample
+    from beam_rnn.preprocess.transform import in_sample
     from pipelines import preprocess
 
     corpus = tmp_path / "corpus.csv"
@@ -214,7 +214,7 @@ def test_cli_directory_input_exits_2_at_once(tmp_path):
 
 
 def test_cli_int_labels_that_are_not_class_ids_fail_without_a_manifest(tmp_path):
-    from beam_rnn.manifest import MANIFEST_FILE
+    from beam_rnn.core.manifest import MANIFEST_FILE
 
     corpus = tmp_path / "c.csv"
     rows = [f"{text},{label}" for text, label in [("good film", 0), ("bad film", 1), ("fine film", 0),
@@ -237,7 +237,7 @@ def test_cli_int_labels_that_are_not_class_ids_fail_without_a_manifest(tmp_path)
 
 
 def test_corpus_without_documents_fails_without_a_manifest(tmp_path):
-    from beam_rnn.manifest import MANIFEST_FILE
+    from beam_rnn.core.manifest import MANIFEST_FILE
     from pipelines import preprocess
 
     corpus = tmp_path / "c.jsonl"
@@ -252,7 +252,7 @@ def test_hostile_corpus_counts_every_row_and_damaged_file(tmp_path):
     """Broken quote, negative label, oversized document and a truncated .csv.gz in one corpus."""
     import gzip
 
-    from beam_rnn.manifest import MANIFEST_FILE
+    from beam_rnn.core.manifest import MANIFEST_FILE
     from pipelines import preprocess
 
     corpus = tmp_path / "corpus"

@@ -14,9 +14,9 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 
-from beam_rnn import constants as C
-from beam_rnn.preprocessing import PreprocessConfig, standardize, tokenize
-from beam_rnn.transform import (
+from beam_rnn.core import constants as C
+from beam_rnn.preprocess.tft_graph import PreprocessConfig, standardize, tokenize
+from beam_rnn.preprocess.transform import (
     SPLIT_EVAL,
     SPLIT_TRAIN,
     documents_to_record_batch,
@@ -92,7 +92,7 @@ def _docs(texts, labels=None):
 def run_transform(docs, out_dir, config):
     import tensorflow_transform.beam as tft_beam
 
-    from beam_rnn.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+    from beam_rnn.preprocess.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
 
     tmp = os.path.join(out_dir, C.TMP_DIR)
     with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):

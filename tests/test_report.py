@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from beam_rnn import report
+from beam_rnn.core import metrics
+from beam_rnn.serve import report
 
 GOOD = ["great", "wonderful", "superb", "loved", "fine"]
 BAD = ["awful", "boring", "terrible", "hated", "weak"]
@@ -120,9 +121,9 @@ def test_plots_and_self_contained_html(evaluated):
 
 
 def test_auc_handles_ties_and_single_class():
-    assert report.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
-    assert report.roc_auc(np.array([0.1, 0.9]), np.array([1, 1])) is None
-    assert report.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert metrics.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+    assert metrics.roc_auc(np.array([0.1, 0.9]), np.array([1, 1])) is None
+    assert metrics.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
 
 
 def test_missing_models_dir_exits_2(tmp_path):
@@ -195,7 +196,7 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
     records = [{"id": str(i), "label": int(y), "length": int(t), "probability": {"m": float(s), "m2": 1.0 - float(s)},
                 "early": {"m": [float(s)] * len(report.PREFIX_FRACTIONS), "m2": [0.5] * len(report.PREFIX_FRACTIONS)}}
                for i, (s, y, t) in enumerate(zip(scores, labels, lengths))]
-    exact_auc = report.roc_auc(scores.astype(np.float64), labels)
+    exact_auc = metrics.roc_auc(scores.astype(np.float64), labels)
 
     exact_all = _combine(report.ReportCombineFn(["m", "m2"], 2), records)
     exact = exact_all["models"]["m"]

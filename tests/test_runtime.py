@@ -7,7 +7,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_rnn import runtime
+from beam_rnn.cli import runtime
 
 
 def test_default_runner_is_local_and_runner_flag_overrides():

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from beam_rnn import constants as C
-from beam_rnn import rnn_step, streaming
-from beam_rnn.manifest import ArtifactError, write_manifest
-from beam_rnn.streaming import StreamingClassifier
+from beam_rnn.core import constants as C
+from beam_rnn.stream import step as rnn_step
+from beam_rnn.stream import classifier as streaming
+from beam_rnn.core.manifest import ArtifactError, write_manifest
+from beam_rnn.stream.classifier import StreamingClassifier
 from tests.helpers import build_streaming_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

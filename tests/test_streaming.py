@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.streaming and pipelines.stream.
+"""Tests for beam_rnn.stream.classifier and pipelines.stream.
 
 A module-scoped fixture preprocesses two tiny synthetic corpora with TFT and
 exports two streaming models with `export.export_model` (the approach of
@@ -23,9 +23,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_rnn import constants as C
-from beam_rnn import export, models, preprocessing, streaming
-from beam_rnn.streaming import StreamingClassifier, StreamTokenizer, TokenizerState
+from beam_rnn.core import constants as C
+from beam_rnn.train import export
+from beam_rnn.train import models
+from beam_rnn.preprocess import tft_graph as preprocessing
+from beam_rnn.stream import classifier as streaming
+from beam_rnn.stream.classifier import StreamingClassifier, StreamTokenizer, TokenizerState
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -258,7 +261,7 @@ def test_long_words_are_bounded_and_still_oov(exported):
 def test_streaming_module_does_not_import_tensorflow(exported):
     script = (
         "import sys, json\n"
-        "from beam_rnn.streaming import StreamingClassifier\n"
+        "from beam_rnn.stream.classifier import StreamingClassifier\n"
         "clf = StreamingClassifier.load(sys.argv[1])\n"
         "s = clf.start()\n"
         "p, s = clf.feed(s, 'Good movie, bad plot. ')\n"
@@ -400,7 +403,7 @@ def _run_test_stream(model_dir: str, steps: list, ttl: float) -> tuple[list[dict
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from beam_rnn.runtime import counters
+    from beam_rnn.cli.runtime import counters
 
     ts = TestStream()
     for kind, value in steps:
@@ -546,7 +549,7 @@ def test_missing_model_dir_exits_2_with_one_message(tmp_path):
 
 
 def test_exported_model_is_verified_against_its_manifest(exported, tmp_path):
-    from beam_rnn.manifest import ArtifactError, verify_manifest
+    from beam_rnn.core.manifest import ArtifactError, verify_manifest
 
     # export_model's manifest covers every file load reads ...
     manifest = verify_manifest(exported["lstm"].model_dir, required=streaming.MODEL_FILES + (C.MODEL_CARD_FILE,))

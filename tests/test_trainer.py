@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.trainer and the pipelines.train driver.
+"""Tests for beam_rnn.train.trainer and the pipelines.train driver.
 
 Fixtures run the real preprocessing stage (AnalyzeAndTransform + stats) on a small
 synthetic, learnable corpus: the label is given by one keyword ("good"-ish words
@@ -21,9 +21,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn import constants as C
-from beam_rnn import trainer
-from beam_rnn.trainer import TrainConfig, TrainerInputError
+from beam_rnn.core import constants as C
+from beam_rnn.train import trainer
+from beam_rnn.train.trainer import TrainConfig, TrainerInputError
 from tests.helpers import preprocess_docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def _documents(n: int, num_classes: int, seed: int) -> list[dict]:
 
 
 def _preprocess(out: str, docs: list[dict]) -> str:
-    from beam_rnn.preprocessing import PreprocessConfig
+    from beam_rnn.preprocess.tft_graph import PreprocessConfig
 
     preprocess_docs(out, docs, PreprocessConfig(vocab_size=50, min_frequency=1, eval_fraction=0.25))
     return out
@@ -524,7 +524,7 @@ def test_cli_incomplete_input_exits_2_with_one_message(binary_dir, tmp_path):
 _DIE_SCRIPT = """
 import json, os, sys
 import tf_keras as keras
-from beam_rnn import trainer
+from beam_rnn.train import trainer
 from pipelines import train as driver
 
 kill_epoch, kill_batch, marker, mode, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
@@ -653,7 +653,7 @@ def _driver_error(args: list[str], capsys) -> str:
     ],
 )
 def test_damaged_preprocess_output_is_refused_before_training(binary_dir, tmp_path, capsys, damage, named):
-    from beam_rnn.manifest import write_manifest
+    from beam_rnn.core.manifest import write_manifest
 
     broken = Path(_incomplete_copy(binary_dir, tmp_path / "broken", []))
     if damage == "rewrite_graph":
@@ -701,7 +701,7 @@ def test_damaged_pretrained_vectors_are_refused_before_training(binary_dir, tmp_
 
 def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
     """--pretrained-embeddings sets the rows of covered words; frozen, they survive training."""
-    from beam_rnn.transform import read_vocabulary
+    from beam_rnn.preprocess.transform import read_vocabulary
     from pipelines import train as driver
 
     vocab = read_vocabulary(binary_dir)
@@ -726,7 +726,7 @@ def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
 
 def test_warm_start_rescales_by_default(binary_dir, tmp_path):
     """Default warm start: covered rows are the vectors times ONE factor, at Keras' initial RMS."""
-    from beam_rnn.transform import read_vocabulary
+    from beam_rnn.preprocess.transform import read_vocabulary
     from pipelines import train as driver
 
     vocab = read_vocabulary(binary_dir)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
 
 # The tutorial's TextVectorization standardisation ("lower_and_strip_punctuation")
 # uses exactly this pattern; we add HTML tag stripping because IMDB reviews carry

@@ -54,8 +54,8 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
 
-from beam_rnn import constants as C
-from beam_rnn import models
+from beam_rnn.core import constants as C
+from beam_rnn.train import models
 
 # --- Output layout under OUTPUT/<kind>/ ---------------------------------------
 WEIGHTS_DIR = "weights"
@@ -294,10 +294,10 @@ def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     metadata and graph must load (the export needs them after training).
 
     Raises:
-        TrainerInputError or beam_rnn.manifest.ArtifactError (both ValueErrors):
+        TrainerInputError or beam_rnn.core.manifest.ArtifactError (both ValueErrors):
             one line naming the damaged or missing file.
     """
-    from beam_rnn.manifest import verify_manifest
+    from beam_rnn.core.manifest import verify_manifest
 
     stats = validate_transformed_dir(transformed_dir)
     what = "preprocess output"

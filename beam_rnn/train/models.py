@@ -10,7 +10,7 @@ loss and the export, so the same model serves both.
 
 * "bilstm" is the TensorFlow tutorial "Text classification with an RNN".
 * "lstm" is unidirectional and built only from standard Keras recurrent layers,
-  so that `make_tf_step` (TF) and `beam_rnn.rnn_step` (NumPy) can replay it one
+  so that `make_tf_step` (TF) and `beam_rnn.stream.step` (NumPy) can replay it one
   token at a time with carried state and reproduce the full pass exactly.
 
 Layers are named deterministically ("embedding", "rnn_0", ..., "dense_hidden",
@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn import constants, rnn_step
+from beam_rnn.core import constants
+from beam_rnn.stream import step as rnn_step
 
 KIND_BILSTM = constants.MODEL_BILSTM
 KIND_LSTM = constants.MODEL_LSTM
@@ -366,7 +367,7 @@ def make_tf_step(
 
 
 def extract_step_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
-    """Flattens a streaming model's weights for `beam_rnn.rnn_step`.
+    """Flattens a streaming model's weights for `beam_rnn.stream.step`.
 
     Args:
         model: A model built by `build_classifier(config)` (possibly trained).

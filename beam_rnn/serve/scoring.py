@@ -68,7 +68,6 @@ import json
 import math
 import os
 import re
-import struct
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -80,11 +79,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
+from beam_rnn.core.metrics import auc_from_histogram, coarsen_histogram, float32_bits
 from beam_rnn.io import DEAD_LETTER_TAG, WriteJsonLines, dead_letter
 
 # --- Names --------------------------------------------------------------------------
-SERVING_SIGNATURE = "serving_default"  # = beam_rnn.export.SERVING_SIGNATURE (not imported: keeps TF lazy)
+SERVING_SIGNATURE = "serving_default"  # = beam_rnn.train.export.SERVING_SIGNATURE (not imported: keeps TF lazy)
 PROBABILITIES = "probabilities"
 LABEL = "label"
 
@@ -228,7 +228,7 @@ def verify_model_files(model_dir: str, files: Sequence[str]) -> None:
     Raises:
       ModelDirError: One line naming the missing or damaged file.
     """
-    from beam_rnn.manifest import ArtifactError, verify_manifest  # pylint: disable=import-outside-toplevel
+    from beam_rnn.core.manifest import ArtifactError, verify_manifest  # pylint: disable=import-outside-toplevel
 
     required = [f for f in files if not f.endswith("/")]
     try:
@@ -358,7 +358,7 @@ def check_model_loads(info: ModelInfo) -> LoadedSavedModel:
     if C.TEXT_KEY not in inputs or PROBABILITIES not in outputs or LABEL not in outputs:
         raise ModelDirError(
             f"The SavedModel in {info.model_dir} has no {SERVING_SIGNATURE}(text) -> probabilities, label "
-            "signature: was it exported by beam_rnn.export?"
+            "signature: was it exported by beam_rnn.train.export?"
         )
     return loaded
 
@@ -651,47 +651,6 @@ class _FailedBatchFn(beam.DoFn):
 # --- Summary metrics -------------------------------------------------------------------
 
 
-def float32_bits(value: float) -> int:
-    """The IEEE-754 float32 bit pattern of `value` (monotone in value for value >= 0)."""
-    return struct.unpack("<I", struct.pack("<f", value))[0]
-
-
-def _coarsen(hist: dict, from_shift: int, to_shift: int) -> dict:
-    if to_shift == from_shift:
-        return hist
-    drop = to_shift - from_shift
-    out: dict[int, list[int]] = {}
-    for key, (neg, pos) in hist.items():
-        bucket = out.setdefault(key >> drop, [0, 0])
-        bucket[0] += neg
-        bucket[1] += pos
-    return out
-
-
-def auc_from_histogram(hist: Mapping[int, Sequence[int]]) -> tuple[float | None, int, int, float]:
-    """Mann-Whitney AUC from ``{ordered key: [negatives, positives]}`` (same-key pairs count 1/2).
-
-    Returns:
-      ``(auc or None, positives, negatives, tied_pair_fraction)``; tied_pair_fraction
-      is the share of (positive, negative) pairs that fall in the same key.
-    """
-    below = 0
-    wins = 0.0
-    tied = 0
-    positives = negatives = 0
-    for key in sorted(hist):
-        neg, pos = hist[key]
-        wins += pos * (below + 0.5 * neg)
-        tied += pos * neg
-        below += neg
-        positives += pos
-        negatives += neg
-    pairs = positives * negatives
-    if not pairs:
-        return None, positives, negatives, 0.0
-    return wins / pairs, positives, negatives, tied / pairs
-
-
 class ScoreSummaryFn(beam.CombineFn):
     """Score records -> summary metrics per model (accuracy, confusion, counts, AUC), with bounded state.
 
@@ -732,7 +691,7 @@ class ScoreSummaryFn(beam.CombineFn):
         target = shift
         while len(hist) > self._max_bins:
             target += 1
-            hist = _coarsen(hist, shift, target)
+            hist = coarsen_histogram(hist, shift, target)
             shift = target
         acc["hist"][m], acc["shift"][m] = hist, shift
 
@@ -777,7 +736,7 @@ class ScoreSummaryFn(beam.CombineFn):
             shift = max(acc["shift"][m] for acc in accumulators) if accumulators else 0
             merged: dict[int, list[int]] = {}
             for acc in accumulators:
-                for key, (neg, pos) in _coarsen(acc["hist"][m], acc["shift"][m], shift).items():
+                for key, (neg, pos) in coarsen_histogram(acc["hist"][m], acc["shift"][m], shift).items():
                     bucket = merged.setdefault(key, [0, 0])
                     bucket[0] += neg
                     bucket[1] += pos

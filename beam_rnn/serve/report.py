@@ -34,8 +34,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import apache_beam as beam
 import numpy as np
 
-from beam_rnn import constants as C
-from beam_rnn.inference import _coarsen, auc_from_histogram, float32_bits
+from beam_rnn.core import constants as C
+from beam_rnn.core.metrics import (
+    auc_from_histogram,
+    class_probabilities,
+    coarsen_histogram,
+    f1_from_confusion,
+    float32_bits,
+    predicted_labels,
+)
 
 PREFIX_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 DEFAULT_LENGTH_BOUNDARIES = (100, 300)  # tokens: short < 100 <= medium < 300 <= long
@@ -48,62 +55,7 @@ PLOT_FILES = {"early": "early_prediction.png", "length": "accuracy_by_length.png
 EPS = 1e-7
 
 
-# --------------------------------------------------------------------------- pure metrics
-
-
-def predicted_labels(probs: np.ndarray) -> np.ndarray:
-    """Labels from probabilities: P(1) > 0.5 for binary ([N]), argmax for [N, K]."""
-    probs = np.asarray(probs)
-    if probs.ndim == 1:
-        return (probs > 0.5).astype(np.int64)
-    return np.argmax(probs, axis=1).astype(np.int64)
-
-
-def class_probabilities(probs: np.ndarray) -> np.ndarray:
-    """[N, K] class probabilities (binary [N] becomes [N, 2])."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 1:
-        return np.stack([1.0 - probs, probs], axis=1)
-    return probs
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Exact binary ROC AUC (Mann-Whitney U with average ranks for ties)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    pos = int(np.sum(labels == 1))
-    neg = int(labels.size - pos)
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # Average ranks over runs of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [scores.size]])
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    rank_sum = float(np.sum(ranks[labels == 1]))
-    return (rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
-
-
-def f1_from_confusion(confusion: np.ndarray) -> float:
-    """Binary: F1 of class 1; K > 2: macro F1 (classes with no support and no predictions skipped)."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-
-    def f1(k: int) -> float | None:
-        tp = confusion[k, k]
-        fp = confusion[:, k].sum() - tp
-        fn = confusion[k, :].sum() - tp
-        if tp + fp + fn == 0:
-            return None
-        return 2 * tp / (2 * tp + fp + fn)
-
-    if confusion.shape[0] == 2:
-        return f1(1) or 0.0
-    scores = [s for s in (f1(k) for k in range(confusion.shape[0])) if s is not None]
-    return float(np.mean(scores)) if scores else 0.0
+# --------------------------------------------------------------------------- pure helpers
 
 
 def length_bucket(length: int, boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDARIES) -> int:
@@ -114,33 +66,6 @@ def length_bucket(length: int, boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDA
 def prefix_lengths(length: int, fractions: Sequence[float] = PREFIX_FRACTIONS) -> list[int]:
     """Tokens in each prefix: ceil(f * length), at least 1 token for a non-empty document."""
     return [max(1, math.ceil(round(f * length, 6))) if length else 0 for f in fractions]
-
-
-def direct_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """All headline metrics of one model, computed directly from per-document outputs."""
-    labels = np.asarray(labels, dtype=np.int64)
-    pred = predicted_labels(probs)
-    cp = class_probabilities(probs)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    true_p = np.clip(cp[np.arange(labels.size), labels], EPS, 1.0)
-    confidence = cp.max(axis=1)
-    correct = (pred == labels).astype(np.float64)
-    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
-    ece = 0.0
-    for b in range(ECE_BINS):
-        mask = bins == b
-        if mask.any():
-            ece += mask.sum() / labels.size * abs(correct[mask].mean() - confidence[mask].mean())
-    return {
-        "documents": int(labels.size),
-        "accuracy": float(correct.mean()) if labels.size else 0.0,
-        "auc": roc_auc(cp[:, 1], labels) if num_classes == 2 else None,
-        "f1": f1_from_confusion(confusion),
-        "log_loss": float(-np.mean(np.log(true_p))) if labels.size else 0.0,
-        "ece": float(ece),
-        "confusion_matrix": confusion.tolist(),
-    }
 
 
 # --------------------------------------------------------------------------- scoring
@@ -160,7 +85,7 @@ class LoadedModels:
     def load(cls, models_dir: str) -> "LoadedModels":
         import tensorflow as tf
 
-        from beam_rnn import rnn_step
+        from beam_rnn.stream import step as rnn_step
 
         names = available_models(models_dir)
         saved = {n: tf.saved_model.load(os.path.join(models_dir, n, C.SAVED_MODEL_DIR)) for n in names}
@@ -204,7 +129,7 @@ def available_models(models_dir: str) -> list[str]:
 
 
 def _probs(logits: np.ndarray, num_classes: int) -> np.ndarray:
-    from beam_rnn.rnn_step import probabilities
+    from beam_rnn.stream.step import probabilities
 
     p = probabilities(np.asarray(logits, dtype=np.float32), num_classes)
     return p[..., 0] if num_classes == 2 and p.ndim == 2 else p
@@ -219,7 +144,7 @@ def score_documents(models: LoadedModels, docs: Sequence[Mapping[str, Any]],
     """
     import tensorflow as tf
 
-    from beam_rnn import rnn_step
+    from beam_rnn.stream import step as rnn_step
 
     texts = tf.constant([d[C.TEXT_KEY] for d in docs])
     first = models.saved[models.names[0]]
@@ -275,7 +200,7 @@ class _ScoreDoFn(beam.DoFn):
     def __init__(self, models_dir: str):
         self._models_dir = models_dir
         self._models = None
-        self._docs = beam.metrics.Metrics.counter("beam_rnn.report", "documents_scored")
+        self._docs = beam.metrics.Metrics.counter("beam_rnn.serve.report", "documents_scored")
 
     def setup(self):
         self._models = LoadedModels.load(self._models_dir)
@@ -294,7 +219,7 @@ class ReportCombineFn(beam.CombineFn):
 
     The AUC is exact (float32 scores, ties 1/2) while a model has at most
     `auc_max_bins` distinct scores, then a bounded histogram with a guaranteed
-    error bound (`auc_method`, `auc_max_error`), as in `beam_rnn.inference.ScoreSummaryFn`.
+    error bound (`auc_method`, `auc_max_error`), as in `beam_rnn.serve.scoring.ScoreSummaryFn`.
     """
 
     def __init__(self, model_names: Sequence[str], num_classes: int, fractions: Sequence[float] = PREFIX_FRACTIONS,
@@ -365,10 +290,10 @@ class ReportCombineFn(beam.CombineFn):
                     if key not in ("auc_hist", "auc_shift"):
                         a[key] = a[key] + b[key]
                 shift = max(a["auc_shift"], b["auc_shift"])
-                merged = _coarsen(a["auc_hist"], a["auc_shift"], shift)
+                merged = coarsen_histogram(a["auc_hist"], a["auc_shift"], shift)
                 if merged is a["auc_hist"]:
                     merged = dict(merged)
-                for key, (neg, pos) in _coarsen(b["auc_hist"], b["auc_shift"], shift).items():
+                for key, (neg, pos) in coarsen_histogram(b["auc_hist"], b["auc_shift"], shift).items():
                     bucket = merged.setdefault(key, [0, 0])
                     merged[key] = [bucket[0] + neg, bucket[1] + pos]
                 a["auc_hist"], a["auc_shift"] = merged, shift
@@ -378,7 +303,7 @@ class ReportCombineFn(beam.CombineFn):
     def _shrink(self, m: dict) -> None:
         """Drops low float32 bits until the histogram has at most auc_max_bins keys."""
         while len(m["auc_hist"]) > self._max_bins:
-            m["auc_hist"] = _coarsen(m["auc_hist"], m["auc_shift"], m["auc_shift"] + 1)
+            m["auc_hist"] = coarsen_histogram(m["auc_hist"], m["auc_shift"], m["auc_shift"] + 1)
             m["auc_shift"] += 1
 
     def extract_output(self, acc):
@@ -456,7 +381,7 @@ def measure_latency(models_dir: str, texts: Sequence[str], repeats: int = 200) -
     """Median per-token step time of the streaming model and per-document full-pass time of each model."""
     import tensorflow as tf
 
-    from beam_rnn import rnn_step
+    from beam_rnn.stream import step as rnn_step
 
     models = LoadedModels.load(models_dir)
     out: dict[str, Any] = {}

@@ -54,7 +54,7 @@ def input_matches(patterns: Sequence[str]) -> list[str]:
 
 
 # --- Choosing the runner ------------------------------------------------------------------
-LOCAL_RUNNER = "beam_rnn.runtime.LocalRunner"
+LOCAL_RUNNER = "beam_rnn.cli.runtime.LocalRunner"
 
 
 def _local_runner_class():
@@ -80,7 +80,7 @@ def _local_runner_class():
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that importing beam_rnn.runtime does not import Beam (fast --help).
+    # Lazy, so that importing beam_rnn.cli.runtime does not import Beam (fast --help).
     if name == "LocalRunner":
         cls = _local_runner_class()
         globals()["LocalRunner"] = cls

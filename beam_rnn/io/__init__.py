@@ -13,7 +13,7 @@ Nothing disappears: every raw row (line, CSV record, JSON line, TFRecord, Parque
 row, aclImdb file) is counted once in the ``rows_in`` counter and ends up either as a
 document or as a dead letter, so ``rows_in == documents_out + dead_letter``.
 
-Formats (`beam_rnn.constants.FORMATS`):
+Formats (`beam_rnn.core.constants.FORMATS`):
 
 * ``csv`` / ``tsv``: header row, columns chosen by name, RFC-4180 quoting (the
   ``excel`` / ``excel-tab`` dialects of the csv module, strict mode).
@@ -84,7 +84,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_rnn.constants import (
+from beam_rnn.core.constants import (
     DEAD_REASON_KEY,
     DEAD_ROW_KEY,
     DEAD_SOURCE_KEY,
@@ -1442,7 +1442,7 @@ class _ReadFileFn(beam.DoFn):
 
 # Runners that run a pipeline inside this machine's memory: a GroupByKey / Reshuffle
 # there holds every element until its stage has finished (matched by class name
-# anywhere in the runner's MRO, so subclasses such as beam_rnn.runtime.LocalRunner count).
+# anywhere in the runner's MRO, so subclasses such as beam_rnn.cli.runtime.LocalRunner count).
 _LOCAL_RUNNER_CLASSES = frozenset({
     "SwitchingDirectRunner", "DirectRunner", "BundleBasedDirectRunner", "TestDirectRunner",
     "FnApiRunner", "PrismRunner",
@@ -1535,7 +1535,7 @@ class ReadCorpus(beam.PTransform):
         Args:
           file_pattern: A file pattern (glob) or several; for ``aclimdb`` the tree
             root(s) instead.
-          format: One of `beam_rnn.constants.FORMATS`.
+          format: One of `beam_rnn.core.constants.FORMATS`.
           text_column: Column / JSON field / feature with the text.
           label_column: Column / JSON field / feature with the label.
           id_column: Column / JSON field / feature with the id (column formats only).

@@ -7,7 +7,7 @@ Two layers:
   (``step_weights.npz``, ``vocab.txt``, ``preprocess_config.json``,
   ``model_card.json``), tokenises text incrementally exactly like the TFT
   transform graph, and advances the recurrent state one token at a time
-  (`beam_rnn.rnn_step`).  After the last token its prediction equals the exported
+  (`beam_rnn.stream.step`).  After the last token its prediction equals the exported
   ``serving_default`` signature on the same text (to float32 rounding, <= 1e-5).
 * `StreamPredictions`: a Beam PTransform that turns events
   ``{stream_id, seq, text | token, end}`` into one prediction per token, with a
@@ -16,7 +16,7 @@ Two layers:
 
 Tokenisation mirror
 -------------------
-`beam_rnn.preprocessing.tokenize` (the one definition) does, on UTF-8 bytes:
+`beam_rnn.preprocess.tft_graph.tokenize` (the one definition) does, on UTF-8 bytes:
 
 1. ``tf.strings.lower``: ASCII ``A-Z`` only (``str.lower`` would also lower-case
    ``É``, ``Σ``..., so it is NOT used here).
@@ -71,12 +71,12 @@ from typing import Any, Self
 
 import numpy as np
 
-from beam_rnn import constants as C
-from beam_rnn import rnn_step
-from beam_rnn.manifest import ArtifactError, verify_manifest
+from beam_rnn.core import constants as C
+from beam_rnn.stream import step as rnn_step
+from beam_rnn.core.manifest import ArtifactError, verify_manifest
 
 # --- The tokenisation definition, mirrored -------------------------------------
-# Same patterns as beam_rnn.preprocessing (which imports TF / TFT; this module must
+# Same patterns as beam_rnn.preprocess.tft_graph (which imports TF / TFT; this module must
 # not).  tests/test_streaming.py checks they are identical.
 PUNCTUATION_REGEX = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
 HTML_TAG_REGEX = r"<[^>]*>"
@@ -91,7 +91,7 @@ _WS_RE = re.compile("[" + re.escape(TF_WHITESPACE) + "]+")
 DEFAULT_MAX_PENDING_CHARS = 8192
 DEFAULT_MAX_WORD_CHARS = 1024
 
-VOCAB_TEXT_FILE = "vocab.txt"  # = beam_rnn.export.VOCAB_TEXT_FILE (export imports TF)
+VOCAB_TEXT_FILE = "vocab.txt"  # = beam_rnn.train.export.VOCAB_TEXT_FILE (export imports TF)
 
 
 def standardize(text: str) -> str:
@@ -450,7 +450,7 @@ class StreamState:
 class ModelDirError(ArtifactError):
     """The model directory is missing, incomplete, damaged or not a streaming model (one line).
 
-    A `beam_rnn.manifest.ArtifactError` (so a ValueError): callers may catch either.
+    A `beam_rnn.core.manifest.ArtifactError` (so a ValueError): callers may catch either.
     """
 
 

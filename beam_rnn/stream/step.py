@@ -1,9 +1,9 @@
 """Per-token streaming inference for the unidirectional classifier, in NumPy.
 
-The streaming ("lstm") model built by `beam_rnn.models.build_classifier` is a
+The streaming ("lstm") model built by `beam_rnn.train.models.build_classifier` is a
 stack of standard Keras recurrent layers followed by a small dense head.  This
 module replays one token at a time with the weights exported by
-`beam_rnn.models.extract_step_weights`, so a Beam worker can keep per-stream
+`beam_rnn.train.models.extract_step_weights`, so a Beam worker can keep per-stream
 recurrent state and emit a prediction after every token without loading
 TensorFlow (a heavy import with its own thread pools, which matters when many
 DoFn instances share a worker).
@@ -18,7 +18,7 @@ The maths mirrors tf_keras exactly (float32 throughout):
 
 A padding token (id 0) leaves the state unchanged, as Keras masking does.
 
-State layout (shared with the TF step in `beam_rnn.models`): a list of arrays in
+State layout (shared with the TF step in `beam_rnn.train.models`): a list of arrays in
 the order of `models.state_spec`: ``[h_0, c_0, h_1, c_1, ...]`` for LSTM and
 ``[h_0, h_1, ...]`` for GRU / SimpleRNN.  Each array is ``[units]`` for a single
 stream (`step`) or ``[batch, units]`` for many (`step_batch`).

@@ -19,8 +19,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beam_rnn import constants as C
-from beam_rnn.preprocessing import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
+from beam_rnn.core import constants as C
+from beam_rnn.preprocess.tft_graph import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
 
 SPLIT_TRAIN = 0
 SPLIT_EVAL = 1
@@ -55,7 +55,7 @@ class KeepSample(beam.DoFn):
 
     def __init__(self, fraction: float):
         self._fraction = fraction
-        self._sampled_out = beam.metrics.Metrics.counter("beam_rnn.transform", "sampled_out")
+        self._sampled_out = beam.metrics.Metrics.counter("beam_rnn.preprocess.transform", "sampled_out")
 
     def process(self, doc):
         if in_sample(doc[C.ID_KEY], self._fraction):

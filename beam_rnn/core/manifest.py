@@ -20,13 +20,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from beam_rnn.core.errors import ArtifactError
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "beam_rnn.manifest/1"
 _READ_BYTES = 8 << 20
 
 
-class ArtifactError(ValueError):
-    """An artifact directory is missing, incomplete or damaged (one line, names the file)."""
 
 
 def _filesystems():

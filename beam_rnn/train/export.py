@@ -4,7 +4,7 @@
 
     saved_model/          TF SavedModel, TFT transform graph inside (raw strings in)
     model.keras           tf_keras model on RAW STRINGS (TextVectorization + classifier)
-    step_weights.npz      streaming model only: weights for `beam_rnn.rnn_step`
+    step_weights.npz      streaming model only: weights for `beam_rnn.stream.step`
     vocab.txt             the vocabulary, one word per line (word i has id i + num_oov + 1)
     preprocess_config.json  the PreprocessConfig that produced the ids
     model_card.json       config, data statistics, metrics, versions, signatures
@@ -27,7 +27,7 @@ SavedModel signatures (all inputs and outputs are flat, named tensors):
     A token id 0 (padding) leaves a row's state unchanged.
 
 Loading ``model.keras``: it is a tf_keras (Keras 2) file whose tokeniser uses
-functions registered here, so the loading process must ``import beam_rnn.export``
+functions registered here, so the loading process must ``import beam_rnn.train.export``
 BEFORE anything resolves ``tf.keras``.  That import registers the functions and,
 through ``beam_rnn/__init__``, sets ``TF_USE_LEGACY_KERAS=1`` so that
 ``tf.keras.models.load_model`` (what Beam's stock ``TFModelHandlerNumpy`` calls)
@@ -58,9 +58,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn import constants as C
-from beam_rnn import models
-from beam_rnn.manifest import MANIFEST_FILE, write_manifest
+from beam_rnn.core import constants as C
+from beam_rnn.train import models
+from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
 
 # --- Names of the SavedModel signatures, inputs and outputs -------------------
 SERVING_SIGNATURE = "serving_default"
@@ -81,7 +81,7 @@ VOCAB_TEXT_FILE = "vocab.txt"
 KERAS_PACKAGE = "beam_rnn"
 CARD_FORMAT_VERSION = 1
 
-# Same patterns as `beam_rnn.preprocessing` (which imports tensorflow_transform;
+# Same patterns as `beam_rnn.preprocess.tft_graph` (which imports tensorflow_transform;
 # this module must stay importable without it, since a .keras loader imports it).
 # tests/test_export.py checks they are identical.
 PUNCTUATION_REGEX = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
@@ -140,7 +140,7 @@ KERAS_3_WARNING = (
     "apache_beam's TFModelHandlerNumpy) cannot load beam_rnn's model.keras (a tf_keras file). "
     "Import beam_rnn before anything that touches tf.keras (e.g. before "
     "apache_beam.ml.inference.tensorflow_inference, which imports tensorflow_hub), or set "
-    "TF_USE_LEGACY_KERAS=1 in the environment; or load it with beam_rnn.export.load_keras_model."
+    "TF_USE_LEGACY_KERAS=1 in the environment; or load it with beam_rnn.train.export.load_keras_model."
 )
 
 if tf_keras_flavour() == "keras_3":
@@ -152,7 +152,7 @@ if tf_keras_flavour() == "keras_3":
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE, name="standardize")
 def keras_standardize(text: tf.Tensor) -> tf.Tensor:
-    """`beam_rnn.preprocessing.standardize` for TextVectorization (ASCII lower, tags, punctuation)."""
+    """`beam_rnn.preprocess.tft_graph.standardize` for TextVectorization (ASCII lower, tags, punctuation)."""
     text = tf.strings.lower(text)
     text = tf.strings.regex_replace(text, HTML_TAG_REGEX, " ")
     return tf.strings.regex_replace(text, PUNCTUATION_REGEX, "")
@@ -416,8 +416,8 @@ def _check_inputs(
     model: keras.Model, model_config: models.ModelConfig, transformed_dir: str
 ) -> tuple[dict[str, Any], Any, list[str]]:
     """Validates the preprocessing output and the model; returns (stats, preprocess config, vocab)."""
-    from beam_rnn.preprocessing import PreprocessConfig
-    from beam_rnn.transform import read_vocabulary, vocabulary_path
+    from beam_rnn.preprocess.tft_graph import PreprocessConfig
+    from beam_rnn.preprocess.transform import read_vocabulary, vocabulary_path
 
     if not tf.io.gfile.isdir(transformed_dir):
         raise ExportError(f"Preprocessing output directory {transformed_dir} does not exist.")
@@ -565,7 +565,7 @@ def _verify(
         "keras_vs_in_process": float(np.max(np.abs(from_keras - expected))),
     }
     if model_config.kind == models.KIND_LSTM:
-        from beam_rnn import rnn_step
+        from beam_rnn.stream import step as rnn_step
 
         weights = rnn_step.StepWeights.load(os.path.join(staging, C.STEP_WEIGHTS_FILE))
         ids = loaded.signatures[TOKENIZE_SIGNATURE](text=tf.constant(texts))[TOKEN_IDS].numpy()
@@ -667,9 +667,9 @@ def export_model(
             "versions": _versions(),
             "signatures": _describe_signatures(module.signature_functions),
             "keras_loading": (
-                "tf_keras file: `import beam_rnn.export` before the first use of tf.keras "
+                "tf_keras file: `import beam_rnn.train.export` before the first use of tf.keras "
                 "(registers the tokeniser and sets TF_USE_LEGACY_KERAS=1), then "
-                "tf.keras.models.load_model(path) or beam_rnn.export.load_keras_model(path)."
+                "tf.keras.models.load_model(path) or beam_rnn.train.export.load_keras_model(path)."
             ),
             "streaming": streaming,
             "files": files,

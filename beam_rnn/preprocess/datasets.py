@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 import zlib
 
-from beam_rnn.constants import (
+from beam_rnn.core.constants import (
     CACHE_ENV_VAR,
     FORMAT_ACLIMDB,
     FORMAT_CSV,
@@ -76,8 +76,8 @@ class ImdbSource:
         pattern: A CSV file path (format ``csv``) or the ``train`` directory of an
             aclImdb tree, i.e. the directory holding ``pos/`` and ``neg/``
             (format ``aclimdb``).  Always an absolute local path.
-        format: One of `beam_rnn.constants.FORMAT_CSV` or
-            `beam_rnn.constants.FORMAT_ACLIMDB`.
+        format: One of `beam_rnn.core.constants.FORMAT_CSV` or
+            `beam_rnn.core.constants.FORMAT_ACLIMDB`.
         description: One human-readable line saying where the data came from, for
             logs and the model card.
     """

@@ -40,7 +40,7 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Dispatch to a driver and exit with its status (see runtime.hard_exit for why)."""
-    from beam_rnn.runtime import hard_exit
+    from beam_rnn.cli.runtime import hard_exit
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-V", "--version"):
@@ -53,13 +53,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"beam-rnn: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         hard_exit(2)
+    hard_exit(run_command(command, rest))
+
+
+def run_command(command: str, argv: Sequence[str]) -> int:
+    """Runs one driver's ``main(argv)``; the project's errors become one line and their exit code.
+
+    `beam_rnn.core.errors` maps each kind of error to its status (2: bad input
+    found before work; 1: the run failed); argparse's own exits keep theirs.
+    """
+    from beam_rnn.core.errors import BeamRnnError, exit_code
+
     module = importlib.import_module(COMMANDS[command])
     try:
-        code = module.main(rest)
+        code = module.main(list(argv))
     except SystemExit as e:  # argparse errors (exit 2) and explicit exits keep their code
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    hard_exit(int(code or 0))
+    except BeamRnnError as e:
+        print(f"beam-rnn {command}: error: {e}", file=sys.stderr)
+        code = exit_code(e)
+    return int(code or 0)
 
 
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,7 @@ Stages::
 
 Decisions (documented once, here):
 
-* Token ids follow `beam_rnn.preprocessing`: 0 = padding, 1..k = OOV buckets, words
+* Token ids follow `beam_rnn.preprocess.tft_graph`: 0 = padding, 1..k = OOV buckets, words
   from k + 1 in vocabulary-file order.  Padding and OOV ids are REMOVED from a
   document before subsampling and windowing, as word2vec removes words below
   min_count: they are never targets nor contexts, and the words on either side of
@@ -65,7 +65,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -73,7 +72,8 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 import apache_beam as beam
 import numpy as np
 
-from beam_rnn import constants as C
+from beam_rnn.core import constants as C
+from beam_rnn.core.metrics import pearson, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ WORDSIM_FILE = "wordsim353.tsv"
 SIMLEX_FILE = "simlex999.txt"
 ANALOGY_FILE = "questions-words.txt"
 
-EMBEDDING_LAYER = "embedding"  # same name as the classifiers' layer (beam_rnn.models)
+EMBEDDING_LAYER = "embedding"  # same name as the classifiers' layer (beam_rnn.train.models)
 OUTPUT_EMBEDDING_LAYER = "output_embedding"
 METRICS_NAMESPACE = "beam_rnn.embeddings"
 
@@ -968,38 +968,6 @@ class WordVectors:
         return self.index.get(self.key(word))
 
 
-def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata 'average')."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(x.size, dtype=np.float64)
-    i = 0
-    n = x.size
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.size < 2:
-        return float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((xc * xc).sum() * (yc * yc).sum()))
-    return float((xc * yc).sum() / denom) if denom > 0 else float("nan")
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson correlation of average-tie ranks (numpy only)."""
-    return pearson(rankdata(x), rankdata(y))
-
-
 def read_word_pairs(path: str) -> list[tuple[str, str, float]]:
     """WordSim-353 / SimLex-999 files: "w1<TAB>w2<TAB>score", '#' lines are comments."""
     pairs = []
@@ -1156,7 +1124,7 @@ def pretrained_embedding_matrix(
 
     Args:
         vectors: {word: vector} or a word2vec/GloVe text file path.
-        vocab: Vocabulary words in id order (`beam_rnn.transform.read_vocabulary`).
+        vocab: Vocabulary words in id order (`beam_rnn.preprocess.transform.read_vocabulary`).
         num_oov_buckets: k of the id layout.
         embedding_dim: Width; pretrained vectors must have it.
         seed: Seed of the default initial rows.
@@ -1234,7 +1202,7 @@ def warm_start_from_file(
     Returns:
         {"matched": words with a pretrained vector, "vocabulary_words", "coverage", "frozen"}.
     """
-    from beam_rnn.transform import read_vocabulary
+    from beam_rnn.preprocess.transform import read_vocabulary
 
     vocab = read_vocabulary(transformed_dir)
     num_oov = _num_oov_buckets(transformed_dir)

@@ -1,0 +1,210 @@
+"""Command-line flags generated from config dataclasses: the dataclass is the one home of each default.
+
+A config field becomes a flag through its metadata::
+
+    @dataclasses.dataclass(frozen=True)
+    class PreprocessConfig:
+        vocab_size: int = option(20000, "Keep the top-k words.")
+        max_tokens: int | None = option(None, "Truncate documents to this many tokens.", metavar="N")
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, PreprocessConfig)               # --vocab-size (default 20000) ...
+    known, rest = parse_known_flags(parser, argv)           # --vocab_size is accepted too
+    config = config_from_flags(PreprocessConfig, known)
+
+Help strings end with the default taken from the dataclass, so `--help`, the README
+tables (tests/test_readme.py) and the library cannot disagree.  This module imports
+neither TensorFlow nor Beam: drivers build their parsers before any heavy import.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+_META = "beam_rnn.flag"
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002 - argparse's name
+    *,
+    flag: str | None = None,
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    cli: bool = True,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    show_default: str | None = None,
+) -> Any:
+    """A dataclass field with what its command-line flag needs.
+
+    Args:
+      default: The default (the only place it is written down).
+      help: One sentence for --help (the default is appended).
+      flag: Flag name without dashes (default: the field name with - for _).
+      choices: Allowed values.
+      metavar: Placeholder in --help.
+      parse: str -> value for types argparse cannot infer (lists, tuples).
+      cli: False keeps the field out of the command line (library-only).
+      default_factory: As for dataclasses.field.
+      show_default: Text for the default in --help instead of repr(default).
+    """
+    meta = {
+        _META: {
+            "help": help,
+            "flag": flag,
+            "choices": tuple(choices) if choices is not None else None,
+            "metavar": metavar,
+            "parse": parse,
+            "cli": cli,
+            "show_default": show_default,
+        }
+    }
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _meta(field: dataclasses.Field) -> Mapping[str, Any] | None:
+    return field.metadata.get(_META)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    meta = _meta(field) or {}
+    return "--" + (meta.get("flag") or field.name.replace("_", "-"))
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(type without None, optional?) of a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else str), True
+    return annotation, False
+
+
+def _describe_default(value: Any, meta: Mapping[str, Any]) -> str:
+    if meta.get("show_default"):
+        return meta["show_default"]
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+def config_fields(config_cls: type, *, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
+    """The fields of `config_cls` that are command-line flags."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for field in dataclasses.fields(config_cls):
+        meta = _meta(field)
+        if meta is None or not meta["cli"] or field.name in set(exclude):
+            continue
+        field.type = hints.get(field.name, field.type)
+        out.append(field)
+    return out
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser | Any,
+    config_cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    dest_prefix: str = "",
+) -> list[str]:
+    """Adds one flag per field of `config_cls` (see `option`); returns their dests.
+
+    Args:
+      parser: An ArgumentParser or argument group.
+      config_cls: A dataclass whose fields were made with `option`.
+      exclude: Field names to leave out (the driver adds its own flag for them).
+      defaults: Overrides of the shown/used defaults for this command.
+      dest_prefix: Prefix of the argparse dests (to keep two configs apart).
+    """
+    dests = []
+    for field in config_fields(config_cls, exclude=exclude):
+        meta = _meta(field)
+        default = (defaults or {}).get(field.name, _default(field))
+        base, optional = _base_type(field.type)
+        kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": default}
+        help_text = meta["help"].rstrip()
+        if base is bool and not optional:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            help_text += f" (default {_describe_default(default, meta)})"
+        else:
+            if meta["parse"] is not None:
+                kwargs["type"] = meta["parse"]
+            elif base in (int, float, str):
+                kwargs["type"] = base
+            if meta["choices"] is not None:
+                kwargs["choices"] = meta["choices"]
+            if meta["metavar"] is not None:
+                kwargs["metavar"] = meta["metavar"]
+            help_text += f" (default {_describe_default(default, meta)})"
+        kwargs["help"] = help_text.replace("%", "%%")
+        parser.add_argument(flag_name(field), **kwargs)
+        dests.append(dest_prefix + field.name)
+    return dests
+
+
+def config_from_flags(config_cls: type, namespace: argparse.Namespace, *, dest_prefix: str = "", **overrides: Any):
+    """Builds `config_cls` from parsed flags (fields without a flag keep their defaults)."""
+    kwargs = {}
+    for field in config_fields(config_cls):
+        dest = dest_prefix + field.name
+        if hasattr(namespace, dest):
+            kwargs[field.name] = getattr(namespace, dest)
+    kwargs.update(overrides)
+    return config_cls(**kwargs)
+
+
+def normalise_flag_spelling(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Rewrites ``--a_b`` to ``--a-b`` for the parser's own flags (Beam's keep their spelling)."""
+    known = set()
+    for action in parser._actions:  # argparse has no public list of option strings
+        known.update(s for s in action.option_strings if s.startswith("--"))
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, eq, value = arg.partition("=")
+            dashed = name.replace("_", "-")
+            if dashed in known and name not in known:
+                arg = dashed + eq + value
+        out.append(arg)
+    return out
+
+
+def parse_known_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """`parser.parse_known_args` accepting ``--a_b`` for ``--a-b``; the rest are Beam's flags."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_known_args(normalise_flag_spelling(parser, args))
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """Comma-separated flag value -> tuple of non-empty stripped items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated ints."""
+    try:
+        return tuple(int(item) for item in split_list(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e

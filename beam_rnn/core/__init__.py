@@ -1,0 +1,1 @@
+"""beam_rnn.core: see docs/ARCHITECTURE.md."""

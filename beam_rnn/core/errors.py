@@ -1,0 +1,40 @@
+"""One exception hierarchy, and the exit status of each kind (mapped in `beam_rnn.cli`).
+
+* `InputError` (exit 2): bad arguments, inputs or artifacts, found before any work.
+* `ArtifactError` (exit 2): an artifact directory is missing, incomplete or damaged.
+* `RunFailed` (exit 1): the work ran and failed as a whole (no documents, labels that
+  are not class ids, too many dead letters); the message says why in one line.
+
+Every message is one line, meant for the person at the terminal.
+"""
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+
+
+class BeamRnnError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class InputError(BeamRnnError, ValueError):
+    """Bad arguments or inputs, found before any work started."""
+
+    exit_code = EXIT_USAGE
+
+
+class ArtifactError(InputError):
+    """An artifact directory (preprocess output, exported model) is missing, incomplete or damaged."""
+
+
+class RunFailed(BeamRnnError):
+    """The run finished its work but failed as a whole."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+def exit_code(error: BaseException) -> int:
+    """The process exit status for `error`."""
+    return getattr(error, "exit_code", EXIT_RUN_FAILED) if isinstance(error, BeamRnnError) else EXIT_RUN_FAILED

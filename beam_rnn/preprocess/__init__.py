@@ -1,0 +1,1 @@
+"""beam_rnn.preprocess: see docs/ARCHITECTURE.md."""

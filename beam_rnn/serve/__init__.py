@@ -1,0 +1,1 @@
+"""beam_rnn.serve: see docs/ARCHITECTURE.md."""

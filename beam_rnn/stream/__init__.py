@@ -1,0 +1,1 @@
+"""beam_rnn.stream: see docs/ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""beam_rnn.train: see docs/ARCHITECTURE.md."""
