@@ -84,6 +84,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_rnn.cli.flags import option
 from beam_rnn.core.constants import (
     DEAD_REASON_KEY,
     DEAD_ROW_KEY,
@@ -350,6 +351,11 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
     raise ValueError(f"label of type {type(value).__name__} is not an integer")
 
 
+def parse_label_list(text: str) -> tuple[str, ...] | None:
+    """The ``--labels`` value: comma-separated raw labels (each parsed by `CorpusConfig`), or None if empty."""
+    return tuple(text.split(",")) if text else None
+
+
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
     """Validated, normalised `ReadCorpus` settings (picklable, shipped to workers).
@@ -368,15 +374,39 @@ class CorpusConfig:
         memory (`max_line_bytes`, `max_record_chars`).
     """
 
-    format: str
-    text_column: str = TEXT_KEY
-    label_column: str = LABEL_KEY
-    id_column: str | None = None
-    labelled: bool = True
-    label_type: str = LABEL_TYPE_INT
-    label_set: Iterable[Any] | None = None  # a frozenset of parsed labels once constructed
-    encoding: str = "utf-8"
-    max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
+    # Each default lives here only; `beam_rnn.cli.flags.add_config_flags` makes the
+    # corpus flags from these fields.  `format` has no library default: a driver
+    # passes ``defaults={"format": None}`` and resolves it (csv, or the IMDB copy's
+    # format).  `labelled` is the inverse of the drivers' ``--unlabelled`` switch.
+    format: str = option(
+        help="Corpus format.", choices=FORMATS, show_default="csv, or what --imdb resolves to"
+    )
+    text_column: str = option(TEXT_KEY, "Text column/field (csv, tsv, jsonl, tfrecord, parquet).")
+    label_column: str = option(LABEL_KEY, "Label column/field.")
+    id_column: str | None = option(None, "Id column/field.", show_default="derived from file and position")
+    labelled: bool = option(True, "Whether documents carry a label.", cli=False)
+    label_type: str = option(
+        LABEL_TYPE_INT,
+        "int: labels are class ids 0..K-1 (negative ones are dead letters; pos/neg names accepted for "
+        "file_per_label and aclimdb); string: a label vocabulary is built.",
+        choices=LABEL_TYPES,
+    )
+    # A frozenset of parsed labels once constructed.
+    label_set: Iterable[Any] | None = option(
+        None,
+        "Comma-separated declared label set; rows with other labels are dead-lettered. Int labels must be "
+        "0..K-1. For string labels the order defines the ids.",
+        flag="labels",
+        parse=parse_label_list,
+        metavar="LABELS",
+    )
+    encoding: str = option("utf-8", "ASCII-compatible text encoding of the corpus files.")
+    max_document_chars: int = option(
+        DEFAULT_MAX_DOCUMENT_CHARS,
+        "Longest document text accepted, in characters, in every format; longer documents are dead "
+        "letters (document_too_large).",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
