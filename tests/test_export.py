@@ -28,6 +28,7 @@ import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.train import export
+from beam_rnn.train import keras_text
 from beam_rnn.train import models
 from beam_rnn.preprocess import tft_graph as preprocessing
 from beam_rnn.stream import step as rnn_step
@@ -484,10 +485,10 @@ def test_load_exported(exported, tmp_path):
 
 
 def test_keras_standardize_is_preprocessing_standardize():
-    assert export.PUNCTUATION_REGEX == preprocessing.PUNCTUATION_REGEX
-    assert export.HTML_TAG_REGEX == preprocessing.HTML_TAG_REGEX
+    assert keras_text.PUNCTUATION_REGEX == preprocessing.PUNCTUATION_REGEX
+    assert keras_text.HTML_TAG_REGEX == preprocessing.HTML_TAG_REGEX
     texts = tf.constant(TEXTS + ["ÉCOLE <a href='x'>Link</a>", "it's [a] {test}\\n\ttab"])
-    np.testing.assert_array_equal(export.keras_standardize(texts).numpy(), preprocessing.standardize(texts).numpy())
+    np.testing.assert_array_equal(keras_text.keras_standardize(texts).numpy(), preprocessing.standardize(texts).numpy())
 
 
 # --- Errors: fast, no pipeline (the checks run before anything is loaded) ----------
