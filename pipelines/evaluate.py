@@ -23,7 +23,7 @@ SPLITS = ("all", "eval", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.preprocess import add_corpus_args
+    from beam_rnn.cli.corpus import add_corpus_args
 
     parser = argparse.ArgumentParser(prog="beam-rnn evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,7 +103,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     from beam_rnn.io import WriteJsonLines
     from beam_rnn.serve.report import EvaluateModels, measure_latency, write_report
     from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id
-    from pipelines.preprocess import maybe_sample, read_corpus_transform, resolve_corpus
+    from beam_rnn.cli.corpus import read_corpus_transform, resolve_corpus
+    from beam_rnn.preprocess.pipeline import maybe_sample
 
     parser = build_parser()
     known, pipeline_args = parser.parse_known_args(argv)

@@ -9,23 +9,24 @@ Every stage is the same driver you can run alone (`pipelines.preprocess`,
 pipeline options passed to each Beam stage. The last line printed points at the report.
 """
 
-from __future__ import annotations
-
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
+from beam_rnn.cli.flags import parse_known_flags
 from beam_rnn.core import constants as C
+from beam_rnn.preprocess.config import Corpus, PreprocessConfig
 
 QUICK = {"sample_fraction": 0.08, "epochs": 2, "vocab_size": 5000, "max_length": 200}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.preprocess import add_corpus_args
-
     parser = argparse.ArgumentParser(prog="beam-rnn run-all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_args(parser)
@@ -34,19 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Small run: {QUICK['sample_fraction'] * 100:g}%% of the corpus, {QUICK['epochs']} epochs, "
                         f"{QUICK['vocab_size']} words, documents cut to {QUICK['max_length']} tokens.")
     parser.add_argument("--epochs", type=int, default=None, help="Training epochs (default: the trainer's, or quick's).")
-    parser.add_argument("--vocab-size", type=int, default=None, help="Vocabulary size (default 20000, quick 5000).")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help=f"Vocabulary size (default {PreprocessConfig.vocab_size}, quick {QUICK['vocab_size']}).")
     return parser
 
 
-def _corpus_argv(known: argparse.Namespace) -> list[str]:
-    """The corpus flags, resolved, to hand to each stage."""
-    argv = ["--input", *known.input, "--format", known.format, "--text-column", known.text_column,
-            "--label-column", known.label_column, "--label-type", known.label_type]
-    if known.id_column:
-        argv += ["--id-column", known.id_column]
-    if known.labels:
-        argv += ["--labels", known.labels]
-    argv += ["--max-document-chars", str(known.max_document_chars)]
+def _corpus_argv(corpus: Corpus) -> list[str]:
+    """The corpus as flags, for the stages still run through their driver's `run(argv)`."""
+    config = corpus.config
+    argv = ["--input", *corpus.patterns, "--format", config.format, "--text-column", config.text_column,
+            "--label-column", config.label_column, "--label-type", config.label_type]
+    if config.id_column:
+        argv += ["--id-column", config.id_column]
+    if corpus.labels:
+        argv += ["--labels", ",".join(corpus.labels)]
+    argv += ["--encoding", config.encoding, "--max-document-chars", str(config.max_document_chars)]
+    if corpus.sample_fraction != 1.0:
+        argv += ["--sample-fraction", str(corpus.sample_fraction)]
     return argv
 
 
@@ -58,28 +63,44 @@ def _stage(number: int, total: int, name: str, fn: Callable[[], Any], describe: 
     return result
 
 
+def _preprocess(corpus: Corpus, config: PreprocessConfig, output: str, beam_args: Sequence[str]) -> dict:
+    from beam_rnn.preprocess.pipeline import PreprocessError, run_preprocess
+
+    try:
+        return run_preprocess(corpus, config, output, pipeline_options=beam_args)
+    except PreprocessError as e:
+        raise PreprocessError(f"preprocess: {e}") from e
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every stage; returns {stage: result}."""
-    from pipelines import evaluate, preprocess, score, train
-    from pipelines.preprocess import resolve_corpus
+    """Run every stage; returns {stage: result}.
+
+    Raises:
+        SystemExit: (status 2) bad flags or inputs, before any work.
+        beam_rnn.preprocess.pipeline.PreprocessError: Preprocessing gave no usable output.
+    """
+    from pipelines import evaluate, score, train
 
     parser = build_parser()
-    known, beam_args = parser.parse_known_args(argv)
+    known, beam_args = parse_known_flags(parser, argv)
     if known.unlabelled:
         parser.error("run-all trains classifiers and needs a labelled corpus")
-    resolve_corpus(known, parser)
-    sample = QUICK["sample_fraction"] if known.quick and known.sample_fraction == 1.0 else known.sample_fraction
-    vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else 20000)
+    corpus = resolve_corpus(known, parser)
+    if known.quick and corpus.sample_fraction == 1.0:
+        corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])
+    whole = dataclasses.replace(corpus, sample_fraction=1.0)
+    vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else PreprocessConfig.vocab_size)
+    try:
+        config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
+    except ValueError as e:
+        parser.error(str(e))
     epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
-    corpus = _corpus_argv(known)
-    sampled = corpus + ["--sample-fraction", str(sample)]
     out = known.output
     prep, models, scores, report = (os.path.join(out, d) for d in ("prep", "models", "scores", "report"))
     results: dict[str, Any] = {}
     total = 4
     results["preprocess"] = _stage(
-        1, total, "preprocess",
-        lambda: preprocess.run(sampled + ["--output", prep, "--vocab-size", str(vocab)] + beam_args),
+        1, total, "preprocess", lambda: _preprocess(corpus, config, prep, beam_args),
         lambda s: f"{s['documents_out']} documents, {s['dead_lettered']} dead-lettered, "
                   f"{s['vocabulary_words']} words -> {prep}")
     train_argv = ["--transformed", prep, "--output", models, "--model", "both"]
@@ -95,30 +116,26 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # on large collections, and its counts reconcile against every row read.
     results["score"] = _stage(
         3, total, "score (both models, whole corpus)",
-        lambda: score.run(corpus + ["--model", *model_dirs, "--output", os.path.join(scores, "scores"),
-                                    "--output-format", "jsonl"] + beam_args),
+        lambda: score.run(_corpus_argv(whole) + ["--model", *model_dirs, "--output", os.path.join(scores, "scores"),
+                                                 "--output-format", "jsonl"] + beam_args),
         lambda r: f"{r['scored']} scored, {r['dead_lettered']} dead-lettered -> {scores}")
     results["evaluate"] = _stage(
         4, total, "evaluate (held-out split)",
-        lambda: evaluate.run(sampled + ["--models", models, "--output", report, "--split", "eval"] + beam_args),
+        lambda: evaluate.run(_corpus_argv(corpus) + ["--models", models, "--output", report, "--split", "eval"]
+                             + beam_args),
         lambda m: ", ".join(f"{k} accuracy {v['accuracy']:.3f}" for k, v in m["models"].items()))
     print(f"Report: {results['evaluate']['report']}", flush=True)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.preprocess import PreprocessError
-
     logging.getLogger().setLevel(logging.WARNING)
-    try:
-        run(argv)
-    except PreprocessError as e:
-        print(f"beam-rnn run-all: error: preprocess: {e}", file=sys.stderr)
-        return 1
+    run(argv)
     return 0
 
 
 if __name__ == "__main__":
+    from beam_rnn.cli import run_command
     from beam_rnn.cli.runtime import hard_exit
 
-    hard_exit(main(sys.argv[1:]))
+    hard_exit(run_command("run-all", sys.argv[1:]))

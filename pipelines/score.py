@@ -24,7 +24,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from pipelines.preprocess import add_corpus_args, read_corpus_transform, resolve_corpus
+from beam_rnn.cli.corpus import add_corpus_args, read_corpus_transform, resolve_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:

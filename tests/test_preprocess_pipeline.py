@@ -237,14 +237,17 @@ def test_cli_int_labels_that_are_not_class_ids_fail_without_a_manifest(tmp_path)
 
 
 def test_corpus_without_documents_fails_without_a_manifest(tmp_path):
+    from beam_rnn.core.errors import RunFailed, exit_code
     from beam_rnn.core.manifest import MANIFEST_FILE
+    from beam_rnn.preprocess.pipeline import PreprocessError
     from pipelines import preprocess
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "", "label": 0}\nnot json\n{"label": 1}\n')
     out = tmp_path / "o"
-    with pytest.raises(preprocess.PreprocessError, match=r"^no documents: 3 rows read, 3 dead-lettered"):
+    with pytest.raises(PreprocessError, match=r"^no documents: 3 rows read, 3 dead-lettered") as exc:
         preprocess.run(["--input", str(corpus), "--format", "jsonl", "--output", str(out), "--runner", "DirectRunner"])
+    assert isinstance(exc.value, RunFailed) and exit_code(exc.value) == 1
     assert not (out / MANIFEST_FILE).exists()
 
 

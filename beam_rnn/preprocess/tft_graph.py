@@ -12,80 +12,19 @@ Id layout (ready for `Embedding(mask_zero=True)`):
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from beam_rnn.core import constants as C
+from beam_rnn.preprocess.config import PreprocessConfig
 
 # The tutorial's TextVectorization standardisation ("lower_and_strip_punctuation")
 # uses exactly this pattern; we add HTML tag stripping because IMDB reviews carry
 # `<br />` tags that would otherwise become the token "br".
 PUNCTUATION_REGEX = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
 HTML_TAG_REGEX = r"<[^>]*>"
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-    """Configuration of the text → token id mapping.
-
-    Attributes:
-        vocab_size: Keep at most this many words (top-k by frequency); the id space
-            of a model is `vocab_size + num_oov_buckets + 1` at most.
-        min_frequency: Drop words seen fewer times than this in the analysed split.
-        num_oov_buckets: Number of hashed out-of-vocabulary ids (>= 1).
-        max_tokens: Truncate documents to their first `max_tokens` tokens (None: keep all).
-        labelled: Whether documents carry labels.
-        label_type: "int" (labels are already 0..K-1) or "string" (a label vocabulary is built).
-        label_set: Declared labels; for string labels their order defines the ids.
-        eval_fraction: Fraction of documents (by hash of the id) held out for evaluation.
-    """
-
-    vocab_size: int = 20000
-    min_frequency: int = 2
-    num_oov_buckets: int = C.DEFAULT_NUM_OOV_BUCKETS
-    max_tokens: int | None = None
-    labelled: bool = True
-    label_type: str = C.LABEL_TYPE_INT
-    label_set: tuple[str, ...] | None = None
-    eval_fraction: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
-        if self.num_oov_buckets < 1:
-            raise ValueError(f"num_oov_buckets must be >= 1, got {self.num_oov_buckets}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.label_type not in C.LABEL_TYPES:
-            raise ValueError(f"label_type must be one of {C.LABEL_TYPES}, got {self.label_type!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.label_set is not None:
-            object.__setattr__(self, "label_set", tuple(str(x) for x in self.label_set))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (written next to the transform_fn)."""
-        d = dataclasses.asdict(self)
-        d["label_set"] = list(self.label_set) if self.label_set is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessConfig":
-        """Inverse of `to_dict` (unknown keys are ignored for forward compatibility)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if kwargs.get("label_set") is not None:
-            kwargs["label_set"] = tuple(kwargs["label_set"])
-        return cls(**kwargs)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 def raw_feature_spec(config: PreprocessConfig) -> dict[str, tf.io.FixedLenFeature]:

@@ -1,0 +1,96 @@
+"""The corpus flags shared by every driver that reads one, and their resolution to a `Corpus`.
+
+    parser = argparse.ArgumentParser()
+    add_corpus_args(parser)                        # --input, --format, ... (from CorpusConfig)
+    known, beam_args = parse_known_flags(parser, argv)
+    corpus = resolve_corpus(known, parser)         # IMDB by default; exit 2 on bad inputs
+    docs, dead = p | corpus.read()
+
+The reader flags are generated from `beam_rnn.io.CorpusConfig` (the one home of
+their defaults); `--input`, `--imdb`, `--unlabelled` and `--sample-fraction` describe
+where the corpus is and how much of it to keep.
+"""
+
+import argparse
+import logging
+
+from beam_rnn.cli.flags import add_config_flags, config_from_flags
+from beam_rnn.core import constants as C
+from beam_rnn.preprocess.config import Corpus
+
+
+def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = False) -> None:
+    """Adds the corpus flags (group "corpus") to `parser`."""
+    from beam_rnn.io import CorpusConfig
+
+    group = parser.add_argument_group("corpus")
+    group.add_argument("--input", nargs="+", required=input_required, metavar="PATTERN",
+                       help="File pattern(s) or directory (aclimdb). Local paths, globs or gs://. "
+                       "Default: the IMDB reviews (see --imdb).")
+    add_config_flags(group, CorpusConfig, defaults={"format": None})
+    group.add_argument("--unlabelled", action="store_true", help="The corpus has no labels.")
+    group.add_argument("--sample-fraction", type=float, default=Corpus.sample_fraction,
+                       help="Keep this fraction of the documents, chosen by hash of the id (deterministic; "
+                       "the rest are counted as sampled_out). Default 1.0 (all).")
+    group.add_argument("--imdb", default=None,
+                       help=f"Local IMDB copy (train.csv or an aclImdb tree) used when --input is absent; "
+                       f"also ${C.IMDB_ENV_VAR}. Without either, aclImdb_v1.tar.gz is downloaded once and cached.")
+
+
+def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -> Corpus:
+    """Fills in --input/--format (IMDB by default), checks the corpus flags and inputs; exit 2 if bad.
+
+    Before any pipeline starts: a pattern matching nothing, a directory given as a
+    file (all formats but aclimdb), an unreadable file, an all-empty corpus, a
+    declared int label set that is not 0..K-1 and a non-positive
+    --max-document-chars are one error line and exit status 2.
+
+    Returns:
+        The corpus the flags describe (`corpus_from_flags` builds it again from `known`).
+    """
+    from beam_rnn.cli.runtime import corpus_input_problem
+    from beam_rnn.preprocess import datasets
+
+    if not known.input:
+        try:
+            source = datasets.resolve_imdb(known.imdb)
+        except datasets.DatasetError as e:
+            parser.error(str(e))
+        known.input = [source.pattern]
+        if known.format is None:
+            known.format = source.format
+        logging.info("Corpus: %s", source.description)
+    if known.format is None:
+        known.format = C.FORMAT_CSV
+    if known.format == C.FORMAT_TEXT:
+        known.unlabelled = True
+    if not 0.0 < known.sample_fraction <= 1.0:
+        parser.error(f"--sample-fraction must be in (0, 1], got {known.sample_fraction}")
+    if known.max_document_chars < 1:
+        parser.error(f"--max-document-chars must be >= 1, got {known.max_document_chars}")
+    try:  # the same validation ReadCorpus applies (declared labels, columns, format)
+        corpus = corpus_from_flags(known)
+    except ValueError as e:
+        parser.error(f"{'--labels: ' if known.label_set and 'label' in str(e) else ''}{e}")
+    problem = corpus_input_problem(known.input, directories=known.format == C.FORMAT_ACLIMDB)
+    if problem:
+        parser.error(problem)
+    return corpus
+
+
+def corpus_from_flags(known: argparse.Namespace) -> Corpus:
+    """The `Corpus` of parsed (and resolved, see `resolve_corpus`) corpus flags.
+
+    Raises:
+        ValueError: Invalid reader settings.
+    """
+    from beam_rnn.io import CorpusConfig
+
+    config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled)
+    return Corpus(tuple(known.input), config, labels=known.label_set,
+                  sample_fraction=getattr(known, "sample_fraction", Corpus.sample_fraction))
+
+
+def read_corpus_transform(known: argparse.Namespace):
+    """The `ReadCorpus` transform the corpus flags describe."""
+    return corpus_from_flags(known).read()

@@ -1,0 +1,129 @@
+"""What a preprocessing run is given: the corpus to read and the text → id settings.
+
+No TensorFlow and no Beam here: drivers build their flags from these dataclasses
+(`beam_rnn.cli.flags`) before any heavy import, and `PreprocessConfig` is written
+next to the transform_fn as ``preprocess_config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any, Mapping
+
+from beam_rnn.cli.flags import option
+from beam_rnn.core import constants as C
+
+if TYPE_CHECKING:
+    from beam_rnn.io import CorpusConfig, ReadCorpus
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Configuration of the text → token id mapping (the one home of its defaults).
+
+    Attributes:
+        vocab_size: Keep at most this many words (top-k by frequency); the id space
+            of a model is `vocab_size + num_oov_buckets + 1` at most.
+        min_frequency: Drop words seen fewer times than this in the analysed split.
+        num_oov_buckets: Number of hashed out-of-vocabulary ids (>= 1).
+        max_tokens: Truncate documents to their first `max_tokens` tokens (None: keep all).
+        labelled: Whether documents carry labels.
+        label_type: "int" (labels are already 0..K-1) or "string" (a label vocabulary is built).
+        label_set: Declared labels; for string labels their order defines the ids.
+        eval_fraction: Fraction of documents (by hash of the id) held out for evaluation.
+    """
+
+    vocab_size: int = option(20000, "Keep the top-k words.")
+    min_frequency: int = option(2, "Drop words seen fewer times.")
+    num_oov_buckets: int = option(C.DEFAULT_NUM_OOV_BUCKETS, "Out-of-vocabulary ids.")
+    max_tokens: int | None = option(None, "Truncate documents to this many tokens.", metavar="N")
+    # The label settings come from the corpus flags (`Corpus.label_settings`).
+    labelled: bool = option(True, "Whether documents carry labels.", cli=False)
+    label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False)
+    label_set: tuple[str, ...] | None = option(None, "Declared labels, in id order.", cli=False)
+    eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id.")
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
+        if self.num_oov_buckets < 1:
+            raise ValueError(f"num_oov_buckets must be >= 1, got {self.num_oov_buckets}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.label_type not in C.LABEL_TYPES:
+            raise ValueError(f"label_type must be one of {C.LABEL_TYPES}, got {self.label_type!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.label_set is not None:
+            object.__setattr__(self, "label_set", tuple(str(x) for x in self.label_set))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (written next to the transform_fn)."""
+        d = dataclasses.asdict(self)
+        d["label_set"] = list(self.label_set) if self.label_set is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of `to_dict` (unknown keys are ignored for forward compatibility)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if kwargs.get("label_set") is not None:
+            kwargs["label_set"] = tuple(kwargs["label_set"])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessJob:
+    """How a preprocessing run executes (not part of the text → id mapping)."""
+
+    batch_size: int = option(1000, "Documents per Arrow record batch fed to TFT.")
+    keep_tmp: bool = option(False, "Keep OUTPUT/tmp (TFT temp files).")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """A corpus to read: file patterns, `ReadCorpus` settings and a deterministic sample.
+
+    Attributes:
+        patterns: File patterns (globs, local or gs://), or aclImdb tree roots.
+        config: The validated reader settings.
+        labels: The declared labels as given, in order (`config.label_set` is a set;
+            for string labels the order defines the ids), or None.
+        sample_fraction: Keep this fraction of the documents, by hash of the id.
+    """
+
+    patterns: tuple[str, ...]
+    config: CorpusConfig
+    labels: tuple[str, ...] | None = None
+    sample_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patterns", tuple(self.patterns))
+        if not self.patterns:
+            raise ValueError("a corpus needs at least one file pattern")
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
+
+    def read(self) -> ReadCorpus:
+        """The `ReadCorpus` transform of this corpus (sampling is `SampleDocuments`)."""
+        from beam_rnn.io import ReadCorpus
+
+        settings = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        settings["label_set"] = self.labels
+        pattern = self.patterns[0] if len(self.patterns) == 1 else list(self.patterns)
+        return ReadCorpus(pattern, **settings)
+
+    def label_settings(self) -> dict[str, Any]:
+        """The `PreprocessConfig` fields this corpus decides: ``PreprocessConfig(**corpus.label_settings())``."""
+        return {"labelled": self.config.labelled, "label_type": self.config.label_type, "label_set": self.labels}
