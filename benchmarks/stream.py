@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from beam_rnn.stream import classifier as streaming  # noqa: E402
+from beam_rnn import stream as streaming  # noqa: E402
+from beam_rnn.core.errors import ArtifactError  # noqa: E402
+from beam_rnn.stream import step as rnn_step  # noqa: E402
 
 LENGTHS = (50, 200, 1000)
 STREAMS = 1000
@@ -135,7 +137,7 @@ def bench_model(model_dir: str, texts: list[str], quick: bool) -> dict[str, Any]
         step_many_s = _time(lambda: clf.step_many(states, list(nxt)), repeats=5, inner=1)
         full = tf.constant(batch)
         rerun_s = _time(lambda: classify_ids(token_ids=full), repeats=3 if length < 1000 else 1, inner=1)
-        step_probs = streaming.rnn_step.probabilities(clf.step_batch_arrays(nxt, stacked)[0], clf.num_classes)
+        step_probs = rnn_step.probabilities(clf.step_batch_arrays(nxt, stacked)[0], clf.num_classes)
         rerun_probs = classify_ids(token_ids=full)["probabilities"].numpy()
         diff = float(np.max(np.abs(step_probs.reshape(rerun_probs.shape) - rerun_probs)))
         results["concurrent_streams"][str(length)] = {
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no streaming model found; pass --model DIR (train one with pipelines.train --model lstm)")
     try:
         clf = streaming.StreamingClassifier.load(model)  # verified against its manifest.json
-    except streaming.ArtifactError as e:
+    except ArtifactError as e:
         parser.error(f"--model: {e}")
     texts = _texts(Path(args.imdb))
     summary = {

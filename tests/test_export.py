@@ -355,12 +355,12 @@ def test_bilstm_has_no_step_weights(exported):
 
 
 def _python_tokenize(text: str, vocab: list[str], cfg: preprocessing.PreprocessConfig) -> list[int]:
-    """What a NumPy/Python streaming worker does with vocab.txt + preprocess_config.json (1 OOV id)."""
-    lower = text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
-    lower = re.sub(preprocessing.HTML_TAG_REGEX, " ", lower)
-    tokens = re.sub(preprocessing.PUNCTUATION_REGEX, "", lower).split()[: cfg.max_tokens]
-    index = {w: i + cfg.num_oov_buckets + 1 for i, w in enumerate(vocab)}
-    return [index.get(t, 1) for t in tokens]
+    """What a NumPy/Python streaming worker does with vocab.txt + preprocess_config.json: the one spec."""
+    from beam_rnn.core import spec
+
+    index = {w: i + spec.first_word_id(cfg.num_oov_buckets) for i, w in enumerate(vocab)}
+    tokens = spec.tokenize(text, cfg.max_tokens)
+    return [index[t] if t in index else spec.oov_id(t, cfg.num_oov_buckets) for t in tokens]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -32,9 +32,10 @@ import pytest
 
 from beam_rnn.core import constants as C
 from beam_rnn.stream import step as rnn_step
-from beam_rnn.stream import classifier as streaming
+from beam_rnn import stream as streaming
+from beam_rnn.stream import config, events, transform
 from beam_rnn.core.manifest import ArtifactError, write_manifest
-from beam_rnn.stream.classifier import StreamingClassifier
+from beam_rnn.stream import StreamingClassifier
 from tests.helpers import build_streaming_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def _encodable(value) -> None:
 
 # --- parse_event: a table of hostile payloads ----------------------------------------------------
 
-BIG = streaming.DEFAULT_MAX_EVENT_CHARS + 1
+BIG = config.DEFAULT_MAX_EVENT_CHARS + 1
 
 
 def _j(obj) -> str:
@@ -98,8 +99,8 @@ HOSTILE = [
     # Too large.
     (_j({"stream_id": "s", "seq": 0, "text": "a" * BIG}), "event_too_large"),
     (_j({"stream_id": "s", "seq": 0, "token": "a" * BIG}), "event_too_large"),
-    (" " * (12 * streaming.DEFAULT_MAX_EVENT_CHARS + 65537), "event_too_large"),
-    (b" " * (12 * streaming.DEFAULT_MAX_EVENT_CHARS + 65537), "event_too_large"),
+    (" " * (12 * config.DEFAULT_MAX_EVENT_CHARS + 65537), "event_too_large"),
+    (b" " * (12 * config.DEFAULT_MAX_EVENT_CHARS + 65537), "event_too_large"),
     # Wrong types.
     (_j({"stream_id": "s", "seq": 0, "text": 5}), "bad_field"),
     (_j({"stream_id": "s", "seq": 0, "text": ["a"]}), "bad_field"),
@@ -112,7 +113,7 @@ HOSTILE = [
     (_j({"stream_id": ["s"], "seq": 0}), "bad_field"),
     (_j({"stream_id": {"id": "s"}, "seq": 0}), "bad_field"),
     (_j({"stream_id": "", "seq": 0}), "bad_field"),
-    (_j({"stream_id": "x" * (streaming.MAX_STREAM_ID_CHARS + 1), "seq": 0}), "bad_field"),
+    (_j({"stream_id": "x" * (events.MAX_STREAM_ID_CHARS + 1), "seq": 0}), "bad_field"),
     ('{"stream_id": 100000000000000000000000, "seq": 0}', "bad_field"),
     (_j({"stream_id": "s", "seq": 1.0}), "bad_field"),
     (_j({"stream_id": "s", "seq": 1.5}), "bad_field"),
@@ -158,20 +159,20 @@ HOSTILE = [
 
 @pytest.mark.parametrize("payload,expected", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
 def test_parse_event_repairs_or_names_a_reason(payload, expected):
-    parsed, error = streaming.parse_event(payload)
+    parsed, error = events.parse_event(payload)
     if isinstance(expected, str):
         assert parsed is None and error is not None
         assert error[0] == expected, error
         # The dead letter for it is always encodable, whatever the payload held.
-        dead = streaming._dead("event", payload, *error).value
+        dead = events.dead_letter("event", payload, *error)
         _encodable(dead)
         streaming.to_json_line(dead).encode("utf-8")
         assert len(dead["row"]) <= 4000 and len(dead["reason"]) <= 1000
     else:
         assert error is None, error
         stream_id, event = parsed
-        edges = tuple(chr(event[k]) if k in event else "" for k in (streaming.LEAD_SURROGATE, streaming.TRAIL_SURROGATE))
-        assert (stream_id, event["text"], event["end"], event.get(streaming.REPLACED_CHARS, 0), *edges) == expected
+        edges = tuple(chr(event[k]) if k in event else "" for k in (events.LEAD_SURROGATE, events.TRAIL_SURROGATE))
+        assert (stream_id, event["text"], event["end"], event.get(events.REPLACED_CHARS, 0), *edges) == expected
         _encodable(parsed)
 
 
@@ -185,7 +186,7 @@ def test_repair_text_counts_each_lone_surrogate():
         ("\ud83d\ud83d\ude00\udfff", ("\ufffd\U0001F600\ufffd", 2)),
     ]
     for raw, want in cases:
-        assert streaming.repair_text(raw) == want, ascii(raw)
+        assert events.repair_text(raw) == want, ascii(raw)
 
 
 def test_outputs_are_always_valid_utf8_json():
@@ -236,11 +237,11 @@ def _mutations(rng: random.Random, count: int) -> list:
 def test_parse_event_never_raises_on_random_damage():
     reasons = collections.Counter()
     for payload in _mutations(random.Random(11), 3000):
-        parsed, error = streaming.parse_event(payload)
+        parsed, error = events.parse_event(payload)
         assert (parsed is None) != (error is None)
         if error is not None:
             reasons[error[0]] += 1
-            _encodable(streaming._dead("event", payload, *error).value)
+            _encodable(events.dead_letter("event", payload, *error))
         else:
             _encodable(parsed)
     # The generator really reaches the dead-letter paths, and some events survive it.
@@ -280,8 +281,8 @@ class Harness:
 
     def __init__(self, clf: StreamingClassifier, **config):
         self.cfg = streaming.StreamConfig(**config)
-        self.parse = streaming._ParseEventsFn(self.cfg, use_event_ts=False)
-        self.fn = streaming._StreamFn("unused", self.cfg, classifier=clf)
+        self.parse = transform._ParseEventsFn(self.cfg, use_event_ts=False)
+        self.fn = transform._StreamFn("unused", self.cfg, classifier=clf)
         self.counts: collections.Counter = collections.Counter()
         self.fn._flush = lambda n: self.counts.update({k: v for k, v in n.items() if v})
         self.states: dict[str, _State] = collections.defaultdict(_State)
@@ -291,7 +292,7 @@ class Harness:
 
     def _collect(self, items):
         for item in items:
-            if isinstance(item, streaming.beam.pvalue.TaggedOutput):
+            if isinstance(item, transform.beam.pvalue.TaggedOutput):
                 self.dead.append(item.value)
             else:
                 self.outputs.append(item)
@@ -299,7 +300,7 @@ class Harness:
     def send(self, payload, t: float = 0.0):
         self.counts["events_in"] += 1
         for item in self.parse.process(payload):
-            if isinstance(item, streaming.beam.pvalue.TaggedOutput):
+            if isinstance(item, transform.beam.pvalue.TaggedOutput):
                 self.counts["dead_lettered"] += 1
                 self.dead.append(item.value)
                 continue
@@ -778,8 +779,9 @@ def test_building_the_transform_logs_no_type_hint_complaints(model_dir, caplog):
 
     import apache_beam as beam
 
-    assert "from __future__ import annotations" not in inspect.getsource(streaming)
-    assert typing.get_type_hints(streaming._StreamFn.process)["element"] == tuple[str, dict[str, typing.Any]]
+    for module in (transform, events):  # the DoFns and the types they use
+        assert "from __future__ import annotations" not in inspect.getsource(module)
+    assert typing.get_type_hints(transform._StreamFn.process)["element"] == tuple[str, dict[str, typing.Any]]
     with caplog.at_level(logging.INFO):
         p = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"]))
         result = p | beam.Create([b"{}"]) | streaming.StreamPredictions(model_dir)

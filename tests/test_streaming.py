@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.stream.classifier and pipelines.stream.
+"""Tests for beam_rnn.stream (tokenizer, classifier, transform), beam_rnn.core.spec and pipelines.stream.
 
 A module-scoped fixture preprocesses two tiny synthetic corpora with TFT and
 exports two streaming models with `export.export_model` (the approach of
@@ -27,8 +27,9 @@ from beam_rnn.core import constants as C
 from beam_rnn.train import export
 from beam_rnn.train import models
 from beam_rnn.preprocess import tft_graph as preprocessing
-from beam_rnn.stream import classifier as streaming
-from beam_rnn.stream.classifier import StreamingClassifier, StreamTokenizer, TokenizerState
+from beam_rnn import stream as streaming
+from beam_rnn.core import spec
+from beam_rnn.stream import StreamingClassifier, StreamTokenizer, TokenizerState
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -148,9 +149,13 @@ def _stream(clf: StreamingClassifier, chunks: list[str]):
 # --- The tokenisation mirror ------------------------------------------------------------------
 
 
-def test_patterns_are_the_preprocessing_definition():
-    assert streaming.PUNCTUATION_REGEX == preprocessing.PUNCTUATION_REGEX
-    assert streaming.HTML_TAG_REGEX == preprocessing.HTML_TAG_REGEX
+def test_graph_and_keras_export_read_the_one_spec():
+    # Not copies that a test keeps equal: the TFT graph and the .keras rebuild use the spec's objects.
+    from beam_rnn.train import keras_text
+
+    for module in (preprocessing, keras_text):
+        assert module.PUNCTUATION_REGEX is spec.PUNCTUATION_REGEX
+        assert module.HTML_TAG_REGEX is spec.HTML_TAG_REGEX
 
 
 def test_whitespace_is_what_tf_strings_split_splits_on():
@@ -160,9 +165,9 @@ def test_whitespace_is_what_tf_strings_split_splits_on():
     texts = [f"a{c}b" for c in candidates]
     tf_split = tf.strings.split(tf.constant(texts)).to_list()
     tf_ws = {c for c, parts in zip(candidates, tf_split) if len(parts) == 2}
-    assert tf_ws == set(streaming.TF_WHITESPACE) == set(" \t\n\x0b\x0c\r")
+    assert tf_ws == set(spec.WHITESPACE) == set(" \t\n\x0b\x0c\r")
     for text in texts:
-        assert streaming.split_whitespace(text) == [w.decode() for w in tf.strings.split(text).numpy()]
+        assert spec.split_whitespace(text) == [w.decode() for w in tf.strings.split(text).numpy()]
     # The reason str.split() is not used: it splits on 23 more of these characters.
     assert len({c for c in candidates if len(f"a{c}b".split()) == 2} - tf_ws) == 23
 
@@ -170,7 +175,7 @@ def test_whitespace_is_what_tf_strings_split_splits_on():
 def test_tokenize_matches_the_tf_definition_token_for_token():
     graph = preprocessing.tokenize(tf.constant(ADVERSARIAL)).to_list()
     for text, tokens in zip(ADVERSARIAL, graph):
-        assert streaming.tokenize(text) == [t.decode("utf-8") for t in tokens], text
+        assert spec.tokenize(text) == [t.decode("utf-8") for t in tokens], text
 
 
 def test_fingerprint64_matches_tensorflow_hash_buckets():
@@ -179,7 +184,7 @@ def test_fingerprint64_matches_tensorflow_hash_buckets():
     data += [w.encode() for w in ("héllo", "zzqx", "unknownword", "xyzzy")]
     for k in (2, 3, 7, 1_000_003, 2**62 + 7):
         ref = tf.strings.to_hash_bucket_fast(tf.constant(data), k).numpy().tolist()
-        assert [streaming.fingerprint64(d) % k for d in data] == ref
+        assert [spec.fingerprint64(d) % k for d in data] == ref
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru3"])
@@ -215,7 +220,7 @@ def test_chunk_boundaries_inside_words_and_tags(exported):
     clf = exported["lstm"].clf
     chunks = ["The mo", "vie<b", "r /", ">GRE", "at", "", " a < b", " plot"]
     got, state = _stream(clf, chunks)
-    assert [p.token for p in got] == streaming.tokenize("".join(chunks)) == ["the", "movie", "great", "a", "b", "plot"]
+    assert [p.token for p in got] == spec.tokenize("".join(chunks)) == ["the", "movie", "great", "a", "b", "plot"]
     assert [p.tokens_seen for p in got] == list(range(1, 7))
     # A word stays pending until whitespace (or a tag) follows it; finish() flushes it.
     state = clf.start()
@@ -241,7 +246,7 @@ def test_pending_text_after_unclosed_tag_is_bounded():
     # Documented divergence: the graph would have deleted "<b bad film plot>" as one tag.
     words2, state = tok.feed(state, "> end")
     assert words2 + tok.finish(state)[0] == ["plot", "end"]
-    assert streaming.tokenize("good <b bad film plot> end") == ["good", "end"]
+    assert spec.tokenize("good <b bad film plot> end") == ["good", "end"]
     # Without the bound the tag is held and the graph's answer is reproduced.
     exact = StreamTokenizer(max_pending_chars=1000)
     w1, s = exact.feed(TokenizerState(), "good <b bad film plot")
@@ -261,7 +266,7 @@ def test_long_words_are_bounded_and_still_oov(exported):
 def test_streaming_module_does_not_import_tensorflow(exported):
     script = (
         "import sys, json\n"
-        "from beam_rnn.stream.classifier import StreamingClassifier\n"
+        "from beam_rnn.stream import StreamingClassifier\n"
         "clf = StreamingClassifier.load(sys.argv[1])\n"
         "s = clf.start()\n"
         "p, s = clf.feed(s, 'Good movie, bad plot. ')\n"
@@ -273,6 +278,86 @@ def test_streaming_module_does_not_import_tensorflow(exported):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"n": 4, "tf": []}
+
+
+# --- The golden file: every export carries its graph's ids, and load replays them ----------------------
+
+
+def _golden(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, spec.GOLDEN_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru3"])
+def test_export_writes_a_golden_file_of_the_graphs_own_ids(exported, name):
+    from beam_rnn.core.manifest import verify_manifest
+    from beam_rnn.train.golden import ADVERSARIAL_TEXTS
+
+    e = exported[name]
+    golden = _golden(e.model_dir)
+    texts = golden["texts"]
+    assert set(ADVERSARIAL_TEXTS) <= set(texts) and len(texts) > len(ADVERSARIAL_TEXTS)  # + the model's own words
+    # The ids are the exported graph's: recomputed here from the SavedModel in the final directory.
+    assert golden["ids"] == e.graph_ids(texts)
+    k = e.clf.vocabulary.num_oov_buckets
+    used = {i for ids in golden["ids"] for i in ids}
+    assert used & set(range(1, k + 1)) and max(used) > k  # OOV buckets and vocabulary words both exercised
+    assert any(len(ids) == 0 for ids in golden["ids"])  # and empty texts
+    # Covered by the manifest and the card, so a changed golden file is named by the manifest check.
+    assert spec.GOLDEN_FILE in verify_manifest(e.model_dir)["files"]
+    with open(os.path.join(e.model_dir, C.MODEL_CARD_FILE)) as f:
+        assert json.load(f)["files"]["tokenizer_golden"] == spec.GOLDEN_FILE
+    # The NumPy tokenizer agrees (load already replayed it; this is the same check, visible).
+    assert [e.clf.text_ids(t) for t in texts] == golden["ids"]
+
+
+def _resealed_copy(model_dir: str, dest: Path):
+    from beam_rnn.core.manifest import write_manifest
+
+    shutil.copytree(model_dir, dest)
+    os.remove(dest / "manifest.json")
+    return dest, lambda: write_manifest(str(dest))
+
+
+def test_load_refuses_a_golden_file_its_tokenizer_does_not_reproduce(exported, tmp_path):
+    e = exported["gru3"]
+    golden = _golden(e.model_dir)
+    i = golden["texts"].index("good\u00a0movie")
+    # 1. The golden ids changed (and the manifest re-sealed, so only the replay can notice).
+    d, seal = _resealed_copy(e.model_dir, tmp_path / "ids")
+    golden_bad = dict(golden, ids=[list(ids) for ids in golden["ids"]])
+    golden_bad["ids"][i] = golden_bad["ids"][i] + [1]
+    (d / spec.GOLDEN_FILE).write_text(json.dumps(golden_bad))
+    seal()
+    with pytest.raises(streaming.ModelDirError, match=rf"{spec.GOLDEN_FILE}: .* text {i} 'good\\xa0movie'") as info:
+        StreamingClassifier.load(str(d))
+    assert "refusing to start" in str(info.value) and "\n" not in str(info.value)
+    # 2. The vocabulary no longer matches the graph's (two words swapped): the first text using them is named.
+    d, seal = _resealed_copy(e.model_dir, tmp_path / "vocab")
+    words = (d / export.VOCAB_TEXT_FILE).read_text(encoding="utf-8").splitlines()
+    words[0], words[1] = words[1], words[0]
+    (d / export.VOCAB_TEXT_FILE).write_text("".join(w + "\n" for w in words), encoding="utf-8")
+    seal()
+    first = next(j for j, ids in enumerate(golden["ids"]) if {e.clf.vocabulary.id(words[0]), e.clf.vocabulary.id(words[1])} & set(ids))
+    with pytest.raises(streaming.ModelDirError, match=rf"{spec.GOLDEN_FILE}: .* on text {first} "):
+        StreamingClassifier.load(str(d))
+    # 3. An unreadable golden file is damaged, not skipped.
+    d, seal = _resealed_copy(e.model_dir, tmp_path / "json")
+    (d / spec.GOLDEN_FILE).write_text('{"texts": ["a"]')
+    seal()
+    with pytest.raises(streaming.ModelDirError, match=f"{spec.GOLDEN_FILE} is damaged"):
+        StreamingClassifier.load(str(d))
+    # The untouched export loads.
+    assert StreamingClassifier.load(e.model_dir).text_ids(golden["texts"][i]) == golden["ids"][i]
+
+
+def test_load_refuses_when_the_numpy_tokenizer_drifts_from_the_spec(exported, monkeypatch):
+    # A tokenizer bug (Python's notion of whitespace instead of TF's) in an otherwise intact export.
+    import re
+
+    monkeypatch.setattr(spec, "WHITESPACE_RE", re.compile(r"\s+"))
+    with pytest.raises(streaming.ModelDirError, match=rf"{spec.GOLDEN_FILE}: the NumPy tokenizer disagrees"):
+        StreamingClassifier.load(exported["lstm"].model_dir)
 
 
 # --- Predictions equal the full pass -------------------------------------------------------------------
@@ -484,9 +569,9 @@ def test_stream_predictions_duplicates_reordering_gaps_and_expiry(exported):
     np.testing.assert_allclose([r["probability"] for r in got], [r["probability"] for r in want], atol=1e-7, rtol=0)
 
     # Stream a's tokens equal serving_default on every prefix of the whole text.
-    a_tokens = [r for r in got if r["stream_id"] == "a" and r["tokens_seen"] <= len(streaming.tokenize(text_a))]
+    a_tokens = [r for r in got if r["stream_id"] == "a" and r["tokens_seen"] <= len(spec.tokenize(text_a))]
     a_tokens = [r for r in a_tokens if not (r["seq"] == 0 and r["token"] == "good" and r["tokens_seen"] == 1)]
-    words = streaming.tokenize(text_a)
+    words = spec.tokenize(text_a)
     assert [r["token"] for r in a_tokens] == words
     served = e.serve([" ".join(words[: i + 1]) for i in range(len(words))])
     np.testing.assert_allclose([r["probability"] for r in a_tokens], served, atol=TOL, rtol=0)
@@ -526,7 +611,7 @@ def test_stdin_mode_prints_a_line_per_token(exported):
     proc = _cli(["--model", e.model_dir, "--json"], stdin=text + "od<br />bad")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    words = streaming.tokenize(text + "od<br />bad")
+    words = spec.tokenize(text + "od<br />bad")
     assert [r["token"] for r in lines[:-1]] == words
     assert lines[-1]["final"] is True and lines[-1]["tokens_seen"] == len(words)
     np.testing.assert_allclose([r["probability"] for r in lines[:-1]],
@@ -603,9 +688,15 @@ def _imdb_model_dirs(exported) -> dict[str, str]:
     return dirs
 
 
-@pytest.mark.slow
 @pytest.mark.data
 def test_mirror_matches_graph_on_every_imdb_training_review(exported):
+    """All 25k IMDB training reviews: graph tokens and ids == spec.tokenize, the chunked StreamTokenizer, the vocabulary.
+
+    In the default suite whenever ../shared/data is present (~30 s on 2 cores): the TF
+    definition tokenises every review in ONE batched call; the exported ``tokenize``
+    signature of each model gives its ids (batches sorted by length); the Python side
+    is the whole-text spec and the incremental tokenizer fed in random chunks.
+    """
     import csv
 
     from tests.conftest import shared_data_path
@@ -615,28 +706,39 @@ def test_mirror_matches_graph_on_every_imdb_training_review(exported):
     with open(path, newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
     assert len(texts) == 25000
+    ragged = preprocessing.tokenize(tf.constant(texts))
+    flat = [t.decode("utf-8") for t in ragged.flat_values.numpy()]
+    splits = ragged.row_splits.numpy().tolist()
+    graph = [flat[splits[i] : splits[i + 1]] for i in range(len(texts))]
+
     rng = random.Random(2024)
-    batch = 500
-    dirs = _imdb_model_dirs(exported)
-    for name, model_dir in dirs.items():
+    tok = StreamTokenizer()  # the classifier's bounds (max_word_chars only grows with a longer vocabulary word)
+    bound = tok.max_word_chars
+    mismatches = []
+    for i, text in enumerate(texts):
+        if spec.tokenize(text) != graph[i]:
+            mismatches.append((i, "whole"))
+        words, state = [], TokenizerState()
+        for chunk in _chunks(text, rng, 80):
+            done, state = tok.feed(state, chunk)
+            words += done
+        words += tok.finish(state)[0]
+        if words != [w if len(w) <= bound else w[: bound + 1] for w in graph[i]]:  # documented word bound
+            mismatches.append((i, "chunked"))
+    assert not mismatches, f"{len(mismatches)} mismatches, first {mismatches[:5]}"
+
+    order = sorted(range(len(texts)), key=lambda i: len(graph[i]))
+    for name, model_dir in _imdb_model_dirs(exported).items():
         clf = StreamingClassifier.load(model_dir)
-        sigs = export.load_exported(model_dir).signatures
-        mismatches = []
-        for start in range(0, len(texts), batch):
-            chunk = texts[start : start + batch]
-            out = sigs["tokenize"](text=tf.constant(chunk))
+        sig = export.load_exported(model_dir).signatures["tokenize"]
+        for start in range(0, len(order), 1000):
+            rows = order[start : start + 1000]
+            out = sig(text=tf.constant([texts[i] for i in rows]))
             ids, lengths = out["token_ids"].numpy(), out["lengths"].numpy()
-            if name == "lstm":  # token strings too, against the TF definition itself
-                graph_tokens = preprocessing.tokenize(tf.constant(chunk)).to_list()
-            for i, text in enumerate(chunk):
-                want = ids[i, : lengths[i]].tolist()
-                if clf.text_ids(text) != want:
-                    mismatches.append((start + i, "whole"))
-                got, _ = _stream(clf, _chunks(text, rng, 80))
-                if [p.token_id for p in got] != want:
-                    mismatches.append((start + i, "chunked"))
-                if name == "lstm" and streaming.tokenize(text) != [t.decode("utf-8") for t in graph_tokens[i]]:
-                    mismatches.append((start + i, "tokens"))
+            for r, i in enumerate(rows):
+                want = [clf.vocabulary.id(w) for w in graph[i][: clf.max_tokens]]
+                if ids[r, : lengths[r]].tolist() != want:
+                    mismatches.append((name, i))
         assert not mismatches, f"{name}: {len(mismatches)} mismatches, first {mismatches[:5]}"
 
 
@@ -648,3 +750,19 @@ def test_stream_predictions_rejects_bad_limits_before_running(kwargs):
     with pytest.raises(ValueError):
         streaming.StreamPredictions("/nonexistent-model", **kwargs)
 
+
+
+def test_stream_flags_are_generated_from_stream_config():
+    from beam_rnn.cli.flags import config_from_flags, parse_known_flags
+    from pipelines import stream as driver
+
+    parser = driver.build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"--stream-ttl", "--first-seq", "--max-buffered-events", "--max-buffered-chars", "--max-pending-chars",
+            "--max-event-chars", "--conflict-window"} <= flags
+    known, rest = parse_known_flags(parser, ["--model", "m"])
+    assert config_from_flags(streaming.StreamConfig, known) == streaming.StreamConfig() and rest == []
+    assert streaming.StreamConfig() == streaming.StreamConfig(3600.0, 0, 64, 65536, 8192, 100_000, 256)  # today's
+    known, rest = parse_known_flags(parser, ["--model", "m", "--stream_ttl", "5", "--conflict-window=0", "--runner=X"])
+    assert config_from_flags(streaming.StreamConfig, known) == streaming.StreamConfig(ttl_seconds=5.0, conflict_window=0)
+    assert rest == ["--runner=X"]

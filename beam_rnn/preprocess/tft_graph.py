@@ -20,11 +20,9 @@ import tensorflow_transform as tft
 from beam_rnn.core import constants as C
 from beam_rnn.preprocess.config import PreprocessConfig
 
-# The tutorial's TextVectorization standardisation ("lower_and_strip_punctuation")
-# uses exactly this pattern; we add HTML tag stripping because IMDB reviews carry
-# `<br />` tags that would otherwise become the token "br".
-PUNCTUATION_REGEX = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
-HTML_TAG_REGEX = r"<[^>]*>"
+# The tokenisation spec (patterns, whitespace, id layout) is defined once, TF-free, in
+# beam_rnn.core.spec; this graph, the .keras rebuild and the streaming tokenizer read it.
+from beam_rnn.core.spec import HTML_TAG_REGEX, PUNCTUATION_REGEX
 
 
 def raw_feature_spec(config: PreprocessConfig) -> dict[str, tf.io.FixedLenFeature]:

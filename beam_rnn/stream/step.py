@@ -26,8 +26,6 @@ stream (`step`) or ``[batch, units]`` for many (`step_batch`).
 This module must not import TensorFlow; a test checks it in a subprocess.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import io
 import os
@@ -105,6 +103,64 @@ def _scalar(weights: Mapping[str, Any], key: str) -> Any:
     return np.asarray(weights[key]).item()
 
 
+def _get(weights: Mapping[str, Any], key: str) -> np.ndarray:
+    if key not in weights:
+        raise ValueError(f"Step weights are missing {key!r}.")
+    return _as_f32(weights[key], key)
+
+
+def _read_layers(
+    weights: Mapping[str, Any], cell: str, num_layers: int, units: int, input_dim: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The recurrent layers' (kernels, recurrent kernels, biases), shapes checked."""
+    width = _GATES[cell] * units
+    bias_shape = (2, width) if cell == CELL_GRU else (width,)
+    kernels, recurrent_kernels, biases = [], [], []
+    for i in range(num_layers):
+        kernel = _get(weights, layer_key(i, "kernel"))
+        recurrent = _get(weights, layer_key(i, "recurrent_kernel"))
+        bias = _get(weights, layer_key(i, "bias"))
+        expected = {
+            "kernel": ((input_dim, width), kernel.shape),
+            "recurrent_kernel": ((units, width), recurrent.shape),
+            "bias": (bias_shape, bias.shape),
+        }
+        for name, (want, got) in expected.items():
+            if tuple(got) != want:
+                raise ValueError(
+                    f"{layer_key(i, name)!r} has shape {tuple(got)}, expected {want} "
+                    f"for a {cell} layer with {units} units."
+                )
+        kernels.append(kernel)
+        recurrent_kernels.append(recurrent)
+        biases.append(bias)
+        input_dim = units
+    return kernels, recurrent_kernels, biases
+
+
+def _read_head(weights: Mapping[str, Any], units: int, num_classes: int) -> tuple[np.ndarray, ...]:
+    """The dense head's (hidden kernel, hidden bias, logits kernel, logits bias), shapes checked."""
+    dense_kernel = _get(weights, DENSE_HIDDEN_KERNEL)
+    dense_bias = _get(weights, DENSE_HIDDEN_BIAS)
+    logits_kernel = _get(weights, LOGITS_KERNEL)
+    logits_bias = _get(weights, LOGITS_BIAS)
+    out = 1 if num_classes == 2 else num_classes
+    if (
+        dense_kernel.ndim != 2
+        or dense_kernel.shape[0] != units
+        or dense_bias.shape != (dense_kernel.shape[1],)
+        or logits_kernel.shape != (dense_kernel.shape[1], out)
+        or logits_bias.shape != (out,)
+    ):
+        raise ValueError(
+            "Dense head shapes are inconsistent: "
+            f"dense_hidden {dense_kernel.shape}/{dense_bias.shape}, "
+            f"logits {logits_kernel.shape}/{logits_bias.shape}, "
+            f"units={units}, outputs={out}."
+        )
+    return dense_kernel, dense_bias, logits_kernel, logits_bias
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepWeights:
     """Weights of a streaming classifier, ready for per-token NumPy inference.
@@ -158,7 +214,7 @@ class StepWeights:
         return int(self.logits_bias.shape[0])
 
     @classmethod
-    def from_dict(cls, weights: Mapping[str, Any], precompute: bool = True) -> StepWeights:
+    def from_dict(cls, weights: Mapping[str, Any], precompute: bool = True) -> "StepWeights":
         """Builds StepWeights from the flat dict of `extract_step_weights`.
 
         Args:
@@ -190,59 +246,14 @@ class StepWeights:
                 f"units={units}, num_classes={num_classes}."
             )
 
-        def get(key: str) -> np.ndarray:
-            if key not in weights:
-                raise ValueError(f"Step weights are missing {key!r}.")
-            return _as_f32(weights[key], key)
-
-        embedding = get(EMBEDDING)
+        embedding = _get(weights, EMBEDDING)
         if embedding.ndim != 2:
             raise ValueError(f"{EMBEDDING!r} must be 2-D, got shape {embedding.shape}.")
-        width = _GATES[cell] * units
-        bias_shape = (2, width) if cell == CELL_GRU else (width,)
-        kernels, recurrent_kernels, biases = [], [], []
-        input_dim = embedding.shape[1]
-        for i in range(num_layers):
-            kernel = get(layer_key(i, "kernel"))
-            recurrent = get(layer_key(i, "recurrent_kernel"))
-            bias = get(layer_key(i, "bias"))
-            expected = {
-                "kernel": ((input_dim, width), kernel.shape),
-                "recurrent_kernel": ((units, width), recurrent.shape),
-                "bias": (bias_shape, bias.shape),
-            }
-            for name, (want, got) in expected.items():
-                if tuple(got) != want:
-                    raise ValueError(
-                        f"{layer_key(i, name)!r} has shape {tuple(got)}, expected {want} "
-                        f"for a {cell} layer with {units} units."
-                    )
-            kernels.append(kernel)
-            recurrent_kernels.append(recurrent)
-            biases.append(bias)
-            input_dim = units
-
-        dense_kernel = get(DENSE_HIDDEN_KERNEL)
-        dense_bias = get(DENSE_HIDDEN_BIAS)
-        logits_kernel = get(LOGITS_KERNEL)
-        logits_bias = get(LOGITS_BIAS)
-        out = 1 if num_classes == 2 else num_classes
-        if (
-            dense_kernel.ndim != 2
-            or dense_kernel.shape[0] != units
-            or dense_bias.shape != (dense_kernel.shape[1],)
-            or logits_kernel.shape != (dense_kernel.shape[1], out)
-            or logits_bias.shape != (out,)
-        ):
-            raise ValueError(
-                "Dense head shapes are inconsistent: "
-                f"dense_hidden {dense_kernel.shape}/{dense_bias.shape}, "
-                f"logits {logits_kernel.shape}/{logits_bias.shape}, "
-                f"units={units}, outputs={out}."
-            )
+        kernels, recurrent_kernels, biases = _read_layers(weights, cell, num_layers, units, embedding.shape[1])
+        dense_kernel, dense_bias, logits_kernel, logits_bias = _read_head(weights, units, num_classes)
 
         table = None
-        if precompute and embedding.shape[0] * width <= _MAX_PROJECTION_TABLE_VALUES:
+        if precompute and embedding.shape[0] * _GATES[cell] * units <= _MAX_PROJECTION_TABLE_VALUES:
             table = embedding @ kernels[0] + _input_bias(cell, biases[0])
             table = np.ascontiguousarray(table, dtype=np.float32)
         return cls(
@@ -261,7 +272,7 @@ class StepWeights:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], precompute: bool = True) -> StepWeights:
+    def load(cls, path: str | os.PathLike[str], precompute: bool = True) -> "StepWeights":
         """Loads StepWeights from an ``.npz`` written with ``np.savez(path, **weights)``.
 
         Args:

@@ -471,6 +471,9 @@ def export_model(
             f.write(preprocess_config.to_json())
 
         verification = _verify(staging, model, model_config, tft_layer, tolerance) if verify else None
+        from beam_rnn.train.golden import write_tokenizer_golden  # texts -> ids of the graph just saved
+
+        files["tokenizer_golden"] = write_tokenizer_golden(staging, vocabulary)
 
         card = {
             "format_version": CARD_FORMAT_VERSION,

@@ -1,0 +1,90 @@
+"""`StreamConfig`: the per-stream state limits of `StreamPredictions`, and the one home of their defaults.
+
+Each field is also a flag of ``beam-rnn stream`` (`beam_rnn.cli.flags.option`), so the
+command line, its ``--help`` and the library cannot disagree.  No Beam, no TF.
+"""
+
+import dataclasses
+
+from beam_rnn.cli.flags import option
+from beam_rnn.stream.tokenizer import DEFAULT_MAX_PENDING_CHARS
+
+DEFAULT_TTL_SECONDS = 3600.0
+DEFAULT_MAX_BUFFERED_EVENTS = 64
+DEFAULT_MAX_BUFFERED_CHARS = 65536
+DEFAULT_MAX_EVENT_CHARS = 100_000
+DEFAULT_CONFLICT_WINDOW = 256
+
+MAX_SEQ = 2**63 - 1  # seq and integer stream ids fit an int64
+MAX_TTL_SECONDS = 100 * 366 * 86400.0  # timers at ts + 2 TTL stay far inside Beam's timestamp range
+
+
+def max_raw_event_chars(max_event_chars: int) -> int:
+    """Longest raw event (bytes or characters) parsed at all: 12 x max_event_chars + 64 KiB.
+
+    12 is the longest JSON spelling of one character (an escaped surrogate pair);
+    64 KiB leaves room for the other fields.
+    """
+    return 12 * max_event_chars + 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """Per-stream state limits of `StreamPredictions` (validated once, shared with its DoFns).
+
+    Attributes:
+        ttl_seconds: Expire a stream idle for this many seconds of event time.
+        first_seq: Sequence number of each stream's first event.
+        max_buffered_events: Out-of-order events kept per stream.
+        max_buffered_chars: Text kept in those events per stream.
+        max_pending_chars: Characters held after an unclosed ``<`` per stream.
+        max_event_chars: Longest ``text`` / ``token`` of one event; a longer one is
+            dead-lettered (``event_too_large``), as is a raw message longer than
+            `max_raw_event_chars`.
+        conflict_window: Applied events per stream whose content hash is kept
+            (8 bytes each) to tell a redelivery from a conflicting duplicate.
+    """
+
+    ttl_seconds: float = option(
+        DEFAULT_TTL_SECONDS,
+        "Expire a stream idle for this many seconds of event time.",
+        flag="stream-ttl",
+        show_default=f"{DEFAULT_TTL_SECONDS:g}",
+    )
+    first_seq: int = option(0, "Sequence number of a stream's first event.")
+    max_buffered_events: int = option(
+        DEFAULT_MAX_BUFFERED_EVENTS, "Out-of-order events kept per stream; more go to the dead letters."
+    )
+    max_buffered_chars: int = option(DEFAULT_MAX_BUFFERED_CHARS, "Text kept in those events per stream.")
+    max_pending_chars: int = option(
+        DEFAULT_MAX_PENDING_CHARS, "Text held after an unclosed '<' before it is taken as punctuation."
+    )
+    max_event_chars: int = option(
+        DEFAULT_MAX_EVENT_CHARS,
+        "Longest text/token of one event; longer events go to the dead letters (event_too_large).",
+    )
+    conflict_window: int = option(
+        DEFAULT_CONFLICT_WINDOW,
+        "Applied events per stream whose content hash is kept to tell a redelivery from a "
+        "conflicting duplicate (8 bytes each).",
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"ttl_seconds must be in (0, {MAX_TTL_SECONDS:g}], got {self.ttl_seconds}")
+        if not 0 <= self.first_seq <= MAX_SEQ:
+            raise ValueError(f"first_seq must be in [0, 2**63), got {self.first_seq}")
+        for name in ("max_buffered_events", "max_buffered_chars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_pending_chars < 1:
+            raise ValueError(f"max_pending_chars must be >= 1, got {self.max_pending_chars}")
+        if self.max_event_chars < 1:
+            raise ValueError(f"max_event_chars must be >= 1, got {self.max_event_chars}")
+        if self.conflict_window < 0:
+            raise ValueError(f"conflict_window must be >= 0, got {self.conflict_window}")
+
+    @property
+    def max_raw_event_chars(self) -> int:
+        """Longest raw event parsed at all (see the module function)."""
+        return max_raw_event_chars(self.max_event_chars)
