@@ -9,6 +9,7 @@ import shutil
 
 import apache_beam as beam
 import pytest
+
 # Aliased so that pytest does not try to collect Beam's class as a test class.
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
@@ -46,8 +47,16 @@ from beam_rnn.io import (
     reason_code,
     relative_path,
 )
+from beam_rnn.io import lines as io_lines
 from tests.conftest import shared_data_path
-from tests.io_fixtures import counters, make_aclimdb, make_example, write_bytes, write_parquet, write_tfrecord
+from tests.io_fixtures import (
+    counters,
+    make_aclimdb,
+    make_example,
+    write_bytes,
+    write_parquet,
+    write_tfrecord,
+)
 
 
 # --------------------------------------------------------------------------
@@ -759,6 +768,17 @@ def test_write_json_lines_round_trip(tmp_path, beam_options):
     assert sorted(map(json.loads, content.splitlines()), key=json.dumps) == sorted(records, key=json.dumps)
 
 
+def test_write_json_lines_uses_the_given_encoder(tmp_path, beam_options):
+    # A value the default encoder cannot write (a set) goes through a caller's encoder.
+    encode = lambda record: json.dumps(record, sort_keys=True, default=sorted)  # noqa: E731
+    p = BeamTestPipeline(options=beam_options)
+    _ = p | beam.Create([{"id": "a", "tags": {"y", "x"}}]) | WriteJsonLines(
+        str(tmp_path / "out"), num_shards=1, encode=encode)
+    p.run().wait_until_finish()
+    (written,) = tmp_path.glob("out-*.jsonl")
+    assert written.read_text(encoding="utf-8") == '{"id": "a", "tags": ["x", "y"]}\n'
+
+
 # --------------------------------------------------------------------------
 # The real corpora in ../shared/data (skipped when absent)
 # --------------------------------------------------------------------------
@@ -858,7 +878,7 @@ def _line_file_bytes(rng, lines=300) -> bytes:
 def test_line_ranges_cover_the_file_at_newlines_with_line_numbers(tmp_path, monkeypatch, split_bytes, scan_block):
     import numpy as np
 
-    monkeypatch.setattr(corpus_io, "_SCAN_BLOCK_BYTES", scan_block)  # cuts across scan blocks
+    monkeypatch.setattr(io_lines, "_SCAN_BLOCK_BYTES", scan_block)  # cuts across scan blocks
     data = _line_file_bytes(np.random.default_rng(0))
     for suffix, content in (("", data), ("_nl", data + b"\n")):
         path = tmp_path / f"lines{suffix}.txt"

@@ -14,11 +14,19 @@ import zlib
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_rnn import io as corpus_io
-from beam_rnn.core.constants import DEAD_REASON_KEY, DEAD_SOURCE_KEY, FORMAT_CSV, FORMAT_JSONL, FORMAT_TEXT, FORMAT_TSV
+from beam_rnn.core.constants import (
+    DEAD_REASON_KEY,
+    DEAD_SOURCE_KEY,
+    FORMAT_CSV,
+    FORMAT_JSONL,
+    FORMAT_TEXT,
+    FORMAT_TSV,
+)
 from beam_rnn.io import CorpusConfig, ReadCorpus, read_corpus_file, reason_code
 from tests.io_fixtures import counters, write_bytes
 from tests.test_io import doc, run_read
@@ -217,7 +225,7 @@ def test_io_errors_are_not_dead_letters(tmp_path, monkeypatch):
         def readinto(self, buffer):
             raise ConnectionResetError("connection reset")
 
-    monkeypatch.setattr(corpus_io.FileSystems, "open", lambda *a, **k: io.BufferedReader(Failing()))
+    monkeypatch.setattr(FileSystems, "open", lambda *a, **k: io.BufferedReader(Failing()))
     with pytest.raises(ConnectionResetError):
         list(read_corpus_file(str(path), str(tmp_path), CorpusConfig(format=FORMAT_JSONL)))
 

@@ -283,3 +283,37 @@ def test_hostile_corpus_counts_every_row_and_damaged_file(tmp_path):
     assert (stats["rows_in"], stats["documents_out"], stats["dead_lettered"]) == (48, 44, 4)
     assert stats["reconciled"] is True and stats["num_classes"] == 2
     assert (out / MANIFEST_FILE).exists()
+
+
+# --------------------------------------------------------------------------
+# Flags generated from the config dataclasses
+# --------------------------------------------------------------------------
+def test_preprocess_flags_come_from_the_configs_with_the_documented_defaults(tmp_path):
+    from beam_rnn.cli.corpus import resolve_corpus
+    from beam_rnn.cli.flags import config_from_flags, parse_known_flags
+    from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
+    from pipelines import preprocess
+
+    corpus_file = tmp_path / "c.csv"
+    write_corpus(corpus_file)
+    parser = preprocess.build_parser()
+    known, beam_args = parse_known_flags(parser, ["--input", str(corpus_file), "--output", "o", "--runner=X"])
+    assert beam_args == ["--runner=X"]
+    corpus = resolve_corpus(known, parser)
+    config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
+    # The README table's defaults.
+    assert (config.vocab_size, config.min_frequency, config.num_oov_buckets, config.max_tokens,
+            config.eval_fraction) == (20000, 2, 1, None, 0.2)
+    assert config == PreprocessConfig()
+    assert config_from_flags(PreprocessJob, known) == PreprocessJob(batch_size=1000, keep_tmp=False)
+    assert corpus.config.format == "csv" and corpus.config.max_document_chars == 10_000_000
+    assert corpus.sample_fraction == 1.0 and corpus.labels is None and corpus.patterns == (str(corpus_file),)
+
+    known, _ = parse_known_flags(parser, [
+        "--input", str(corpus_file), "--output", "o", "--vocab_size", "7", "--max-tokens", "9",
+        "--keep-tmp", "--batch-size", "5", "--label-type", "string", "--labels", "b,a", "--sample-fraction", "0.5"])
+    corpus = resolve_corpus(known, parser)
+    config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
+    assert (config.vocab_size, config.max_tokens, config.label_type, config.label_set) == (7, 9, "string", ("b", "a"))
+    assert config_from_flags(PreprocessJob, known) == PreprocessJob(batch_size=5, keep_tmp=True)
+    assert corpus.sample_fraction == 0.5 and corpus.labels == ("b", "a")

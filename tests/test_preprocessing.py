@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from beam_rnn.core import constants as C
-from beam_rnn.preprocess.tft_graph import PreprocessConfig, standardize, tokenize
+from beam_rnn.preprocess.config import PreprocessConfig
+from beam_rnn.preprocess.tft_graph import standardize, tokenize
 from beam_rnn.preprocess.transform import (
     SPLIT_EVAL,
     SPLIT_TRAIN,
@@ -201,6 +202,26 @@ def test_rerun_is_byte_identical_and_split_stable(tmp_path):
         w for i, t in enumerate(texts) if f"doc{i}" not in eval_ids for w in t.split()
     )
     assert set(read_vocabulary(outs[0])) <= set(train_only)
+
+
+def test_examples_are_what_the_transformed_metadata_describes(freq_run):
+    """tft_beam.EncodeTransformedDataset writes the features of transformed_metadata/, nothing else."""
+    import tensorflow_transform as tft
+
+    out, _ = freq_run
+    spec = tft.TFTransformOutput(out).transformed_feature_spec()
+    assert set(spec) == {C.TOKEN_IDS_KEY, C.TRANSFORMED_ID_KEY, C.TRANSFORMED_LABEL_KEY}
+    files = sorted(glob.glob(os.path.join(out, C.TRANSFORMED_DIR, f"{C.TRAIN_PREFIX}-*")))
+    expected = read_examples(out, C.TRAIN_PREFIX)
+    seen = {}
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        assert set(tf.train.Example.FromString(record.numpy()).features.feature) == set(spec)
+        parsed = tf.io.parse_single_example(record, spec)
+        ids = parsed[C.TOKEN_IDS_KEY]
+        ids = ids.values if isinstance(ids, tf.SparseTensor) else ids
+        seen[parsed[C.TRANSFORMED_ID_KEY].numpy().decode()] = (
+            ids.numpy().tolist(), [int(parsed[C.TRANSFORMED_LABEL_KEY].numpy())])
+    assert seen == expected and len(seen) == len(FREQ_DOCS)
 
 
 HERMETIC_SCRIPT = r"""

@@ -7,20 +7,20 @@ transformed, and written as gzipped TFRecords of tf.Example next to a hermetic
 `transform_fn/` and a partial statistics file that `finalize_stats` completes.
 """
 
-from __future__ import annotations
-
 import collections
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
 from beam_rnn.core import constants as C
-from beam_rnn.preprocess.tft_graph import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
+from beam_rnn.preprocess.config import PreprocessConfig
+from beam_rnn.preprocess.tft_graph import make_preprocessing_fn, raw_feature_spec
 
 SPLIT_TRAIN = 0
 SPLIT_EVAL = 1
@@ -207,7 +207,7 @@ class AnalyzeAndTransform(beam.PTransform):
     one PCollection, TFT's transform step can only start once the vocabulary is
     built, so a runner must keep every document until then: local runners hold
     them in memory (peak RSS grows with the corpus).  With the pair, the second
-    read streams through the transform instead (`pipelines.preprocess` does this).
+    read streams through the transform instead (`PreprocessCorpus` does this).
     Writes `transform_fn/` and `transformed_metadata/` under `output_dir` and
     `transformed/{train,eval}-*.tfrecord.gz`; returns a `TransformResult`.
 
@@ -231,7 +231,6 @@ class AnalyzeAndTransform(beam.PTransform):
 
     def expand(self, documents: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> TransformResult:
         import tensorflow_transform.beam as tft_beam
-        from tfx_bsl.coders import example_coder
 
         config = self._config
         arrow_schema = raw_arrow_schema(config)
@@ -259,13 +258,13 @@ class AnalyzeAndTransform(beam.PTransform):
         outputs = {}
         stats = {}
         for name, rbs in (("Train", train_rb), ("Eval", eval_rb)):
-            transformed, _ = ((rbs, adapter_config), transform_fn) | f"Transform{name}" >> tft_beam.TransformDataset(
+            transformed = ((rbs, adapter_config), transform_fn) | f"Transform{name}" >> tft_beam.TransformDataset(
                 output_record_batches=True
             )
-            batches = transformed | f"DropPassthrough{name}" >> beam.Map(lambda t: t[0])
-            outputs[name] = batches | f"EncodeExamples{name}" >> beam.FlatMap(
-                lambda rb: example_coder.RecordBatchToExamplesEncoder().encode(rb)
-            )
+            # TFT's encoder: the C++ RecordBatchToExamplesEncoder on whole Arrow batches, given the
+            # transformed schema (the same tf.Examples as the schema-less encoder used before).
+            outputs[name] = transformed | f"EncodeExamples{name}" >> tft_beam.EncodeTransformedDataset()
+            batches = transformed[0] | f"DropPassthrough{name}" >> beam.Map(lambda t: t[0])
             stats[name.lower()] = (
                 batches
                 | f"BatchStats{name}" >> beam.Map(record_batch_stats, config.num_oov_buckets)
