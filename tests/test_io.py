@@ -9,7 +9,6 @@ import shutil
 
 import apache_beam as beam
 import pytest
-
 # Aliased so that pytest does not try to collect Beam's class as a test class.
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
@@ -49,14 +48,7 @@ from beam_rnn.io import (
 )
 from beam_rnn.io import lines as io_lines
 from tests.conftest import shared_data_path
-from tests.io_fixtures import (
-    counters,
-    make_aclimdb,
-    make_example,
-    write_bytes,
-    write_parquet,
-    write_tfrecord,
-)
+from tests.io_fixtures import counters, make_aclimdb, make_example, write_bytes, write_parquet, write_tfrecord
 
 
 # --------------------------------------------------------------------------

@@ -19,14 +19,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_rnn import io as corpus_io
-from beam_rnn.core.constants import (
-    DEAD_REASON_KEY,
-    DEAD_SOURCE_KEY,
-    FORMAT_CSV,
-    FORMAT_JSONL,
-    FORMAT_TEXT,
-    FORMAT_TSV,
-)
+from beam_rnn.core.constants import DEAD_REASON_KEY, DEAD_SOURCE_KEY, FORMAT_CSV, FORMAT_JSONL, FORMAT_TEXT, FORMAT_TSV
 from beam_rnn.io import CorpusConfig, ReadCorpus, read_corpus_file, reason_code
 from tests.io_fixtures import counters, write_bytes
 from tests.test_io import doc, run_read
