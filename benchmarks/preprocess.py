@@ -5,7 +5,7 @@ and tokenisation (the same preprocessing_fn), and write gzipped tf.Example
 TFRecords; they differ in how data crosses into and out of TFT:
 
 * ours: Arrow record batches in, `output_record_batches=True` out, C++ example
-  encoder (beam_rnn.preprocess.transform.AnalyzeAndTransform via pipelines.preprocess);
+  encoder (beam_rnn.preprocess.pipeline.run_preprocess: PreprocessCorpus, AnalyzeAndTransform);
 * baseline: instance dicts + DatasetMetadata in and out, `ExampleProtoCoder`
   (the style of tensorflow/transform examples/sentiment_example_v2.py).
 
@@ -31,10 +31,12 @@ DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "imdb" / "train.csv"
 
 
 def run_ours(input_path: str, output: str) -> int:
-    from pipelines import preprocess
+    from beam_rnn.io import CorpusConfig
+    from beam_rnn.preprocess.config import Corpus, PreprocessConfig
+    from beam_rnn.preprocess.pipeline import run_preprocess
 
-    stats = preprocess.run(["--input", input_path, "--format", "csv", "--output", output,
-                            "--runner", "DirectRunner"])
+    stats = run_preprocess(Corpus((input_path,), CorpusConfig(format="csv")), PreprocessConfig(), output,
+                           pipeline_options=["--runner", "DirectRunner"])
     return stats["documents_out"]
 
 
@@ -46,7 +48,8 @@ def run_baseline(input_path: str, output: str) -> int:
 
     from beam_rnn.core import constants as C
     from beam_rnn.io import ReadCorpus
-    from beam_rnn.preprocess.tft_graph import PreprocessConfig, make_preprocessing_fn, raw_feature_spec
+    from beam_rnn.preprocess.config import PreprocessConfig
+    from beam_rnn.preprocess.tft_graph import make_preprocessing_fn, raw_feature_spec
     from beam_rnn.preprocess.transform import _split_fn
 
     # The IMDB CSV's `id` column repeats across labels (0..12499 per label), so both

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,8 @@ def synthetic_docs(n: int, labels: list, seed: int, words: list[str] = WORDS) ->
 
 
 def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = False) -> dict:
-    """Run the real AnalyzeAndTransform stage on in-memory documents, as pipelines.preprocess does
-    (manifest.json written last included).
+    """Run the real AnalyzeAndTransform stage on in-memory documents, then what run_preprocess does
+    after its pipeline (`finish_preprocess`: stats.json, preprocess_config.json, manifest.json last).
 
     Returns:
         The stats.json contents.
@@ -35,21 +34,14 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
 
-    from beam_rnn.preprocess.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+    from beam_rnn.preprocess.pipeline import finish_preprocess
+    from beam_rnn.preprocess.transform import AnalyzeAndTransform, write_partial_stats
 
     tmp = os.path.join(out, C.TMP_DIR)
     with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):
         result = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out, batch_size=64)
         write_partial_stats(result.stats, p | "NoDeadLetters" >> beam.Create([{}]), tmp)
-    stats = finalize_stats(out, config=cfg, counters={})
-    with open(os.path.join(out, C.PREPROCESS_CONFIG_FILE), "w") as f:
-        f.write(cfg.to_json())
-    if not keep_tmp:
-        shutil.rmtree(tmp)
-    from beam_rnn.core.manifest import write_manifest
-
-    write_manifest(out, exclude=(C.TMP_DIR + "/",))  # last, as pipelines.preprocess does
-    return stats
+    return finish_preprocess(out, cfg, {}, keep_tmp=keep_tmp)
 
 
 def build_streaming_model_dir(

@@ -95,7 +95,7 @@ class PreprocessCorpus(beam.PTransform):
         self._output_dir = output_dir
         self._batch_size = batch_size
 
-    def expand(self, root: beam.pvalue.PBegin) -> PreprocessResult:
+    def expand(self, root: beam.pvalue.PBegin):  # -> PreprocessResult
         import tensorflow_transform.beam as tft_beam
 
         from beam_rnn.io import WriteJsonLines
@@ -175,12 +175,9 @@ def run_preprocess(
             0..K-1 (without declared labels); stats.json and the dead letters are
             kept and no manifest.json is written.
     """
-    import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
     from beam_rnn.cli.runtime import pipeline_options as options_from_flags
-    from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
-    from beam_rnn.preprocess.transform import finalize_stats, output_problem
 
     options = pipeline_options
     if not isinstance(options, PipelineOptions):
@@ -189,10 +186,35 @@ def run_preprocess(
     _clear_stale_outputs(output)
     with beam.Pipeline(options=options) as p:
         _ = p | "PreprocessCorpus" >> PreprocessCorpus(corpus, config, output, batch_size=job.batch_size)
-    stats = finalize_stats(output, config=config, counters=first_read_counters(p.result))
+    return finish_preprocess(output, config, first_read_counters(p.result), keep_tmp=job.keep_tmp)
+
+
+def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[str, int], *,
+                      keep_tmp: bool = False) -> dict[str, Any]:
+    """After the pipeline: stats.json, preprocess_config.json, OUTPUT/tmp removed, then the manifest.
+
+    Args:
+        output: The preprocessing output directory (the pipeline wrote its
+            ``tmp/stats_partial-*.json``).
+        config: The configuration the pipeline used.
+        counters: The run's counters (`first_read_counters`).
+        keep_tmp: Keep OUTPUT/tmp.
+
+    Returns:
+        stats.json's contents.
+
+    Raises:
+        PreprocessError: See `run_preprocess`; no manifest.json is written.
+    """
+    import tensorflow as tf
+
+    from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
+    from beam_rnn.preprocess.transform import finalize_stats, output_problem
+
+    stats = finalize_stats(output, config=config, counters=counters)
     with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
-    if not job.keep_tmp:
+    if not keep_tmp:
         tf.io.gfile.rmtree(os.path.join(output, C.TMP_DIR))
     problem = output_problem(stats, config)
     if problem:  # stats.json and the dead letters stay for diagnosis; without a manifest nothing trains on it

@@ -229,7 +229,7 @@ class AnalyzeAndTransform(beam.PTransform):
         self._batch_size = batch_size
         self._write = write
 
-    def expand(self, documents: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> TransformResult:
+    def expand(self, documents):  # a PCollection or a pair of them (see the class doc) -> TransformResult
         import tensorflow_transform.beam as tft_beam
 
         config = self._config
