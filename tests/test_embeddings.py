@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from beam_rnn.core.manifest import write_manifest
+from beam_rnn import embeddings as E
 from beam_rnn.core import constants as C
 from beam_rnn.core import metrics
-from beam_rnn import embeddings as E
+from beam_rnn.core.manifest import write_manifest
+from beam_rnn.embeddings import CbowConfig, EmbeddingsConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,20 +118,35 @@ def test_beam_stage_produces_exactly_the_expected_examples(tmp_path):
     out = str(tmp_path / "cbow")
     with TestPipeline(argv=["--runner=DirectRunner"]) as p:
         docs = p | beam.Create([_transformed_example(k, v) for k, v in DOCS.items()])
-        res = docs | E.MakeCbowExamples(window=1, sample=0, seed=7, passes=1, min_count=1,
-                                        dynamic_window=False, output_dir=out)
+        config = E.CbowConfig(window=1, sample=0, seed=7, passes=1, min_count=1, dynamic_window=False)
+        res = docs | E.MakeCbowExamples(config=config, output_dir=out)
         assert_that(res.examples[0] | beam.FlatMap(E.decode_cbow_examples), equal_to(expected))
         assert_that(res.counts | beam.Map(lambda c: c.tolist()), equal_to([[0, 2, 1, 1, 3, 1, 1]]), label="counts")
     meta = E.read_meta(out)
     assert meta["examples_per_pass"] == [6] and meta["counts"].tolist() == [0, 2, 1, 1, 3, 1, 1]
+    assert {k: meta[k] for k in ("window", "sample", "seed", "passes", "min_count", "dynamic_window")} == {
+        "window": 1, "sample": 0.0, "seed": 7, "passes": 1, "min_count": 1, "dynamic_window": False}
     files = __import__("glob").glob(E.pass_pattern(os.path.join(out, E.EXAMPLES_DIR), 0))
     ctx, tgt = E.load_cbow_examples(files, window=1)
     assert sorted(zip(map(tuple, ctx.tolist()), tgt.tolist())) == sorted(expected)
 
 
+def test_make_cbow_examples_takes_its_defaults_from_cbow_config():
+    from beam_rnn.embeddings.examples import MakeCbowExamples
+
+    default = CbowConfig()
+    settings = MakeCbowExamples(num_oov_buckets=2)._settings
+    assert settings == {"window": default.window, "sample": default.sample, "seed": default.seed,
+                        "passes": default.epochs, "min_count": default.min_count, "num_oov_buckets": 2,
+                        "dynamic_window": default.dynamic_window}
+    assert MakeCbowExamples(config=CbowConfig(epochs=4, passes=2, sample=0))._settings["passes"] == 2
+
+
 def test_dofn_is_deterministic_per_document():
+    from beam_rnn.embeddings.examples import _CbowExamplesDoFn
+
     counts = np.array([0, 50, 40, 30, 20, 10, 5, 5, 5])
-    fn = E._CbowExamplesDoFn(window=2, sample=0.01, seed=3, passes=2, min_count=1, num_oov_buckets=1,
+    fn = _CbowExamplesDoFn(window=2, sample=0.01, seed=3, passes=2, min_count=1, num_oov_buckets=1,
                              dynamic_window=True)
     doc = ("doc-1", np.array([2, 3, 4, 2, 5, 1, 6, 7, 8, 2, 3, 4, 5]))
     # Compared decoded: the encoder's feature-map order in the bytes is not fixed.
@@ -298,7 +314,7 @@ def test_warm_start_sets_exactly_the_matching_rows_and_freezes():
     model = _classifier(len(vocab) + k + 1, 3)
     before = model.get_layer("embedding").get_weights()[0].copy()
     vectors = {"good": np.array([1.0, 2.0, 3.0]), "PLOT": np.array([4.0, 5.0, 6.0]), "zebra": np.ones(3)}
-    matrix, matched = E.pretrained_embedding_matrix(vectors, vocab, k, 3, initial=before)
+    matrix, matched = E.pretrained_embedding_matrix(vectors, vocab, k, 3, initial=before, rescale=False)
     assert matched == 2
     changed = [i for i in range(matrix.shape[0]) if not np.array_equal(matrix[i], before[i])]
     assert changed == [k + 1 + 1, k + 1 + 3]  # good, plot
@@ -328,11 +344,15 @@ def test_warm_start_from_file_reads_vocabulary_and_oov_layout(tmp_path):
     E.save_word2vec_text(str(vec_path), ["bad", "other"], np.array([[1, 1], [2, 2]], np.float32))
     model = _classifier(5, 2)
     before = model.get_layer("embedding").get_weights()[0].copy()
-    info = E.warm_start_from_file(model, str(vec_path), str(prep))
+    info = E.warm_start_from_file(model, str(vec_path), str(prep))  # rescaled by default, like `train`
     after = model.get_layer("embedding").get_weights()[0]
-    assert info["matched"] == 1 and model.get_layer("embedding").trainable
-    np.testing.assert_array_equal(after[4], [1, 1])
+    assert info["matched"] == 1 and info["rescaled"] and model.get_layer("embedding").trainable
+    # One factor brings the matched rows' RMS (1.0) to the initial matrix's RMS.
+    np.testing.assert_allclose(after[4], np.ones(2) * np.sqrt(np.mean(before.astype(np.float64) ** 2)), rtol=1e-5)
     np.testing.assert_array_equal(after[:4], before[:4])
+    info = E.warm_start_from_file(model, str(vec_path), str(prep), rescale=False)
+    assert not info["rescaled"]
+    np.testing.assert_array_equal(model.get_layer("embedding").get_weights()[0][4], [1, 1])
 
 
 # --- Driver --------------------------------------------------------------------------
@@ -374,11 +394,51 @@ def test_driver_end_to_end_on_a_tiny_corpus(tmp_path):
     assert len(metrics["examples_per_pass"]) == 2 and metrics["corpus_words"] == 60 * 20
 
 
+def _driver_config(argv):
+    from beam_rnn.cli.flags import config_from_flags, parse_known_flags
+    from pipelines import embeddings as driver
+
+    known, rest = parse_known_flags(driver.build_parser(), argv)
+    return config_from_flags(EmbeddingsConfig, known, cbow=config_from_flags(CbowConfig, known)), rest
+
+
+def test_driver_flags_default_to_the_configs():
+    config, rest = _driver_config(["--transformed", "p", "--output", "o", "--runner", "DirectRunner"])
+    assert config == EmbeddingsConfig("p", "o") and config.cbow == CbowConfig() and rest == ["--runner", "DirectRunner"]
+    assert (config.splits, config.evaluate, config.delete_examples) == (("train",), True, False)
+    assert CbowConfig().min_count == 5 and CbowConfig().dynamic_window  # what the CLI has always used
+
+
+def test_driver_accepts_every_flag_of_the_command_line():
+    config, rest = _driver_config([
+        "--transformed", "p", "--output", "o", "--splits", "train", "eval", "--epochs", "3", "--passes", "2",
+        "--dim", "8", "--window", "3", "--negatives", "4", "--sample", "0", "--min_count", "2", "--fixed-window",
+        "--batch-size", "16", "--learning-rate", "0.05", "--max-examples-in-memory", "300", "--seed", "7",
+        "--eval-data", "ev", "--no-eval", "--analogy-restrict-vocab", "30", "--delete-examples"])
+    assert rest == []
+    assert config == EmbeddingsConfig(
+        "p", "o", splits=("train", "eval"), eval_data="ev", evaluate=False, analogy_restrict_vocab=30,
+        delete_examples=True, cbow=CbowConfig(dim=8, window=3, negatives=4, sample=0.0, min_count=2, epochs=3,
+                                              passes=2, dynamic_window=False, batch_size=16, learning_rate=0.05,
+                                              max_examples_in_memory=300, seed=7))
+    assert config.eval_dir() is None  # --no-eval
+
+
+def test_driver_rejects_bad_values_with_exit_2(capsys):
+    from pipelines import embeddings as driver
+
+    for argv in (["--window", "0"], ["--splits", "test"], ["--passes", "0"]):
+        with pytest.raises(SystemExit) as e:
+            driver.run(["--transformed", "p", "--output", "o", *argv])
+        assert e.value.code == 2
+    assert "window must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_exits_2_on_missing_transformed_dir(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.embeddings", "--transformed", str(tmp_path / "nope"),
          "--output", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
@@ -415,7 +475,7 @@ def test_driver_exits_2_on_a_damaged_transformed_dir(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-10])
     proc = subprocess.run([sys.executable, "-m", "pipelines.embeddings", "--transformed", str(tmp_path / "prep"),
                            "--output", str(tmp_path / "vec")], capture_output=True, text=True, cwd=str(ROOT),
-                          timeout=300)
+                          timeout=300, check=False)
     errors = [line for line in proc.stderr.splitlines() if "embeddings: error:" in line]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "transformed/train-00000-of-00001.tfrecord.gz is damaged" in errors[0]

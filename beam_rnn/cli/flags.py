@@ -38,6 +38,8 @@ def option(
     cli: bool = True,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     show_default: str | None = None,
+    nargs: str | int | None = None,
+    negated: bool = False,
 ) -> Any:
     """A dataclass field with what its command-line flag needs.
 
@@ -51,6 +53,11 @@ def option(
       cli: False keeps the field out of the command line (library-only).
       default_factory: As for dataclasses.field.
       show_default: Text for the default in --help instead of repr(default).
+      nargs: As for argparse (e.g. "+": ``--splits train eval``); the default should be a tuple.
+      negated: For a bool field defaulting to True: one switch `flag` that sets it False
+          (``--fixed-window`` for ``dynamic_window``) instead of ``--x/--no-x``.
+
+    A field without a default is a required flag.
     """
     meta = {
         _META: {
@@ -61,6 +68,8 @@ def option(
             "parse": parse,
             "cli": cli,
             "show_default": show_default,
+            "nargs": nargs,
+            "negated": negated,
         }
     }
     if default_factory is not dataclasses.MISSING:
@@ -143,7 +152,15 @@ def add_config_flags(
         base, optional = _base_type(field.type)
         kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": default}
         help_text = meta["help"].rstrip()
-        if base is bool and not optional:
+        if default is dataclasses.MISSING:
+            del kwargs["default"]
+            kwargs["required"] = True
+        if base is bool and not optional and meta.get("negated"):
+            if default is not True:
+                raise ValueError(f"{config_cls.__name__}.{field.name}: a negated flag needs the default True")
+            kwargs["action"] = "store_false"
+            help_text += f" (default {_describe_default(False, meta)})"
+        elif base is bool and not optional:
             kwargs["action"] = argparse.BooleanOptionalAction
             help_text += f" (default {_describe_default(default, meta)})"
         else:
@@ -155,7 +172,10 @@ def add_config_flags(
                 kwargs["choices"] = meta["choices"]
             if meta["metavar"] is not None:
                 kwargs["metavar"] = meta["metavar"]
-            help_text += f" (default {_describe_default(default, meta)})"
+            if meta.get("nargs") is not None:
+                kwargs["nargs"] = meta["nargs"]
+            if not kwargs.get("required"):
+                help_text += f" (default {_describe_default(default, meta)})"
         kwargs["help"] = help_text.replace("%", "%%")
         parser.add_argument(flag_name(field), **kwargs)
         dests.append(dest_prefix + field.name)
