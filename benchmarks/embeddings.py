@@ -85,9 +85,11 @@ def run_gensim(args, sentences: list[list[str]], out: str) -> dict:
 
     from beam_rnn import embeddings as E
 
+    rates = E.CbowConfig()  # word2vec's alpha and final alpha, as ours uses them
     model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample,
-                     min_count=args.min_count, sg=0, cbow_mean=1, hs=0, alpha=0.025, min_alpha=0.0001 * 0.025,
-                     workers=args.gensim_workers, seed=args.seed, epochs=args.epochs)
+                     min_count=args.min_count, sg=0, cbow_mean=1, hs=0, alpha=rates.learning_rate,
+                     min_alpha=rates.min_learning_rate, workers=args.gensim_workers, seed=args.seed,
+                     epochs=args.epochs)
     t0 = time.time()
     model.build_vocab(sentences)
     t1 = time.time()
@@ -180,17 +182,20 @@ def spread(values: list[float], digits: int = 4) -> dict:
 
 
 def main(argv=None) -> int:
+    from beam_rnn.embeddings import CbowConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prep", default=str(ROOT / "runs" / "imdb" / "prep"), help="pipelines.preprocess output.")
     parser.add_argument("--splits", nargs="+", default=["train"], help="Transformed splits to train on.")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_embeddings"), help="Scratch/output dir.")
     parser.add_argument("--eval-data", default=str(SHARED / "embedding-eval"))
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--dim", type=int, default=100)
-    parser.add_argument("--window", type=int, default=5)
-    parser.add_argument("--negatives", type=int, default=5)
-    parser.add_argument("--sample", type=float, default=1e-3)
-    parser.add_argument("--min-count", type=int, default=5)
+    cbow = CbowConfig()  # the defaults of `beam-rnn embeddings`, for both tools
+    parser.add_argument("--epochs", type=int, default=cbow.epochs)
+    parser.add_argument("--dim", type=int, default=cbow.dim)
+    parser.add_argument("--window", type=int, default=cbow.window)
+    parser.add_argument("--negatives", type=int, default=cbow.negatives)
+    parser.add_argument("--sample", type=float, default=cbow.sample)
+    parser.add_argument("--min-count", type=int, default=cbow.min_count)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="One full comparison per seed.")
     parser.add_argument("--gensim-workers", type=int, default=2)
     parser.add_argument("--skip-sst2", action="store_true", help="Skip the SST-2 warm-start comparison.")

@@ -424,6 +424,29 @@ def test_driver_accepts_every_flag_of_the_command_line():
     assert config.eval_dir() is None  # --no-eval
 
 
+def test_readme_flag_table_matches_the_generated_flags():
+    import re
+
+    from pipelines import embeddings as driver
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("### `embeddings`"):]
+    section = section[: section.index("\n## ")]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `--")]
+    actions = {s: a for a in driver.build_parser()._actions for s in a.option_strings}
+    documented = set()
+    for flags_cell, default_cell, _ in rows:
+        flags = re.findall(r"`(--[a-z-]+)`", flags_cell)
+        documented.update(flags)
+        defaults = default_cell.replace("`", "").split(", ")
+        for flag, default in zip(flags, defaults) if len(flags) == len(defaults) else []:
+            if default == "required":
+                assert actions[flag].required, flag
+            else:
+                assert actions[flag].help.endswith(f"(default {default})"), (flag, actions[flag].help)
+    assert documented == {s for s in actions if s.startswith("--") and s not in ("--help", "--no-delete-examples")}
+
+
 def test_driver_rejects_bad_values_with_exit_2(capsys):
     from pipelines import embeddings as driver
 
