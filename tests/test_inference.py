@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.serve.scoring and pipelines.score (DirectRunner, small synthetic exports).
+"""Tests for beam_rnn.serve (scoring) and pipelines.score (DirectRunner, small synthetic exports).
 
 One module-scoped fixture preprocesses two tiny corpora (binary int labels; three
 string labels), exports a streaming LSTM and a BiLSTM on the binary data and a
@@ -27,7 +27,8 @@ import tensorflow as tf
 from beam_rnn.core.manifest import write_manifest
 from beam_rnn.core import constants as C
 from beam_rnn.train import export
-from beam_rnn.serve import scoring as inference
+from beam_rnn import serve as inference
+from beam_rnn.serve import score as score_lib
 from beam_rnn.train import models
 from beam_rnn.preprocess import tft_graph as preprocessing
 from tests.helpers import preprocess_docs as _preprocess
@@ -349,7 +350,7 @@ def _score_in_pipeline(out_dir: Path, docs_or_corpus, model_dirs, **kwargs):
             _ = inference.write_summary(result.summary, prefix)
     summary_path = Path(prefix + "-summary.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return read_jsonl(prefix), read_dead(prefix), summary, counters(p.result, inference.METRICS_NAMESPACE)
+    return read_jsonl(prefix), read_dead(prefix), summary, counters(p.result, score_lib.METRICS_NAMESPACE)
 
 
 @pytest.mark.parametrize("retry", [True, False])
@@ -383,6 +384,11 @@ def test_inference_failure_is_dead_lettered_and_counts_reconcile(env, tmp_path, 
     assert counts["scored"] == len(records) and counts["dead_letter"] == len(failed)
     assert summary["rows_in"] == n + 3 == summary["documents"] + summary["dead_lettered"]
     assert summary["dead_letter_by_stage_and_reason"]["score"] == {"inference_failed": len(failed)}
+    # The summary's counts are computed in the pipeline; they agree with Beam's counters.
+    for key in ("failed_batches", "retried_singly", "documents_in", "scored"):
+        assert summary["counters"][key] == counts.get(key, 0), key
+    assert summary["counters"]["score_dead_lettered"] == counts["dead_letter"]
+    assert summary["counters"]["reconciled"] is True
     # Scores of the documents that were retried alone equal the in-process model.
     by_id = _by_id(records)
     texts = [d["text"] for d in poisoned if d["id"] in by_id]
@@ -427,9 +433,7 @@ def test_handler_makes_one_serving_call_per_batch(env):
     copies = inference.ClassifierModelHandler(env["dirs"]["lstm"], model_copies=2)
     assert copies.share_model_across_processes() is True and copies.model_copies() == 2
     model = handler.load_model()
-    again = handler.load_model()
-    assert model._models[0] is again._models[0], "one SavedModel per process"
-    loaded = model._models[0]
+    loaded = model.loaded[0]
     calls = []
     serve = loaded.serve
 
@@ -575,3 +579,25 @@ def test_distinct_ids_state_is_a_few_sorted_runs(monkeypatch):
         assert run.dtype == np.uint64 and np.all(run[1:] > run[:-1])  # sorted, distinct
     out = fn.extract_output(fn.merge_accumulators([acc, fn.create_accumulator()]))
     assert out == {"ids": 5000, "distinct_ids": len(set(ids)), "duplicate_ids": 5000 - len(set(ids))}
+
+
+class CountingHandler(inference.ClassifierModelHandler):
+    """Counts model loads (class attribute: the DirectRunner runs the workers in this process)."""
+
+    loads = 0
+
+    def load_model(self):
+        type(self).loads += 1
+        return super().load_model()
+
+
+def test_runinference_loads_the_models_once_for_every_batch(env, tmp_path):
+    # No model cache of our own: RunInference's shared handle keeps one copy per step and process.
+    CountingHandler.loads = 0
+    records, dead, _, counts = _score_in_pipeline(
+        tmp_path, [dict(d) for d in env["docs"]], env["dirs"]["lstm"], handler_class=CountingHandler,
+        min_batch_size=2, max_batch_size=3, sort_buffer=0,
+    )
+    assert len(records) == len(env["docs"]) and not dead
+    assert counts["scored"] > 3 * 2  # many batches
+    assert CountingHandler.loads == 1

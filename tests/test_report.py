@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from beam_rnn.core import metrics
+from beam_rnn.serve import evaluate as evaluation
 from beam_rnn.serve import report
 
 GOOD = ["great", "wonderful", "superb", "loved", "fine"]
@@ -97,9 +98,9 @@ def test_every_metric_equals_a_direct_computation(evaluated):
 
 
 def test_early_prefixes_use_the_first_tokens():
-    assert report.prefix_lengths(10) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert report.prefix_lengths(3) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
-    assert report.prefix_lengths(0) == [0] * 10
+    assert evaluation.prefix_lengths(10) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert evaluation.prefix_lengths(3) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    assert evaluation.prefix_lengths(0) == [0] * 10
 
 
 def test_latency_is_measured(evaluated):
@@ -194,11 +195,11 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
     lengths = rng.integers(1, 400, n)
     records = [{"id": str(i), "label": int(y), "length": int(t), "probability": {"m": float(s), "m2": 1.0 - float(s)},
-                "early": {"m": [float(s)] * len(report.PREFIX_FRACTIONS), "m2": [0.5] * len(report.PREFIX_FRACTIONS)}}
+                "early": {"m": [float(s)] * len(evaluation.PREFIX_FRACTIONS), "m2": [0.5] * len(evaluation.PREFIX_FRACTIONS)}}
                for i, (s, y, t) in enumerate(zip(scores, labels, lengths))]
     exact_auc = metrics.roc_auc(scores.astype(np.float64), labels)
 
-    exact_all = _combine(report.ReportCombineFn(["m", "m2"], 2), records)
+    exact_all = _combine(evaluation.ReportCombineFn(["m", "m2"], 2), records)
     exact = exact_all["models"]["m"]
     assert exact["auc"] == pytest.approx(exact_auc, abs=1e-12)
     assert exact_all["models"]["m2"]["auc"] == pytest.approx(1 - exact_auc, abs=1e-12)
@@ -209,7 +210,7 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
                              ("long", lengths >= 300)):
             assert exact_all["models"][name]["accuracy_by_length"][bucket] == pytest.approx(np.mean(correct[mask]))
 
-    fn = report.ReportCombineFn(["m", "m2"], 2, auc_max_bins=64)
+    fn = evaluation.ReportCombineFn(["m", "m2"], 2, auc_max_bins=64)
     acc = fn.create_accumulator()
     for r in records:
         acc = fn.add_input(acc, r)
@@ -222,3 +223,39 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
     for name in ("m", "m2"):
         for key in ("accuracy", "confusion_matrix", "accuracy_by_length", "early_accuracy", "ece", "log_loss"):
             assert binned_all["models"][name][key] == exact_all["models"][name][key], (name, key)
+
+
+def test_inference_failures_are_dead_letters_not_a_failed_run(evaluated, tmp_path, monkeypatch):
+    # Evaluation scores through the scoring path (RunInference with its failure output).
+    import glob
+    from pathlib import Path
+
+    import apache_beam as beam
+
+    from beam_rnn.io import WriteJsonLines
+    from beam_rnn.serve.config import EvaluateConfig
+
+    out, _, _ = evaluated
+    models = {name: str(out.parent / "models" / name) for name in ("bilstm", "lstm")}
+    original = evaluation.EvaluationModels.predict
+
+    def predict(self, texts):
+        if any("POISON" in t for t in texts):
+            raise ValueError("poisoned text")
+        return original(self, texts)
+
+    monkeypatch.setattr(evaluation.EvaluationModels, "predict", predict)
+    docs = [{"id": f"e{i}", "label": i % 2, "text": f"great w{i} film"} for i in range(6)]
+    docs.append({"id": "poisoned", "label": 1, "text": "a POISON text"})
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as p:
+        result = p | beam.Create(docs) | evaluation.EvaluateModels(models=models, config=EvaluateConfig(batch_size=1))
+        _ = result.records | "R" >> WriteJsonLines(str(tmp_path / "records"))
+        _ = result.dead_letter | "D" >> WriteJsonLines(str(tmp_path / "dead"))
+        _ = result.metrics | beam.Map(json.dumps) | beam.io.WriteToText(str(tmp_path / "metrics"))
+    records = list(report.read_records(str(tmp_path / "records-*")))
+    dead = list(report.read_records(str(tmp_path / "dead-*")))
+    [metrics_file] = glob.glob(str(tmp_path / "metrics*"))
+    assert sorted(r["id"] for r in records) == [f"e{i}" for i in range(6)]
+    assert [(d["source"], d["stage"]) for d in dead] == [("poisoned", "evaluate")]
+    assert dead[0]["reason"].startswith("inference_failed: ValueError: poisoned text")
+    assert json.loads(Path(metrics_file).read_text())["documents"] == 6

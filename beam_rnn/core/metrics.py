@@ -130,3 +130,30 @@ def auc_from_histogram(hist: Mapping[int, Sequence[int]]) -> tuple[float | None,
     if not pairs:
         return None, positives, negatives, 0.0
     return wins / pairs, positives, negatives, tied / pairs
+
+
+def shrink_histogram(hist: dict, shift: int, max_bins: int) -> tuple[dict, int]:
+    """Drops low float32 bits until `hist` has at most `max_bins` keys; returns ``(hist, shift)``."""
+    while len(hist) > max_bins:
+        hist = coarsen_histogram(hist, shift, shift + 1)
+        shift += 1
+    return hist, shift
+
+
+def histogram_add(hist: dict, shift: int, score: float, label: int, max_bins: int) -> tuple[dict, int]:
+    """Counts one (score, label in {0, 1}) into the AUC histogram (in place); returns ``(hist, shift)``."""
+    bucket = hist.setdefault(float32_bits(score) >> shift, [0, 0])
+    bucket[label] += 1
+    return shrink_histogram(hist, shift, max_bins) if len(hist) > max_bins else (hist, shift)
+
+
+def merge_histograms(parts: Sequence[tuple[Mapping, int]], max_bins: int) -> tuple[dict, int]:
+    """Merges ``(hist, shift)`` pairs at the coarsest of their shifts, then bounds the result."""
+    shift = max((s for _, s in parts), default=0)
+    merged: dict[int, list[int]] = {}
+    for hist, s in parts:
+        for key, (neg, pos) in coarsen_histogram(hist, s, shift).items():
+            bucket = merged.setdefault(key, [0, 0])
+            bucket[0] += neg
+            bucket[1] += pos
+    return shrink_histogram(merged, shift, max_bins)

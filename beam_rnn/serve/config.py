@@ -1,0 +1,100 @@
+"""The settings of scoring and evaluation: the one home of their defaults (and of their flags).
+
+No TensorFlow and no Beam here: `pipelines/score.py` and `pipelines/evaluate.py`
+generate their flags from these dataclasses (`beam_rnn.cli.flags`) before any
+heavy import.
+"""
+
+import dataclasses
+
+from beam_rnn.cli.flags import int_list, option
+from beam_rnn.core.errors import InputError
+
+OUTPUT_JSONL = "jsonl"
+OUTPUT_CSV = "csv"
+OUTPUT_PARQUET = "parquet"
+OUTPUT_TFRECORD = "tfrecord"
+OUTPUT_FORMATS = (OUTPUT_JSONL, OUTPUT_CSV, OUTPUT_PARQUET, OUTPUT_TFRECORD)
+
+SPLIT_ALL = "all"
+SPLITS = (SPLIT_ALL, "eval", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """How `ScoreCorpus` batches, shares models, retries and summarises; how the score files are written."""
+
+    output_format: str = option(OUTPUT_JSONL, "Score file format.", choices=OUTPUT_FORMATS)
+    min_batch_size: int = option(128, "Smallest RunInference batch.")
+    max_batch_size: int = option(128, "Largest RunInference batch.")
+    max_batch_duration_secs: int | None = option(
+        None, "Streaming pipelines: longest time a batch waits (Beam's stateful batching).", cli=False
+    )
+    sort_buffer: int = option(
+        4096, "Documents per bundle sorted by length before batching, so batches pad less (0 disables)."
+    )
+    num_shards: int = option(0, "Score file shards (0: the runner's choice).")
+    share_model_across_processes: bool = option(
+        False, "One model copy per machine shared by all SDK worker processes (Beam large_model)."
+    )
+    model_copies: int | None = option(
+        None, "Exact number of model copies per machine (implies sharing).", metavar="N"
+    )
+    retry_failed_batches: bool = option(
+        False,
+        "Re-score the documents of a batch that failed one at a time, so only failing documents are "
+        "dead-lettered (on the DirectRunner this buffers all scores in memory).",
+    )
+    auc_max_bins: int = option(
+        1 << 16, "The summary's AUC is exact up to this many distinct scores, a bounded histogram beyond."
+    )
+    skip_model_load_check: bool = option(
+        False,
+        "Only check that saved_model.pb and model_card.json exist and parse; do not load the SavedModel "
+        "on the launcher.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("min_batch_size", "max_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.min_batch_size is not None and self.max_batch_size is not None and (
+            self.min_batch_size > self.max_batch_size
+        ):
+            raise InputError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}.")
+        if self.model_copies is not None and self.model_copies < 1:
+            raise InputError(f"model_copies must be >= 1, got {self.model_copies}.")
+        if self.sort_buffer < 0:
+            raise InputError(f"sort_buffer must be >= 0, got {self.sort_buffer}.")
+        if self.auc_max_bins < 2:
+            raise InputError(f"auc_max_bins must be >= 2, got {self.auc_max_bins}.")
+        if self.num_shards < 0:
+            raise InputError(f"--num-shards must be >= 0, got {self.num_shards}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InputError(f"Unknown output format {self.output_format!r}; expected one of {OUTPUT_FORMATS}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """What `EvaluateModels` computes and on which documents."""
+
+    split: str = option(
+        SPLIT_ALL,
+        "Evaluate only the documents of this split of the models' preprocessing (by hash of the id, "
+        "as preprocess did).",
+        choices=SPLITS,
+    )
+    batch_size: int = option(64, "Documents per model call.")
+    length_boundaries: tuple[int, ...] = option(
+        (100, 300), "Token counts separating short/medium/long documents.", parse=int_list
+    )
+    auc_max_bins: int = option(1 << 16, "Distinct scores per model kept exactly for the AUC.", cli=False)
+
+    def __post_init__(self) -> None:
+        b = tuple(self.length_boundaries)
+        if len(b) != 2 or b[0] >= b[1]:
+            raise InputError(f"--length-boundaries {','.join(map(str, b))}: need two increasing token counts")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.auc_max_bins < 2:
+            raise InputError(f"auc_max_bins must be >= 2, got {self.auc_max_bins}.")

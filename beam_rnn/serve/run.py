@@ -1,0 +1,211 @@
+"""The score and evaluate runs as library calls: checks before work, the pipeline, the files.
+
+`pipelines/score.py` and `pipelines/evaluate.py` parse flags into a `Corpus` and a
+config and call `run_score` / `run_evaluate`.  Every problem found before the
+pipeline starts (a missing or damaged model, bad settings) is an `InputError`
+subclass: one line, exit status 2, nothing written.
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from beam_rnn.core import constants as C
+from beam_rnn.core.artifacts import (
+    ModelDirError,
+    ModelInfo,
+    available_models,
+    read_model_card,
+    read_model_info,
+    resolve_models,
+    verify_model_files,
+)
+from beam_rnn.core.errors import InputError
+from beam_rnn.serve.config import EvaluateConfig, ScoreConfig
+
+
+def _pipeline(pipeline_args: Sequence[str], save_main_session: bool):
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from apache_beam.options.pipeline_options import SetupOptions  # pylint: disable=import-outside-toplevel
+
+    from beam_rnn.cli.runtime import pipeline_options  # pylint: disable=import-outside-toplevel
+
+    options = pipeline_options(pipeline_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    return beam.Pipeline(options=options)
+
+
+def check_score_models(models: Any, *, load: bool = True) -> tuple[ModelInfo, ...]:
+    """Resolves the models (cards, manifests) and, with `load`, loads each SavedModel once on the launcher.
+
+    Raises:
+      ModelDirError: A model is missing, damaged or has no serving signature.
+    """
+    from beam_rnn.serve.handler import check_model_loads  # pylint: disable=import-outside-toplevel
+
+    infos = resolve_models(models)
+    if load:
+        for info in infos:
+            check_model_loads(info)
+    return infos
+
+
+def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
+              pipeline_args: Sequence[str] = (), *, save_main_session: bool = False) -> dict[str, Any]:
+    """Scores `corpus` with `models` into files under the prefix `output` (see `beam_rnn.serve.write`).
+
+    Args:
+      models: Model dirs or ``NAME=DIR`` entries (`beam_rnn.core.artifacts.resolve_models`).
+      corpus: A `beam_rnn.preprocess.config.Corpus` (sampling is not allowed: score scores every document).
+      config: The scoring settings.
+      output: Output prefix (local or any Beam filesystem).
+      pipeline_args: Beam pipeline flags.
+      save_main_session: Pickle the main session for remote workers (not needed).
+
+    Returns:
+      The summary's counters (rows in, scored, dead-lettered, reconciled, ...), the
+      models, the output patterns, the summary itself and ``duplicate_ids``.
+
+    Raises:
+      InputError: Before any work: a model is unusable, or the settings are.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
+    from beam_rnn.serve.score import ScoreCorpus  # pylint: disable=import-outside-toplevel
+    from beam_rnn.serve.write import (  # pylint: disable=import-outside-toplevel
+        WriteScores,
+        delete_stale_outputs,
+        output_patterns,
+        read_summary,
+        write_summary,
+    )
+
+    infos = check_score_models(models, load=not config.skip_model_load_check)
+    if corpus.sample_fraction != 1.0:
+        raise InputError("--sample-fraction is a preprocessing option; score scores every document "
+                         "(sample the corpus files instead)")
+    try:
+        score = ScoreCorpus.from_config(infos, config, corpus=corpus.read())
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    parent = output.rsplit("/", 1)[0] if "/" in output else ""
+    if parent and "://" not in parent:
+        tf.io.gfile.makedirs(parent)
+    delete_stale_outputs(output, config.output_format)
+    with _pipeline(pipeline_args, save_main_session) as p:
+        result = p | "ScoreCorpus" >> score
+        _ = result.scores | "WriteScores" >> WriteScores(
+            output, output_format=config.output_format, columns=score.columns, num_shards=config.num_shards
+        )
+        _ = result.dead_letter | "WriteDeadLetter" >> WriteJsonLines(output + "-dead_letter")
+        _ = write_summary(result.summary, output)
+    outputs = output_patterns(output, config.output_format)
+    summary = read_summary(outputs["summary"])
+    report = dict(summary["counters"], models={i.name: i.model_dir for i in infos}, outputs=outputs, summary=summary)
+    report["duplicate_ids"] = summary.get("duplicate_ids")
+    if summary.get("duplicate_ids"):
+        logging.getLogger("beam_rnn").warning(
+            "%d of %d scored documents repeat an earlier document id (%d distinct ids)",
+            summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
+    return report
+
+
+def check_evaluate_models(models_dir: str, *, load: bool = True) -> tuple[ModelInfo, ...]:
+    """The exported models under `models_dir` (``bilstm/``, ``lstm/``), each file the report reads verified.
+
+    Raises:
+      ModelDirError: No model, a damaged one (named), one that does not load, or
+        models that do not share classes.
+    """
+    from beam_rnn.serve.handler import check_model_loads  # pylint: disable=import-outside-toplevel
+    from beam_rnn.train.export import VOCAB_TEXT_FILE  # pylint: disable=import-outside-toplevel
+
+    names = available_models(models_dir)
+    if not names:
+        raise ModelDirError(
+            f"--models {models_dir!r} holds no exported model (expected bilstm/ or lstm/ with "
+            f"{C.SAVED_MODEL_DIR}/ and {C.MODEL_CARD_FILE}; run pipelines.train first)")
+    infos = []
+    for name in names:
+        model_dir = os.path.join(models_dir, name)
+        info = read_model_info(model_dir, name)
+        if name == C.MODEL_LSTM:
+            verify_model_files(model_dir, [C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE])
+        if load:
+            check_model_loads(info)
+        infos.append(info)
+    return resolve_models(infos)
+
+
+def run_evaluate(models_dir: str, corpus: Any, config: EvaluateConfig, output: str,
+                 pipeline_args: Sequence[str] = (), *, save_main_session: bool = True) -> dict[str, Any]:
+    """Evaluates the models of `models_dir` on a labelled `corpus`; writes the report into `output`.
+
+    Writes OUTPUT/metrics.json, OUTPUT/*.png, OUTPUT/report.html, per-document
+    records (OUTPUT/records-*.jsonl) and dead letters (OUTPUT/dead_letter-*.jsonl).
+
+    Returns:
+      metrics.json's contents, plus the report's path (``report``).
+
+    Raises:
+      InputError: Before any work: no usable model, an unlabelled corpus.
+    """
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
+    from beam_rnn.preprocess.pipeline import maybe_sample  # pylint: disable=import-outside-toplevel
+    from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id  # pylint: disable=C0415
+    from beam_rnn.serve.evaluate import EvaluateModels  # pylint: disable=import-outside-toplevel
+    from beam_rnn.serve.report import (  # pylint: disable=C0415
+        REPORT_FILE,
+        latency_texts,
+        measure_latency,
+        read_metrics,
+    )
+
+    if not corpus.config.labelled:
+        raise InputError("evaluate needs a labelled corpus")
+    infos = check_evaluate_models(models_dir)
+    card = read_model_card(infos[0].model_dir)
+    eval_fraction = float((card.get("preprocess_config") or {}).get("eval_fraction", 0.2))
+    wanted = {"eval": SPLIT_EVAL, "train": SPLIT_TRAIN}.get(config.split)
+    evaluate = EvaluateModels(models=infos, config=config)
+    # Measured on the launcher before the run, so that the report is written once, by the pipeline.
+    extra = {"split": config.split, "models_dir": models_dir,
+             "latency": measure_latency(infos, latency_texts(infos[0].model_dir))}
+    for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
+            os.path.join(output, "dead_letter-*")):
+        tf.io.gfile.remove(stale)
+    with _pipeline(pipeline_args, save_main_session) as p:
+        read, read_dead = p | "ReadCorpus" >> corpus.read()
+        docs = read
+        if wanted is not None:
+            docs = docs | "KeepSplit" >> beam.Filter(lambda d: split_for_id(d[C.ID_KEY], eval_fraction) == wanted)
+        docs = maybe_sample(docs, corpus.sample_fraction)
+        result = docs | "EvaluateModels" >> evaluate
+        _ = result.records | "WriteRecords" >> WriteJsonLines(os.path.join(output, "records"))
+        dead = (read_dead, result.dead_letter) | "AllDeadLetters" >> beam.Flatten()
+        _ = dead | "WriteDeadLetters" >> WriteJsonLines(os.path.join(output, "dead_letter"))
+        counts = [pc | f"Count{name}" >> beam.combiners.Count.Globally()
+                  for name, pc in (("Read", read), ("ReadDeadLetters", read_dead), ("DeadLetters", dead))]
+        _ = (result.metrics
+             | "CompleteMetrics" >> beam.Map(_complete_metrics, *map(beam.pvalue.AsSingleton, counts), extra=extra)
+             | "WriteReport" >> beam.Map(_write_report, output))
+    metrics = read_metrics(output)
+    metrics["report"] = os.path.join(output, REPORT_FILE)
+    return metrics
+
+
+def _complete_metrics(metrics: dict[str, Any], rows_read: int, read_dead: int, dead: int, *,
+                      extra: dict[str, Any]) -> dict[str, Any]:
+    """`ReportCombineFn`'s output plus the run's counts (every row read, every dead letter) and `extra`."""
+    return dict(metrics, rows_in=rows_read + read_dead, dead_lettered=dead, **extra)
+
+
+def _write_report(metrics: dict[str, Any], output: str) -> None:
+    from beam_rnn.serve.report import write_report  # pylint: disable=import-outside-toplevel
+
+    write_report(output, metrics)
