@@ -358,7 +358,7 @@ def test_warm_start_from_file_reads_vocabulary_and_oov_layout(tmp_path):
 # --- Driver --------------------------------------------------------------------------
 
 
-def _tiny_prep(root):
+def _tiny_prep(root, docs=None):
     import tensorflow as tf
 
     words = [f"w{i}" for i in range(20)]
@@ -369,7 +369,7 @@ def _tiny_prep(root):
     rng = np.random.default_rng(0)
     with tf.io.TFRecordWriter(str(root / C.TRANSFORMED_DIR / "train-00000-of-00001.tfrecord.gz"),
                               options="GZIP") as w:
-        for i, doc in enumerate(_topic_corpus(rng, docs=60, length=20)):
+        for i, doc in enumerate(_topic_corpus(rng, docs=60, length=20) if docs is None else docs):
             w.write(_transformed_example(f"doc{i}", np.append(doc, 1)))
     write_manifest(str(root))
     return words
@@ -455,6 +455,17 @@ def test_driver_rejects_bad_values_with_exit_2(capsys):
             driver.run(["--transformed", "p", "--output", "o", *argv])
         assert e.value.code == 2
     assert "window must be >= 1" in capsys.readouterr().err
+
+
+def test_driver_run_fails_when_no_example_is_made(tmp_path):
+    from beam_rnn.core.errors import RunFailed, exit_code
+    from pipelines import embeddings as driver
+
+    _tiny_prep(tmp_path / "prep", docs=[np.array([2]), np.array([3, 1])])  # one word each: no context
+    with pytest.raises(RunFailed, match="no CBOW examples were made") as e:
+        driver.run(["--transformed", str(tmp_path / "prep"), "--output", str(tmp_path / "out"), "--no-eval",
+                    "--min-count", "1", "--epochs", "1"], save_main_session=False)
+    assert exit_code(e.value) == 1
 
 
 def test_cli_exits_2_on_missing_transformed_dir(tmp_path):
