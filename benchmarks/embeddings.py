@@ -154,13 +154,14 @@ SST2_ARMS = {
 def run_sst2(args, prep: str, work: str, seed: int, vectors: dict[str, str]) -> dict:
     """SST-2 dev accuracy of the BiLSTM for every arm of SST2_ARMS (classifier seed `seed`)."""
     from beam_rnn.train import trainer
+    from beam_rnn.train.config import ModelSettings, TrainConfig
 
     results = {}
     for name, (source, freeze, rescale) in SST2_ARMS.items():
-        config = trainer.TrainConfig(kinds=("bilstm",), epochs=args.sst2_epochs, embedding_dim=args.dim,
-                                     seed=seed, early_stopping_patience=1, verbose=0,
-                                     pretrained_embeddings=vectors[source] if source else None,
-                                     freeze_embeddings=freeze, rescale_pretrained=rescale)
+        config = TrainConfig(kinds=("bilstm",), epochs=args.sst2_epochs,
+                             model=ModelSettings(embedding_dim=args.dim, seed=seed), early_stopping_patience=1,
+                             verbose=0, pretrained_embeddings=vectors[source] if source else None,
+                             freeze_embeddings=freeze, rescale_pretrained=rescale)
         res = trainer.train(prep, os.path.join(work, f"seed{seed}", name), config, kind="bilstm")
         m = res["metrics"]
         results[name] = {"dev_accuracy": round(m["accuracy"], 4), "dev_loss": round(m["loss"], 4),

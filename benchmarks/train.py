@@ -104,6 +104,7 @@ def subset(input_path: str, every: int, workdir: str) -> str:
 
 def run_ours(input_path: str, workdir: str, epochs: int, seed: int, kind: str = "bilstm") -> dict:
     from beam_rnn.train import trainer
+    from beam_rnn.train.config import ModelSettings, TrainConfig
     from pipelines import preprocess
 
     prep = os.path.join(workdir, "prep")
@@ -114,7 +115,7 @@ def run_ours(input_path: str, workdir: str, epochs: int, seed: int, kind: str = 
     with open(os.path.join(prep, "stats.json"), encoding="utf-8") as f:
         stats = json.load(f)
     preprocess_seconds = time.perf_counter() - start
-    config = trainer.TrainConfig(kinds=(kind,), epochs=epochs, early_stopping_patience=epochs, seed=seed)
+    config = TrainConfig(kinds=(kind,), epochs=epochs, early_stopping_patience=epochs, model=ModelSettings(seed=seed))
     result = trainer.train(prep, os.path.join(workdir, "models"), config, kind=kind)
     m = result["metrics"]
     return {"kind": kind, "examples_per_second": m["examples_per_second"], "eval_accuracy": m["accuracy"],

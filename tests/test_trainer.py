@@ -1,4 +1,4 @@
-"""Tests for beam_rnn.train.trainer and the pipelines.train driver.
+"""Tests for beam_rnn.train (config, data, checks, trainer) and the pipelines.train driver.
 
 Fixtures run the real preprocessing stage (AnalyzeAndTransform + stats) on a small
 synthetic, learnable corpus: the label is given by one keyword ("good"-ish words
@@ -6,8 +6,7 @@ for 1, "bad"-ish words for 0; a third group for the K=3 variant) hidden among
 random filler words, with varied lengths and a few empty documents.
 """
 
-from __future__ import annotations
-
+import dataclasses
 import json
 import os
 import random
@@ -22,8 +21,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
-from beam_rnn.train import trainer
-from beam_rnn.train.trainer import TrainConfig, TrainerInputError
+from beam_rnn.train import callbacks, checks, data, trainer
+from beam_rnn.train.config import ModelConfig, ModelSettings, TrainConfig
+from beam_rnn.train.errors import TrainerInputError
 from tests.helpers import preprocess_docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,8 @@ KEYWORDS = (("bad", "awful", "poor", "boring"), ("good", "great", "superb", "lov
 FILLER = tuple(f"w{i}" for i in range(30))
 
 # Small and fast, with a learning rate high enough to learn the task in a few epochs.
-SMALL = dict(embedding_dim=16, units=16, dense_units=16, batch_size=16, learning_rate=1e-2, num_buckets=4, verbose=0)
+SMALL_MODEL = ModelSettings(embedding_dim=16, units=16, dense_units=16)
+SMALL = dict(model=SMALL_MODEL, batch_size=16, learning_rate=1e-2, num_buckets=4, verbose=0)
 
 
 def _documents(n: int, num_classes: int, seed: int) -> list[dict]:
@@ -128,8 +129,8 @@ def test_seeded_runs_are_bit_identical(binary_dir, tmp_path):
     b = _history(str(tmp_path / "b" / C.MODEL_LSTM))
     assert [h["loss"] for h in a] == [h["loss"] for h in b]
     # And the seed matters (otherwise the check above would prove nothing).
-    other = trainer.train(binary_dir, str(tmp_path / "c"), TrainConfig(**{**config.to_dict(), "seed": 7,
-                                                                          "kinds": (C.MODEL_LSTM,)}))
+    other = trainer.train(binary_dir, str(tmp_path / "c"),
+                          dataclasses.replace(config, model=dataclasses.replace(config.model, seed=7)))
     assert any(not np.array_equal(w1, w2) for w1, w2 in zip(first, other["model"].get_weights()))
 
 
@@ -147,7 +148,7 @@ def test_multiclass_trains(multi_dir, tmp_path):
 
 @pytest.mark.parametrize("kind,cell", [(C.MODEL_LSTM, "lstm"), (C.MODEL_BILSTM, "gru"), (C.MODEL_LSTM, "simple_rnn")])
 def test_each_cell_builds_and_trains(binary_dir, tmp_path, kind, cell):
-    config = TrainConfig(kinds=(kind,), epochs=1, cell=cell, **SMALL)
+    config = TrainConfig(kinds=(kind,), epochs=1, **{**SMALL, "model": dataclasses.replace(SMALL_MODEL, cell=cell)})
     result = trainer.train(binary_dir, str(tmp_path), config)
     assert result["model_config"].cell == cell
     assert result["metrics"]["epochs_run"] == 1 and np.isfinite(result["metrics"]["loss"])
@@ -161,7 +162,8 @@ def test_each_cell_builds_and_trains(binary_dir, tmp_path, kind, cell):
 # Dropout (random generator state), Adam state from epoch 2 on, and early stopping on
 # val_accuracy with patience 1: this run stops after epoch 2 because epoch 2's accuracy
 # is below epoch 1's, which a restart only knows by replaying the committed history.
-RESUME = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=3, dropout=0.3, monitor="val_accuracy",
+RESUME = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=3, model=dataclasses.replace(SMALL_MODEL, dropout=0.3),
+              monitor="val_accuracy",
               early_stopping_patience=1, learning_rate=3e-3)
 
 
@@ -277,7 +279,7 @@ def test_resume_continues_after_an_early_stop_was_committed(binary_dir, tmp_path
 
 
 def test_backup_of_another_config_is_not_resumed(binary_dir, tmp_path):
-    small = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=2, units=8, embedding_dim=8, dense_units=8)
+    small = dict(SMALL, kinds=(C.MODEL_LSTM,), epochs=2, model=ModelSettings(units=8, embedding_dim=8, dense_units=8))
     with pytest.raises(_Killed):
         trainer.train(binary_dir, str(tmp_path), TrainConfig(**small), callbacks=[_KillAt(0)])
     assert (tmp_path / C.MODEL_LSTM / trainer.BACKUP_DIR / trainer.RUN_FILE).exists()
@@ -291,20 +293,20 @@ def test_legacy_random_layers_are_refused():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dropout(0.5, seed=1, name="legacy")(inputs))
     with pytest.raises(ValueError, match="legacy"):
-        trainer._random_generators(model)
+        callbacks.random_generators(model)
     idle = keras.Model(inputs, keras.layers.Dropout(0.0, seed=1)(inputs))
-    assert trainer._random_generators(idle) == {}
+    assert callbacks.random_generators(idle) == {}
     stateful = keras.Model(inputs, keras.layers.Dropout(0.5, seed=1, rng_type="stateful")(inputs))
-    assert next(iter(trainer._random_generators(stateful).values())).state.shape[0] > 0
+    assert next(iter(callbacks.random_generators(stateful).values())).state.shape[0] > 0
 
 
 # --- Input pipeline -------------------------------------------------------------
 
 
 def test_batches_are_padded_per_batch(binary_dir):
-    pattern = trainer.train_pattern(binary_dir)
+    pattern = data.train_pattern(binary_dir)
     for boundaries in ((8, 16, 24), None):
-        ds = trainer.make_dataset(pattern, batch_size=16, shuffle=True, seed=3, bucket_boundaries=boundaries)
+        ds = data.make_dataset(pattern, batch_size=16, shuffle=True, seed=3, bucket_boundaries=boundaries)
         widths = []
         for ids, label in ds:
             ids = ids.numpy()
@@ -318,7 +320,7 @@ def test_batches_are_padded_per_batch(binary_dir):
             widths.append(ids.shape[1])
         assert len(set(widths)) > 1
     # With buckets, a batch only mixes lengths of one bucket.
-    ds = trainer.make_dataset(pattern, batch_size=16, shuffle=False, bucket_boundaries=(8, 16, 24))
+    ds = data.make_dataset(pattern, batch_size=16, shuffle=False, bucket_boundaries=(8, 16, 24))
     for ids, _ in ds:
         buckets = np.digitize(np.maximum(_lengths(ids.numpy()), 1), [8, 16, 24])
         assert len(set(buckets)) == 1
@@ -328,15 +330,15 @@ def test_truncation_and_empty_documents(binary_dir):
     stats = json.loads(Path(binary_dir, C.STATS_FILE).read_text())
     assert stats["splits"]["train"]["empty_documents"] + stats["splits"]["eval"]["empty_documents"] == 8
     lengths = []
-    for split in (trainer.train_pattern(binary_dir), trainer.eval_pattern(binary_dir)):
-        for ids, _ in trainer.make_dataset(split, batch_size=64, max_length=5):
+    for split in (data.train_pattern(binary_dir), data.eval_pattern(binary_dir)):
+        for ids, _ in data.make_dataset(split, batch_size=64, max_length=5):
             assert 1 <= ids.shape[1] <= 5
             lengths.extend(_lengths(ids.numpy()))
     assert lengths.count(0) == 8
     assert len(lengths) == stats["documents_out"]
-    full = trainer.sequence_lengths(trainer.train_pattern(binary_dir))
+    full = data.sequence_lengths(data.train_pattern(binary_dir))
     assert full.min() == 1 and full.max() > 5
-    assert (trainer.sequence_lengths(trainer.train_pattern(binary_dir), 5) == np.minimum(full, 5)).all()
+    assert (data.sequence_lengths(data.train_pattern(binary_dir), 5) == np.minimum(full, 5)).all()
 
 
 def _write_sorted_examples(path: str, n_per_label: int) -> None:
@@ -361,8 +363,8 @@ def _epoch_labels(ds) -> list[np.ndarray]:
 def test_full_shuffle_mixes_label_sorted_input(tmp_path):
     path = str(tmp_path / "sorted-00000-of-00001.tfrecord.gz")
     _write_sorted_examples(path, 150)
-    epoch1 = _epoch_labels(trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[0]))
-    epoch2 = _epoch_labels(trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[1]))
+    epoch1 = _epoch_labels(data.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[0]))
+    epoch2 = _epoch_labels(data.make_dataset(path, batch_size=20, shuffle=True, seed=11, epochs=[1]))
     for batches in (epoch1, epoch2):
         labels = np.concatenate(batches)
         assert len(labels) == 300 and labels.sum() == 150  # every document exactly once
@@ -371,10 +373,10 @@ def test_full_shuffle_mixes_label_sorted_input(tmp_path):
         assert 0 < batches[0].mean() < 1 and 0 < batches[-1].mean() < 1
     # Reshuffled every epoch, and reproducible from the seed.
     assert not np.array_equal(np.concatenate(epoch1), np.concatenate(epoch2))
-    again = trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11)
+    again = data.make_dataset(path, batch_size=20, shuffle=True, seed=11)
     np.testing.assert_array_equal(np.concatenate(_epoch_labels(again)), np.concatenate(epoch1))
     # Contrast: a small buffer leaves the first batches single-label.
-    small = trainer.make_dataset(path, batch_size=20, shuffle=True, seed=11, shuffle_buffer_size=10)
+    small = data.make_dataset(path, batch_size=20, shuffle=True, seed=11, shuffle_buffer_size=10)
     assert _epoch_labels(small)[0].max() == 0
 
 
@@ -384,49 +386,49 @@ def _epoch_ids(ds) -> list[np.ndarray]:
 
 def test_epoch_order_is_a_function_of_seed_and_epoch(binary_dir):
     """Epoch e's batches are the same whether the dataset starts at epoch 0 or at e (what resume relies on)."""
-    pattern = trainer.train_pattern(binary_dir)
-    lengths = trainer.sequence_lengths(pattern)
+    pattern = data.train_pattern(binary_dir)
+    lengths = data.sequence_lengths(pattern)
     kwargs = dict(batch_size=16, shuffle=True, seed=5, bucket_boundaries=(8, 16, 24))
-    steps = trainer.batches_per_epoch(lengths, 16, (8, 16, 24))
-    whole = _epoch_ids(trainer.make_dataset(pattern, epochs=range(3), **kwargs))
+    steps = data.batches_per_epoch(lengths, 16, (8, 16, 24))
+    whole = _epoch_ids(data.make_dataset(pattern, epochs=range(3), **kwargs))
     assert len(whole) == 3 * steps
     epochs = [whole[i * steps:(i + 1) * steps] for i in range(3)]
     for e in range(3):
-        alone = _epoch_ids(trainer.make_dataset(pattern, epochs=[e], **kwargs))
+        alone = _epoch_ids(data.make_dataset(pattern, epochs=[e], **kwargs))
         assert len(alone) == steps
         assert all(np.array_equal(a, b) for a, b in zip(alone, epochs[e]))
         # Each epoch holds every document once.
         assert sum(b.shape[0] for b in alone) == len(lengths)
-    tail = _epoch_ids(trainer.make_dataset(pattern, epochs=range(1, 3), **kwargs))
+    tail = _epoch_ids(data.make_dataset(pattern, epochs=range(1, 3), **kwargs))
     assert len(tail) == 2 * steps and all(np.array_equal(a, b) for a, b in zip(tail, whole[steps:]))
     # Different epochs and different seeds give different orders.
     assert not all(np.array_equal(a, b) for a, b in zip(epochs[0], epochs[1]) if a.shape == b.shape)
-    other = _epoch_ids(trainer.make_dataset(pattern, epochs=[0], **{**kwargs, "seed": 6}))
+    other = _epoch_ids(data.make_dataset(pattern, epochs=[0], **{**kwargs, "seed": 6}))
     assert not all(np.array_equal(a, b) for a, b in zip(other, epochs[0]) if a.shape == b.shape)
 
 
 @pytest.mark.parametrize("boundaries", [(8, 16, 24), (3,), None])
 def test_batches_per_epoch_counts_the_batches(binary_dir, boundaries):
-    pattern = trainer.train_pattern(binary_dir)
+    pattern = data.train_pattern(binary_dir)
     for max_length, batch_size in ((None, 16), (5, 7)):
-        lengths = trainer.sequence_lengths(pattern, max_length)
-        ds = trainer.make_dataset(pattern, batch_size=batch_size, max_length=max_length, shuffle=True, seed=1,
+        lengths = data.sequence_lengths(pattern, max_length)
+        ds = data.make_dataset(pattern, batch_size=batch_size, max_length=max_length, shuffle=True, seed=1,
                                   bucket_boundaries=boundaries)
-        assert trainer.batches_per_epoch(lengths, batch_size, boundaries) == sum(1 for _ in ds)
+        assert data.batches_per_epoch(lengths, batch_size, boundaries) == sum(1 for _ in ds)
 
 
 def test_quantile_boundaries():
     lengths = np.array([1] * 10 + [5] * 10 + [20] * 10 + [100] * 10)
-    b = trainer.quantile_boundaries(lengths, 4)
+    b = data.quantile_boundaries(lengths, 4)
     assert list(b) == sorted(set(b)) and all(1 < x <= 100 for x in b)
     counts = np.bincount(np.digitize(lengths, b))
     assert [c for c in counts if c] == [10, 10, 10, 10]
     # The long tail is split geometrically up to the longest length.
-    assert b[-1] * trainer.TAIL_BUCKET_GROWTH >= 100 and len(b) > 3
-    tail = trainer.quantile_boundaries(np.array([10] * 95 + [1000] * 5), 2)
+    assert b[-1] * data.TAIL_BUCKET_GROWTH >= 100 and len(b) > 3
+    tail = data.quantile_boundaries(np.array([10] * 95 + [1000] * 5), 2)
     assert tail[0] == 11 and all(y == int(x * 1.5) for x, y in zip(tail, tail[1:])) and tail[-1] < 1000
-    assert trainer.quantile_boundaries(lengths, 1) == ()
-    assert trainer.quantile_boundaries(np.array([3, 3, 3]), 8) == ()
+    assert data.quantile_boundaries(lengths, 1) == ()
+    assert data.quantile_boundaries(np.array([3, 3, 3]), 8) == ()
 
 
 def test_train_config_validation_and_round_trip():
@@ -434,16 +436,73 @@ def test_train_config_validation_and_round_trip():
     assert config.bucket_boundaries == (10, 20)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert TrainConfig(kinds="bilstm").kinds == ("bilstm",)
-    for bad in (dict(kinds=("cnn",)), dict(epochs=0), dict(bucket_boundaries=(20, 10)), dict(cell="tcn"),
-                dict(monitor="loss"), dict(max_length=0), dict(learning_rate=0)):
+    for bad in (dict(kinds=("cnn",)), dict(epochs=0), dict(bucket_boundaries=(20, 10)), dict(monitor="loss"),
+                dict(max_length=0), dict(learning_rate=0), dict(model={"units": 8})):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+    with pytest.raises(ValueError, match="cell"):
+        ModelSettings(cell="tcn")
     assert TrainConfig().learning_rate_for("bilstm") == 5e-4 and TrainConfig().learning_rate_for("lstm") == 5e-4
     assert TrainConfig(learning_rate=0.01).learning_rate_for("lstm") == 0.01
     # stacked_tutorial only reaches the bilstm model config.
-    stacked = TrainConfig(stacked_tutorial=True)
+    stacked = TrainConfig(model=ModelSettings(stacked_tutorial=True))
     assert stacked.model_config("bilstm", vocab_size=10, num_classes=2).stacked_tutorial
     assert not stacked.model_config("lstm", vocab_size=10, num_classes=2).stacked_tutorial
+
+
+def test_train_config_nests_the_model_settings_and_reads_flat_files():
+    settings = ModelSettings(units=8, cell="gru", seed=5)
+    config = TrainConfig(kinds=("lstm",), model=settings, epochs=3)
+    assert config.seed == 5 and config.effective_shuffle_seed == 5
+    made = config.model_config("lstm", vocab_size=50, num_classes=3)
+    assert isinstance(made, ModelConfig) and made.settings() == settings
+    assert (made.kind, made.vocab_size, made.num_classes) == ("lstm", 50, 3)
+    # A ModelConfig given as the settings keeps only its settings (kind and sizes come from the data).
+    assert TrainConfig(model=made).model == settings and type(TrainConfig(model=made).model) is ModelSettings
+    # train_config.json stays flat (files and resume backups written before nesting still read and match).
+    flat = config.to_dict()
+    assert "model" not in flat and flat["units"] == 8 and flat["cell"] == "gru" and flat["seed"] == 5
+    assert TrainConfig.from_dict(flat) == config
+    assert TrainConfig.from_dict({**flat, "seed": 7}).model == dataclasses.replace(settings, seed=7)
+    nested = {k: v for k, v in flat.items() if k not in {f.name for f in dataclasses.fields(ModelSettings)}}
+    assert TrainConfig.from_dict({**nested, "model": dataclasses.asdict(settings)}) == config
+    # Defaults are written once: the model card's ModelConfig takes TrainConfig's model defaults.
+    default = TrainConfig().model_config("bilstm", vocab_size=10, num_classes=2)
+    assert default.settings() == ModelSettings() == TrainConfig().model
+
+
+def test_cli_flags_are_generated_from_the_config():
+    """Every flag's default is the config's; the old flag names parse into the nested config."""
+    from pipelines import train as driver
+
+    parser = driver.build_parser()
+    known = parser.parse_args(["--transformed", "t", "--output", "o"])
+    assert driver.config_from_args(known) == TrainConfig()
+    args = ["--transformed", "t", "--output", "o", "--model", "lstm", "--epochs", "3", "--batch-size", "8",
+            "--learning-rate", "0.01", "--max-length", "50", "--units", "8", "--embedding-dim", "4",
+            "--dense-units", "6", "--layers", "2", "--cell", "gru", "--dropout", "0.25", "--seed", "3",
+            "--stacked", "--patience", "4", "--monitor", "val_accuracy", "--num-buckets", "3",
+            "--bucket-boundaries", "5,9", "--pretrained-embeddings", "v.txt", "--freeze-embeddings",
+            "--no-rescale-pretrained"]
+    config = driver.config_from_args(parser.parse_args(args))
+    assert config == TrainConfig(
+        kinds=("lstm",), epochs=3, batch_size=8, learning_rate=0.01, max_length=50, early_stopping_patience=4,
+        monitor="val_accuracy", num_buckets=3, bucket_boundaries=(5, 9), pretrained_embeddings="v.txt",
+        freeze_embeddings=True, rescale_pretrained=False,
+        model=ModelSettings(units=8, embedding_dim=4, dense_units=6, layers=2, cell="gru", dropout=0.25, seed=3,
+                            stacked_tutorial=True))
+    underscored = driver.config_from_args(driver.parse_known_flags(parser, ["--transformed", "t", "--output", "o",
+                                                                            "--embedding_dim", "4"])[0])
+    assert underscored.model.embedding_dim == 4
+    helptext = " ".join(parser.format_help().split())
+    assert "bilstm 0.0005, lstm 0.0005" in helptext and "(default val_loss)" in helptext
+
+
+def test_config_and_help_import_no_tensorflow():
+    code = ("import sys; from pipelines import train; train.build_parser().format_help(); "
+            "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]
 
 
 # --- Input validation -----------------------------------------------------------
@@ -480,16 +539,16 @@ def test_incomplete_transformed_dir_raises(binary_dir, tmp_path, remove, expecte
 
 def test_missing_or_untrainable_transformed_dir_raises(binary_dir, tmp_path):
     with pytest.raises(TrainerInputError, match="does not exist"):
-        trainer.validate_transformed_dir(str(tmp_path / "nope"))
+        checks.validate_transformed_dir(str(tmp_path / "nope"))
     unlabelled = _incomplete_copy(binary_dir, tmp_path / "unlabelled", [])
     stats_path = Path(unlabelled, C.STATS_FILE)
     stats = json.loads(stats_path.read_text())
     stats_path.write_text(json.dumps({**stats, "num_classes": 0}))
     with pytest.raises(TrainerInputError, match="num_classes"):
-        trainer.validate_transformed_dir(unlabelled)
+        checks.validate_transformed_dir(unlabelled)
     stats_path.write_text("{not json")
     with pytest.raises(TrainerInputError, match="readable stats.json"):
-        trainer.validate_transformed_dir(unlabelled)
+        checks.validate_transformed_dir(unlabelled)
 
 
 # --- Driver (subprocesses) ------------------------------------------------------
@@ -525,14 +584,15 @@ _DIE_SCRIPT = """
 import json, os, sys
 import tf_keras as keras
 from beam_rnn.train import trainer
+from beam_rnn.train.config import TrainConfig
 from pipelines import train as driver
 
 kill_epoch, kill_batch, marker, mode, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 if mode == "json":
-    transformed, output, config = args[0], args[1], trainer.TrainConfig.from_dict(json.loads(args[2]))
+    transformed, output, config = args[0], args[1], TrainConfig.from_dict(json.loads(args[2]))
 else:
     known = driver.build_parser().parse_args(args)
-    transformed, output, config = known.transformed, known.output, driver._config(known, (known.model,))
+    transformed, output, config = known.transformed, known.output, driver.config_from_args(known)
 
 
 class Die(keras.callbacks.Callback):
@@ -599,7 +659,7 @@ def test_cli_resumes_after_real_kill_bit_identical(binary_dir, tmp_path):
     # The same command, never interrupted (in this process).
     reference_args = [a if a != str(out) else str(tmp_path / "reference") for a in args]
     known = driver.build_parser().parse_args(reference_args)
-    trainer.train(binary_dir, known.output, driver._config(known, (C.MODEL_BILSTM,)), kind=C.MODEL_BILSTM)
+    trainer.train(binary_dir, known.output, driver.config_from_args(known), kind=C.MODEL_BILSTM)
     _assert_same_training(tmp_path / "reference" / C.MODEL_BILSTM, model_dir)
 
 
@@ -630,12 +690,10 @@ def test_cli_without_manifest_exits_2(binary_dir, tmp_path):
 
 
 def _driver_error(args: list[str], capsys) -> str:
-    """Run the driver in this process; it must stop with exit 2 and one error line, which is returned."""
-    from pipelines import train as driver
+    """Run `beam-rnn train` in this process; it must stop with exit 2 and one error line, which is returned."""
+    from beam_rnn.cli import run_command
 
-    with pytest.raises(SystemExit) as e:
-        driver.run(args)
-    assert e.value.code == 2
+    assert run_command("train", args) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1, errors
     return errors[0]

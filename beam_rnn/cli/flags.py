@@ -12,6 +12,10 @@ A config field becomes a flag through its metadata::
     known, rest = parse_known_flags(parser, argv)           # --vocab_size is accepted too
     config = config_from_flags(PreprocessConfig, known)
 
+A field whose type is itself such a dataclass (made with
+``option(default_factory=ModelSettings)``) contributes that dataclass's flags, and
+`config_from_flags` builds it nested.
+
 Help strings end with the default taken from the dataclass, so `--help`, the README
 tables (tests/test_readme.py) and the library cannot disagree.  This module imports
 neither TensorFlow nor Beam: drivers build their parsers before any heavy import.
@@ -115,6 +119,12 @@ def _describe_default(value: Any, meta: Mapping[str, Any]) -> str:
     return str(value)
 
 
+def _nested(field: dataclasses.Field) -> type | None:
+    """The config dataclass a field holds (its flags are the nested class's), else None."""
+    base, _ = _base_type(field.type)
+    return base if isinstance(base, type) and dataclasses.is_dataclass(base) else None
+
+
 def config_fields(config_cls: type, *, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
     """The fields of `config_cls` that are command-line flags."""
     hints = typing.get_type_hints(config_cls)
@@ -149,6 +159,12 @@ def add_config_flags(
     for field in config_fields(config_cls, exclude=exclude):
         meta = _meta(field)
         default = (defaults or {}).get(field.name, _default(field))
+        nested = _nested(field)
+        if nested is not None:  # its fields' defaults are those of this field's default object
+            inner = {f.name: getattr(default, f.name) for f in dataclasses.fields(nested)}
+            dests += add_config_flags(parser, nested, exclude=exclude, defaults={**inner, **(defaults or {})},
+                                      dest_prefix=dest_prefix)
+            continue
         base, optional = _base_type(field.type)
         kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": default}
         help_text = meta["help"].rstrip()
@@ -187,7 +203,9 @@ def config_from_flags(config_cls: type, namespace: argparse.Namespace, *, dest_p
     kwargs = {}
     for field in config_fields(config_cls):
         dest = dest_prefix + field.name
-        if hasattr(namespace, dest):
+        if _nested(field) is not None:
+            kwargs[field.name] = config_from_flags(_nested(field), namespace, dest_prefix=dest_prefix)
+        elif hasattr(namespace, dest):
             kwargs[field.name] = getattr(namespace, dest)
     kwargs.update(overrides)
     return config_cls(**kwargs)

@@ -19,23 +19,15 @@ is seeded from ``config.seed`` so a config always builds the same weights
 without touching the global random state.
 """
 
-from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from beam_rnn.core import constants
 from beam_rnn.stream import step as rnn_step
-
-KIND_BILSTM = constants.MODEL_BILSTM
-KIND_LSTM = constants.MODEL_LSTM
-KINDS = (KIND_BILSTM, KIND_LSTM)
-CELLS = rnn_step.CELLS
+from beam_rnn.train.config import CELLS, KIND_BILSTM, KIND_LSTM, KINDS, ModelConfig  # noqa: F401  (public here)
 
 EMBEDDING_LAYER = "embedding"
 DENSE_HIDDEN_LAYER = "dense_hidden"
@@ -65,99 +57,6 @@ _CELL_TYPES: dict[str, type] = {
 def rnn_layer_name(index: int) -> str:
     """Returns the name of recurrent layer `index` ("rnn_0" is nearest the embedding)."""
     return f"rnn_{index}"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Hyper-parameters of one classifier; JSON-able for the model card.
-
-    Attributes:
-        kind: "bilstm" (tutorial bidirectional model) or "lstm" (streaming).
-        vocab_size: Number of token ids, including 0 (padding) and the OOV ids.
-        num_classes: 2 gives one logit; K > 2 gives K logits.
-        embedding_dim: Embedding width.
-        units: Recurrent units per layer (per direction for "bilstm").
-        layers: Number of stacked recurrent layers.
-        cell: "lstm", "gru" or "simple_rnn".
-        dense_units: Width of the relu hidden layer of the head.
-        dropout: Rate of the Dropout before the logits (0 = no Dropout layer).
-        stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
-            Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
-            Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
-        seed: Seed of every initialiser and of the Dropout layer's random generator.
-    """
-
-    kind: str
-    vocab_size: int
-    num_classes: int = 2
-    embedding_dim: int = 64
-    units: int = 64
-    layers: int = 1
-    cell: str = rnn_step.CELL_LSTM
-    dense_units: int = 64
-    dropout: float = 0.0
-    stacked_tutorial: bool = False
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        """Validates the fields so a bad config fails before any model is built."""
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
-        if self.cell not in CELLS:
-            raise ValueError(f"Unknown cell {self.cell!r}; expected one of {CELLS}.")
-        for name in ("vocab_size", "num_classes", "embedding_dim", "units", "layers", "dense_units", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an int, got {value!r}.")
-        # 0 = padding and 1 = OOV are always present, so a usable vocabulary
-        # has at least one real word after them.
-        if self.vocab_size < 3:
-            raise ValueError(f"vocab_size must be >= 3 (padding, OOV, one word), got {self.vocab_size}.")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
-        for name in ("embedding_dim", "units", "layers", "dense_units"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}.")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if self.stacked_tutorial:
-            if self.kind != KIND_BILSTM:
-                raise ValueError("stacked_tutorial only applies to kind 'bilstm'.")
-            if self.layers != 1:
-                raise ValueError("stacked_tutorial fixes the depth at two layers; leave layers=1.")
-            if self.units < 2:
-                raise ValueError("stacked_tutorial needs units >= 2 (the second layer has units // 2).")
-
-    @property
-    def num_outputs(self) -> int:
-        """Width of the logits: 1 for binary, K otherwise."""
-        return 1 if self.num_classes == 2 else self.num_classes
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns a JSON-able dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        """Builds a config from `to_dict` output.
-
-        Args:
-            values: Field name -> value; missing fields take their defaults.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: On unknown keys (a typo in a model card should not be
-                silently ignored) or invalid values.
-        """
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown ModelConfig keys {unknown}; expected a subset of {sorted(known)}.")
-        return cls(**dict(values))
 
 
 class _Seeds:

@@ -1,0 +1,291 @@
+"""The training configuration: the one place each model and training default is written down.
+
+No TensorFlow here (``beam-rnn train --help`` builds its flags from these classes
+before any heavy import):
+
+* `ModelSettings`: the architecture a user chooses (sizes, cell, dropout, seed).
+* `ModelConfig`: `ModelSettings` plus what the data and the model kind fix (kind,
+  vocabulary size, number of classes); what `models.build_classifier` builds and the
+  model card records (``model_config``).
+* `TrainConfig`: the training run, with the model settings nested (``config.model``).
+
+Fields carry their command-line flag (`beam_rnn.cli.flags.option`), so `pipelines.train`
+generates its flags, help and defaults from here.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from beam_rnn.cli.flags import int_list, option
+from beam_rnn.core import constants as C
+from beam_rnn.stream.step import CELL_LSTM, CELLS
+
+KIND_BILSTM = C.MODEL_BILSTM
+KIND_LSTM = C.MODEL_LSTM
+KINDS = (KIND_BILSTM, KIND_LSTM)
+
+# Measured on IMDB (20% eval split by hash of the derived id, seed 42, 2 CPU cores):
+# BiLSTM 0.892 at 5e-4 (best epoch 2) vs 0.877 at 1e-3 (it overfits after epoch 1);
+# the unidirectional LSTM 0.881 at 5e-4 (0.869-0.880 at 1e-3 depending on batch
+# composition).  An earlier split (by the CSV's repeating id column) gave the BiLSTM
+# 0.886 at 1e-3 and 0.880 at 5e-4: differences of ~0.01 are split/seed noise.
+DEFAULT_LEARNING_RATES = {KIND_BILSTM: 5e-4, KIND_LSTM: 5e-4}
+MONITORS = ("val_loss", "val_accuracy", "val_auc")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The architecture of a classifier, as chosen by the user (no data-dependent field).
+
+    Attributes:
+        embedding_dim: Embedding width.
+        units: Recurrent units per layer (per direction for "bilstm").
+        layers: Number of stacked recurrent layers.
+        cell: "lstm", "gru" or "simple_rnn".
+        dense_units: Width of the relu hidden layer of the head.
+        dropout: Rate of the Dropout before the logits (0 = no Dropout layer).
+        stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
+            Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
+            Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
+        seed: Seed of every initialiser and of the Dropout layer's random generator
+            (training also seeds the global random state and the shuffle with it).
+    """
+
+    embedding_dim: int = option(64, "Embedding width.")
+    units: int = option(64, "Recurrent units.")
+    layers: int = option(1, "Recurrent layers.")
+    cell: str = option(CELL_LSTM, "Recurrent cell.", choices=CELLS)
+    dense_units: int = option(64, "Hidden dense width.")
+    dropout: float = option(0.0, "Dropout before the logits.")
+    stacked_tutorial: bool = option(False, "bilstm: the tutorial's stacked two-layer variant.", flag="stacked")
+    seed: int = option(42, "Seed.")
+
+    def __post_init__(self) -> None:
+        """Validates the fields so a bad config fails before any model is built."""
+        if self.cell not in CELLS:
+            raise ValueError(f"Unknown cell {self.cell!r}; expected one of {CELLS}.")
+        for name in ("embedding_dim", "units", "layers", "dense_units"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("seed", self.seed, 0)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    def settings(self) -> "ModelSettings":
+        """Just the `ModelSettings` fields (of a `ModelConfig` too)."""
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelSettings):
+    """Hyper-parameters of one classifier (`ModelSettings` plus kind and data sizes); JSON-able for the model card.
+
+    Attributes:
+        kind: "bilstm" (tutorial bidirectional model) or "lstm" (streaming).
+        vocab_size: Number of token ids, including 0 (padding) and the OOV ids.
+        num_classes: 2 gives one logit; K > 2 gives K logits.
+        (and every `ModelSettings` field)
+    """
+
+    kind: str = option(cli=False)
+    vocab_size: int = option(cli=False)
+    num_classes: int = option(2, cli=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
+        super().__post_init__()
+        _check_int("vocab_size", self.vocab_size, 0)
+        _check_int("num_classes", self.num_classes, 2)
+        # 0 = padding and 1 = OOV are always present, so a usable vocabulary
+        # has at least one real word after them.
+        if self.vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 (padding, OOV, one word), got {self.vocab_size}.")
+        if self.stacked_tutorial:
+            if self.kind != KIND_BILSTM:
+                raise ValueError("stacked_tutorial only applies to kind 'bilstm'.")
+            if self.layers != 1:
+                raise ValueError("stacked_tutorial fixes the depth at two layers; leave layers=1.")
+            if self.units < 2:
+                raise ValueError("stacked_tutorial needs units >= 2 (the second layer has units // 2).")
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the logits: 1 for binary, K otherwise."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-able dict of every field (kind, vocab_size, num_classes first, as model cards have it)."""
+        values = dataclasses.asdict(self)
+        head = ("kind", "vocab_size", "num_classes")
+        return {**{k: values[k] for k in head}, **{k: v for k, v in values.items() if k not in head}}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        """Builds a config from `to_dict` output (a model card's ``model_config``).
+
+        Args:
+            values: Field name -> value; missing fields take their defaults.
+
+        Raises:
+            ValueError: On unknown keys (a typo in a model card should not be
+                silently ignored) or invalid values.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig keys {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**dict(values))
+
+
+def _boundaries(text: str) -> tuple[int, ...] | None:
+    return int_list(text) or None
+
+
+_SETTINGS = tuple(f.name for f in dataclasses.fields(ModelSettings))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (defaults chosen for IMDB on 2 CPU cores).
+
+    Attributes:
+        kinds: Model kinds to train ("bilstm", "lstm"); `train` trains one of them.
+        epochs: Maximum number of epochs (early stopping usually ends sooner).
+        batch_size: Documents per batch (every length bucket uses this size).
+        learning_rate: Adam learning rate (None: the per-kind default of
+            DEFAULT_LEARNING_RATES, 5e-4 for both kinds).
+        clipnorm: Adam gradient-norm clipping (None: no clipping).
+        max_length: Keep the first `max_length` token ids of each document (None: all).
+        bucket_boundaries: Fixed length-bucket boundaries (bucket i holds lengths
+            < boundary i); None derives `num_buckets` buckets from quantiles of
+            the training lengths.
+        num_buckets: Number of quantile buckets when `bucket_boundaries` is None
+            (1 = no bucketing; batches are still padded only to their own longest).
+        shuffle_seed: Seed of the full shuffle (None: use `seed`).
+        early_stopping_patience: Epochs without improvement of `monitor` before stopping.
+        monitor: "val_loss", "val_accuracy" or "val_auc" (binary only); also picks
+            the kept epoch.
+        model: The architecture (`ModelSettings`; its seed is the run's `seed`).
+            A `ModelConfig` given here keeps only its settings: kind, vocabulary
+            size and classes come from `kinds` and the data.
+        pretrained_embeddings: word2vec/GloVe text vectors that initialise the
+            Embedding rows of the words they cover (see beam_rnn.embeddings).
+        freeze_embeddings: Keep the warm-started Embedding fixed.
+        rescale_pretrained: Scale the pretrained vectors to the size of Keras'
+            initial embeddings (similarities unchanged).  On by default: raw CBOW
+            vectors are ~12x larger (RMS) than Keras' initial rows and warm-starting
+            with them lowered SST-2 dev accuracy (0.778 vs 0.791 cold, 3 seeds);
+            rescaled they raised it (0.801).
+        verbose: Keras `fit` verbosity (2 = one line per epoch).
+
+    `to_dict` is flat (the model settings beside the training fields), the layout
+    train_config.json and the resume signature have always had; `from_dict` reads it.
+    """
+
+    kinds: tuple[str, ...] = option(KINDS, cli=False)
+    epochs: int = option(5, "Maximum epochs.")
+    batch_size: int = option(64, "Batch size.")
+    learning_rate: float | None = option(
+        None, "Adam learning rate.",
+        show_default=", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()))
+    clipnorm: float | None = option(1.0, cli=False)
+    max_length: int | None = option(None, "Keep the first N token ids of each document.", metavar="N",
+                                    show_default="all")
+    bucket_boundaries: tuple[int, ...] | None = option(
+        None, "Comma-separated fixed length-bucket boundaries (overrides --num-buckets).", parse=_boundaries)
+    num_buckets: int = option(10, "Length buckets from training-length quantiles.")
+    shuffle_seed: int | None = option(None, cli=False)
+    # 2, not 1: one worse epoch of val_loss on IMDB is often noise before a better one.
+    early_stopping_patience: int = option(2, "Early-stopping patience in epochs.", flag="patience")
+    monitor: str = option("val_loss", "Early stopping / kept epoch metric.", choices=MONITORS)
+    model: ModelSettings = option(default_factory=ModelSettings)  # noqa: RUF009  its fields are flags too
+    pretrained_embeddings: str | None = option(
+        None, "word2vec/GloVe text vectors (e.g. pipelines.embeddings OUTPUT/vectors.txt) that initialise the "
+        "Embedding; --embedding-dim must equal their width.", metavar="PATH")
+    freeze_embeddings: bool = option(False, "Keep the pretrained embedding fixed.")
+    rescale_pretrained: bool = option(
+        True, "Scale pretrained vectors to Keras' initial embedding size, similarities unchanged "
+        "(unscaled word2vec vectors lowered SST-2 dev accuracy, see benchmarks/RESULTS.md).")
+    verbose: int = option(2, cli=False)
+
+    def __post_init__(self) -> None:
+        kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+        object.__setattr__(self, "kinds", kinds)
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
+        if not isinstance(self.model, ModelSettings):
+            raise ValueError(f"model must be a ModelSettings, got {self.model!r}")
+        object.__setattr__(self, "model", self.model.settings())
+        for name in ("epochs", "batch_size", "num_buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.clipnorm is not None and not self.clipnorm > 0:
+            raise ValueError(f"clipnorm must be > 0 or None, got {self.clipnorm}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {self.max_length}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        if self.bucket_boundaries is not None:
+            b = tuple(int(x) for x in self.bucket_boundaries)
+            if any(x < 1 for x in b) or list(b) != sorted(set(b)):
+                raise ValueError(f"bucket_boundaries must be strictly increasing positive ints, got {b}")
+            object.__setattr__(self, "bucket_boundaries", b)
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: the models' initialisers, the global random state, the shuffle (by default)."""
+        return self.model.seed
+
+    def learning_rate_for(self, kind: str) -> float:
+        """The Adam learning rate used for `kind`."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[kind]
+
+    @property
+    def effective_shuffle_seed(self) -> int:
+        return self.seed if self.shuffle_seed is None else self.shuffle_seed
+
+    def model_config(self, kind: str, *, vocab_size: int, num_classes: int) -> ModelConfig:
+        """The `ModelConfig` of `kind` for a dataset (stacked_tutorial reaches bilstm only)."""
+        settings = dataclasses.replace(self.model, stacked_tutorial=self.model.stacked_tutorial and kind == KIND_BILSTM)
+        return ModelConfig(kind=kind, vocab_size=int(vocab_size), num_classes=int(num_classes),
+                           **dataclasses.asdict(settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-able dict: the training fields with the model settings in place of ``model``."""
+        d: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name == "model":
+                d.update(dataclasses.asdict(self.model))
+            else:
+                d[field.name] = getattr(self, field.name)
+        d["kinds"] = list(self.kinds)
+        d["bucket_boundaries"] = list(self.bucket_boundaries) if self.bucket_boundaries is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Builds a config from `to_dict` output (flat) or with the settings nested under ``model``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names and k != "model"}
+        nested = d.get("model")
+        settings = dict(nested) if isinstance(nested, Mapping) else {}
+        settings.update({k: v for k, v in d.items() if k in _SETTINGS})
+        kwargs["model"] = nested if isinstance(nested, ModelSettings) else ModelSettings(**settings)
+        for key in ("kinds", "bucket_boundaries"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
