@@ -4,9 +4,9 @@
     python -m pipelines.run_all --output runs/quick --quick     # a small subset, a few minutes
     python -m pipelines.run_all --input 'data/*.jsonl' --format jsonl --output runs/mine
 
-Every stage is the same driver you can run alone (`pipelines.preprocess`,
-`pipelines.train`, `pipelines.score`, `pipelines.evaluate`); unknown flags are Beam
-pipeline options passed to each Beam stage. The last line printed points at the report.
+Each stage is the library call behind a driver you can run alone (`run_preprocess`,
+`run_training`, `run_score`, `run_evaluate`), given config objects; unknown flags are
+Beam pipeline options passed to each Beam stage. The last line printed points at the report.
 """
 
 import argparse
@@ -21,7 +21,7 @@ from typing import Any
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
 from beam_rnn.cli.flags import parse_known_flags
 from beam_rnn.core import constants as C
-from beam_rnn.preprocess.config import Corpus, PreprocessConfig
+from beam_rnn.preprocess.config import PreprocessConfig
 
 QUICK = {"sample_fraction": 0.08, "epochs": 2, "vocab_size": 5000, "max_length": 200}
 
@@ -40,21 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _corpus_argv(corpus: Corpus) -> list[str]:
-    """The corpus as flags, for the stages still run through their driver's `run(argv)`."""
-    config = corpus.config
-    argv = ["--input", *corpus.patterns, "--format", config.format, "--text-column", config.text_column,
-            "--label-column", config.label_column, "--label-type", config.label_type]
-    if config.id_column:
-        argv += ["--id-column", config.id_column]
-    if corpus.labels:
-        argv += ["--labels", ",".join(corpus.labels)]
-    argv += ["--encoding", config.encoding, "--max-document-chars", str(config.max_document_chars)]
-    if corpus.sample_fraction != 1.0:
-        argv += ["--sample-fraction", str(corpus.sample_fraction)]
-    return argv
-
-
 def _stage(number: int, total: int, name: str, fn: Callable[[], Any], describe: Callable[[Any], str]) -> Any:
     print(f"[{number}/{total}] {name} ...", flush=True)
     start = time.perf_counter()
@@ -63,23 +48,19 @@ def _stage(number: int, total: int, name: str, fn: Callable[[], Any], describe: 
     return result
 
 
-def _preprocess(corpus: Corpus, config: PreprocessConfig, output: str, beam_args: Sequence[str]) -> dict:
-    from beam_rnn.preprocess.pipeline import PreprocessError, run_preprocess
-
-    try:
-        return run_preprocess(corpus, config, output, pipeline_options=beam_args)
-    except PreprocessError as e:
-        raise PreprocessError(f"preprocess: {e}") from e
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every stage; returns {stage: result}.
 
     Raises:
         SystemExit: (status 2) bad flags or inputs, before any work.
-        beam_rnn.preprocess.pipeline.PreprocessError: Preprocessing gave no usable output.
+        beam_rnn.core.errors.BeamRnnError: A stage refused its inputs or failed
+            (a preprocessing failure says ``preprocess: ...``).
     """
-    from pipelines import evaluate, score, train
+    from beam_rnn.preprocess import pipeline as preprocess
+    from beam_rnn.serve import run as serve
+    from beam_rnn.serve.config import OUTPUT_JSONL, EvaluateConfig, ScoreConfig
+    from beam_rnn.train import trainer
+    from beam_rnn.train.config import TrainConfig
 
     parser = build_parser()
     known, beam_args = parse_known_flags(parser, argv)
@@ -88,41 +69,43 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     corpus = resolve_corpus(known, parser)
     if known.quick and corpus.sample_fraction == 1.0:
         corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])
-    whole = dataclasses.replace(corpus, sample_fraction=1.0)
     vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else PreprocessConfig.vocab_size)
+    epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
     try:
-        config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
+        prep_config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
+        train_config = TrainConfig(kinds=C.MODEL_NAMES, **({"epochs": epochs} if epochs else {}),
+                                   **({"max_length": QUICK["max_length"]} if known.quick else {}))
     except ValueError as e:
         parser.error(str(e))
-    epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
     out = known.output
     prep, models, scores, report = (os.path.join(out, d) for d in ("prep", "models", "scores", "report"))
     results: dict[str, Any] = {}
     total = 4
+
+    def run_preprocess() -> dict:
+        try:
+            return preprocess.run_preprocess(corpus, prep_config, prep, pipeline_options=beam_args)
+        except preprocess.PreprocessError as e:
+            raise preprocess.PreprocessError(f"preprocess: {e}") from e
+
     results["preprocess"] = _stage(
-        1, total, "preprocess", lambda: _preprocess(corpus, config, prep, beam_args),
+        1, total, "preprocess", run_preprocess,
         lambda s: f"{s['documents_out']} documents, {s['dead_lettered']} dead-lettered, "
                   f"{s['vocabulary_words']} words -> {prep}")
-    train_argv = ["--transformed", prep, "--output", models, "--model", "both"]
-    if epochs:
-        train_argv += ["--epochs", str(epochs)]
-    if known.quick:
-        train_argv += ["--max-length", str(QUICK["max_length"])]
     results["train"] = _stage(
-        2, total, "train (bilstm + lstm)", lambda: train.run(train_argv),
+        2, total, "train (bilstm + lstm)", lambda: trainer.run_training(prep, models, train_config),
         lambda r: ", ".join(f"{k} eval accuracy {m['accuracy']:.3f}" for k, m in r.items()) + f" -> {models}")
     model_dirs = [os.path.join(models, k) for k in C.MODEL_NAMES]
     # Scoring covers the whole corpus (even with --quick): it is the batch job users run
     # on large collections, and its counts reconcile against every row read.
     results["score"] = _stage(
         3, total, "score (both models, whole corpus)",
-        lambda: score.run(_corpus_argv(whole) + ["--model", *model_dirs, "--output", os.path.join(scores, "scores"),
-                                                 "--output-format", "jsonl"] + beam_args),
+        lambda: serve.run_score(model_dirs, dataclasses.replace(corpus, sample_fraction=1.0),
+                                ScoreConfig(output_format=OUTPUT_JSONL), os.path.join(scores, "scores"), beam_args),
         lambda r: f"{r['scored']} scored, {r['dead_lettered']} dead-lettered -> {scores}")
     results["evaluate"] = _stage(
         4, total, "evaluate (held-out split)",
-        lambda: evaluate.run(_corpus_argv(corpus) + ["--models", models, "--output", report, "--split", "eval"]
-                             + beam_args),
+        lambda: serve.run_evaluate(models, corpus, EvaluateConfig(split="eval"), report, beam_args),
         lambda m: ", ".join(f"{k} accuracy {v['accuracy']:.3f}" for k, v in m["models"].items()))
     print(f"Report: {results['evaluate']['report']}", flush=True)
     return results

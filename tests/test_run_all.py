@@ -56,3 +56,60 @@ def test_run_all_stops_with_one_line_when_preprocessing_fails(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert len(errors) == 1 and "7" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "models").exists()
+
+
+def test_run_all_hands_each_stage_its_config(tmp_path, monkeypatch, capsys):
+    """The stages get config objects: a sampled corpus for preprocess and evaluate, the whole one for score."""
+    from beam_rnn.preprocess import pipeline as preprocess
+    from beam_rnn.serve import run as serve
+    from beam_rnn.train import trainer
+    from pipelines import run_all
+
+    corpus_file = tmp_path / "c.csv"
+    corpus_file.write_text("id,label,text\na,0,bad film\nb,1,good film\n")
+    calls = {}
+
+    def record(name, result):
+        def stage(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return result
+        return stage
+
+    monkeypatch.setattr(preprocess, "run_preprocess", record("preprocess", {
+        "documents_out": 2, "dead_lettered": 0, "vocabulary_words": 3}))
+    monkeypatch.setattr(trainer, "run_training", record("train", {"bilstm": {"accuracy": 0.5}, "lstm": {"accuracy": 0.5}}))
+    monkeypatch.setattr(serve, "run_score", record("score", {"scored": 2, "dead_lettered": 0}))
+    monkeypatch.setattr(serve, "run_evaluate", record("evaluate", {
+        "models": {"bilstm": {"accuracy": 0.5}}, "report": str(tmp_path / "run" / "report" / "report.html")}))
+    out = tmp_path / "run"
+    run_all.run(["--input", str(corpus_file), "--id-column", "id", "--labels", "0,1", "--output", str(out),
+                 "--quick", "--runner", "DirectRunner"])
+
+    (corpus, config, prep), kwargs = calls["preprocess"]
+    assert prep == str(out / "prep") and kwargs["pipeline_options"] == ["--runner", "DirectRunner"]
+    assert corpus.sample_fraction == 0.08 and corpus.patterns == (str(corpus_file),)
+    assert corpus.config.id_column == "id" and corpus.labels == ("0", "1")
+    assert (config.vocab_size, config.min_frequency, config.label_set) == (5000, 2, ("0", "1"))
+    (prep_dir, models_dir, train_config), _ = calls["train"]
+    assert (prep_dir, models_dir) == (str(out / "prep"), str(out / "models"))
+    assert (train_config.epochs, train_config.max_length, set(train_config.kinds)) == (2, 200, {"bilstm", "lstm"})
+    # What `beam-rnn train --model both --epochs 2 --max-length 200` would train with.
+    from beam_rnn.cli.flags import parse_known_flags
+    from pipelines import train as train_driver
+
+    train_flags, _ = parse_known_flags(train_driver.build_parser(), [
+        "--transformed", "p", "--output", "m", "--model", "both", "--epochs", "2", "--max-length", "200"])
+    assert train_config == train_driver.config_from_args(train_flags)
+    (model_dirs, score_corpus, score_config, prefix, beam_args), _ = calls["score"]
+    assert model_dirs == [str(out / "models" / k) for k in ("bilstm", "lstm")]
+    assert score_corpus.sample_fraction == 1.0 and score_corpus.config == corpus.config
+    assert score_config.output_format == "jsonl" and prefix == str(out / "scores" / "scores")
+    assert beam_args == ["--runner", "DirectRunner"]
+    (models_arg, eval_corpus, eval_config, report_dir, _), _ = calls["evaluate"]
+    assert (models_arg, eval_corpus, eval_config.split, report_dir) == (str(out / "models"), corpus, "eval",
+                                                                       str(out / "report"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"Report: {out / 'report' / 'report.html'}"
+    assert [line.split(" ...")[0] for line in printed if line.endswith(" ...")] == [
+        "[1/4] preprocess", "[2/4] train (bilstm + lstm)", "[3/4] score (both models, whole corpus)",
+        "[4/4] evaluate (held-out split)"]

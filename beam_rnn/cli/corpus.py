@@ -89,8 +89,3 @@ def corpus_from_flags(known: argparse.Namespace) -> Corpus:
     config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled)
     return Corpus(tuple(known.input), config, labels=known.label_set,
                   sample_fraction=getattr(known, "sample_fraction", Corpus.sample_fraction))
-
-
-def read_corpus_transform(known: argparse.Namespace):
-    """The `ReadCorpus` transform the corpus flags describe."""
-    return corpus_from_flags(known).read()
