@@ -118,6 +118,29 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def _parse_preprocess_config(data: bytes) -> tuple[int, int | None]:
+    """``(num_oov_buckets, max_tokens)`` of ``preprocess_config.json``; ValueError when invalid."""
+    config = json.loads(data.decode("utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError("not a JSON object")
+    num_oov_buckets = int(config.get("num_oov_buckets") or 1)
+    if num_oov_buckets < 1:
+        raise ValueError(f"num_oov_buckets={num_oov_buckets}")
+    max_tokens = config.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens={max_tokens!r}")
+    return num_oov_buckets, max_tokens
+
+
+def _parse_golden(data: bytes) -> tuple[list[str], list[list[int]]]:
+    """``(texts, ids)`` of the golden file (`beam_rnn.train.golden`); ValueError / KeyError when invalid."""
+    golden = json.loads(data.decode("utf-8"))
+    texts, ids = golden["texts"], golden["ids"]
+    if not isinstance(texts, list) or not isinstance(ids, list) or len(texts) != len(ids):
+        raise ValueError("'texts' and 'ids' must be lists of one length")
+    return texts, ids
+
+
 class StreamingClassifier:
     """The exported streaming classifier, one token at a time, in NumPy.
 
@@ -226,15 +249,7 @@ class StreamingClassifier:
         except (ValueError, OSError, MemoryError) as e:
             raise damaged(C.STEP_WEIGHTS_FILE, e) from e
         try:
-            config = json.loads(_read_bytes(join(C.PREPROCESS_CONFIG_FILE)).decode("utf-8"))
-            if not isinstance(config, dict):
-                raise ValueError("not a JSON object")
-            num_oov_buckets = int(config.get("num_oov_buckets") or 1)
-            if num_oov_buckets < 1:
-                raise ValueError(f"num_oov_buckets={num_oov_buckets}")
-            max_tokens = config.get("max_tokens")
-            if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-                raise ValueError(f"max_tokens={max_tokens!r}")
+            num_oov_buckets, max_tokens = _parse_preprocess_config(_read_bytes(join(C.PREPROCESS_CONFIG_FILE)))
         except (ValueError, TypeError, OSError, UnicodeDecodeError) as e:
             raise damaged(C.PREPROCESS_CONFIG_FILE, e) from e
         try:
@@ -252,10 +267,7 @@ class StreamingClassifier:
         )
         if _exists(join(spec.GOLDEN_FILE)):  # every export writes one (older ones did not)
             try:
-                golden = json.loads(_read_bytes(join(spec.GOLDEN_FILE)).decode("utf-8"))
-                texts, ids = golden["texts"], golden["ids"]
-                if not isinstance(texts, list) or not isinstance(ids, list) or len(texts) != len(ids):
-                    raise ValueError("'texts' and 'ids' must be lists of one length")
+                texts, ids = _parse_golden(_read_bytes(join(spec.GOLDEN_FILE)))
             except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as e:
                 raise damaged(spec.GOLDEN_FILE, e) from e
             classifier.replay_golden(texts, ids)
