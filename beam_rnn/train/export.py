@@ -402,6 +402,54 @@ def _verify(
     return diffs
 
 
+def _model_card(model_config: models.ModelConfig, preprocess_config: Any, vocabulary: Sequence[str],
+                stats: Mapping[str, Any], metrics: Mapping[str, Any] | None, *, signatures: list[dict[str, Any]],
+                files: Mapping[str, str], verification: Mapping[str, float] | None, started: float) -> dict[str, Any]:
+    """model_card.json: config, tokenisation, data statistics, metrics, versions, signatures, files."""
+    return {
+        "format_version": CARD_FORMAT_VERSION,
+        "kind": model_config.kind,
+        "model_config": model_config.to_dict(),
+        "vocabulary_size": len(vocabulary),
+        "id_space_size": model_config.vocab_size,
+        "num_oov_buckets": preprocess_config.num_oov_buckets,
+        "max_tokens": preprocess_config.max_tokens,
+        "num_classes": model_config.num_classes,
+        "label_names": stats.get("label_names"),
+        "preprocess_config": preprocess_config.to_dict(),
+        "metrics": _jsonable(dict(metrics or {})),
+        "data": _jsonable(_data_stats(stats)),
+        "versions": _versions(),
+        "signatures": signatures,
+        "keras_loading": (
+            "tf_keras file: `import beam_rnn.train.export` before the first use of tf.keras "
+            "(registers the tokeniser and sets TF_USE_LEGACY_KERAS=1), then "
+            "tf.keras.models.load_model(path) or beam_rnn.train.export.load_keras_model(path)."
+        ),
+        "streaming": model_config.kind == models.KIND_LSTM,
+        "files": files,
+        "verification": verification,
+        "export_seconds": round(time.time() - started, 3),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _publish(staging: str, model_dir: str, streaming: bool) -> None:
+    """Copies a finished staging directory into `model_dir`, its manifest last (removed first)."""
+    tf.io.gfile.makedirs(model_dir)
+    if tf.io.gfile.exists(os.path.join(model_dir, MANIFEST_FILE)):
+        tf.io.gfile.remove(os.path.join(model_dir, MANIFEST_FILE))
+    for name in sorted(os.listdir(staging), key=lambda n: (n == MANIFEST_FILE, n)):
+        src = os.path.join(staging, name)
+        dst = os.path.join(model_dir, name)
+        if os.path.isdir(src):
+            _copy_tree(src, dst)
+        else:
+            tf.io.gfile.copy(src, dst, overwrite=True)
+    if not streaming and tf.io.gfile.exists(os.path.join(model_dir, C.STEP_WEIGHTS_FILE)):
+        tf.io.gfile.remove(os.path.join(model_dir, C.STEP_WEIGHTS_FILE))  # stale, from another kind
+
+
 def export_model(
     model: keras.Model,
     model_config: models.ModelConfig,
@@ -475,50 +523,16 @@ def export_model(
 
         files["tokenizer_golden"] = write_tokenizer_golden(staging, vocabulary)
 
-        card = {
-            "format_version": CARD_FORMAT_VERSION,
-            "kind": model_config.kind,
-            "model_config": model_config.to_dict(),
-            "vocabulary_size": len(vocabulary),
-            "id_space_size": model_config.vocab_size,
-            "num_oov_buckets": preprocess_config.num_oov_buckets,
-            "max_tokens": preprocess_config.max_tokens,
-            "num_classes": model_config.num_classes,
-            "label_names": stats.get("label_names"),
-            "preprocess_config": preprocess_config.to_dict(),
-            "metrics": _jsonable(dict(metrics or {})),
-            "data": _jsonable(_data_stats(stats)),
-            "versions": _versions(),
-            "signatures": _describe_signatures(module.signature_functions),
-            "keras_loading": (
-                "tf_keras file: `import beam_rnn.train.export` before the first use of tf.keras "
-                "(registers the tokeniser and sets TF_USE_LEGACY_KERAS=1), then "
-                "tf.keras.models.load_model(path) or beam_rnn.train.export.load_keras_model(path)."
-            ),
-            "streaming": streaming,
-            "files": files,
-            "verification": verification,
-            "export_seconds": round(time.time() - started, 3),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+        card = _model_card(model_config, preprocess_config, vocabulary, stats, metrics,
+                           signatures=_describe_signatures(module.signature_functions), files=files,
+                           verification=verification, started=started)
         with open(os.path.join(staging, C.MODEL_CARD_FILE), "w", encoding="utf-8") as f:
             f.write(json.dumps(card, indent=2, sort_keys=False))
 
         # The manifest covers exactly the exported files and is copied last: a model
         # directory without one is an export that did not finish.
         write_manifest(staging)
-        tf.io.gfile.makedirs(model_dir)
-        if tf.io.gfile.exists(os.path.join(model_dir, MANIFEST_FILE)):
-            tf.io.gfile.remove(os.path.join(model_dir, MANIFEST_FILE))
-        for name in sorted(os.listdir(staging), key=lambda n: (n == MANIFEST_FILE, n)):
-            src = os.path.join(staging, name)
-            dst = os.path.join(model_dir, name)
-            if os.path.isdir(src):
-                _copy_tree(src, dst)
-            else:
-                tf.io.gfile.copy(src, dst, overwrite=True)
-        if not streaming and tf.io.gfile.exists(os.path.join(model_dir, C.STEP_WEIGHTS_FILE)):
-            tf.io.gfile.remove(os.path.join(model_dir, C.STEP_WEIGHTS_FILE))  # stale, from another kind
+        _publish(staging, model_dir, streaming)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dict(card, model_dir=model_dir)
