@@ -1,9 +1,13 @@
 """The whole preprocessing job: `PreprocessCorpus` (one composite transform) and `run_preprocess`.
 
-    corpus files ─ ReadCorpus ─ SampleDocuments ─┐                 ┌─ transformed/{train,eval}-*.tfrecord.gz
-                                                  ├─ AnalyzeAndTransform ─┤  transform_fn/, transformed_metadata/
-    (second read, vocabulary only) ──────────────┘                 └─ split statistics ─┐
-    dead letters ─────────────────────────────── dead_letter/dead_letter-*.jsonl ─────────┴─ tmp/stats_partial
+`PreprocessCorpus`, applied to a pipeline root:
+
+* ``ReadCorpus`` → ``SampleDocuments``: the documents to transform, and the dead letters
+  (→ ``dead_letter/dead_letter-*.jsonl``);
+* ``ReadCorpusToAnalyze`` → ``SampleDocumentsToAnalyze``: a second read, for the vocabulary only;
+* ``AnalyzeAndTransform`` → ``transform_fn/``, ``transformed_metadata/``,
+  ``transformed/{train,eval}-*.tfrecord.gz`` and the split statistics, written with the
+  dead-letter counts to ``tmp/stats_partial-*.json``.
 
 `run_preprocess` runs it and then completes ``stats.json``, writes
 ``preprocess_config.json`` and, last, ``manifest.json``; `pipelines.preprocess` and
