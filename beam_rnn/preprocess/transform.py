@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_rnn.core import constants as C
-from beam_rnn.preprocess.config import PreprocessConfig
+from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
 from beam_rnn.preprocess.tft_graph import make_preprocessing_fn, raw_feature_spec
 
 SPLIT_TRAIN = 0
@@ -220,7 +220,7 @@ class AnalyzeAndTransform(beam.PTransform):
         *,
         config: PreprocessConfig,
         output_dir: str,
-        batch_size: int = 1000,
+        batch_size: int = PreprocessJob.batch_size,
         write: bool = True,
     ) -> None:
         super().__init__()
