@@ -104,12 +104,32 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
     outputs = output_patterns(output, config.output_format)
     summary = read_summary(outputs["summary"])
     report = dict(summary["counters"], models={i.name: i.model_dir for i in infos}, outputs=outputs, summary=summary)
+    reader_check = _reader_reconciles(p.result, report)
+    report["reconciled"] = bool(summary["counters"]["reconciled"]) and reader_check is not False
     report["duplicate_ids"] = summary.get("duplicate_ids")
     if summary.get("duplicate_ids"):
         logging.getLogger("beam_rnn").warning(
             "%d of %d scored documents repeat an earlier document id (%d distinct ids)",
             summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
     return report
+
+
+def _reader_reconciles(result: Any, report: dict[str, Any]) -> bool | None:
+    """The reader's own counters agree: rows in = documents out + dead letters, documents out = scored + dead.
+
+    None when the runner reports no counters (the summary's in-pipeline check stands alone).
+    """
+    from beam_rnn.cli.runtime import counters  # pylint: disable=import-outside-toplevel
+    from beam_rnn.io import METRICS_NAMESPACE  # pylint: disable=import-outside-toplevel
+
+    read = counters(result, METRICS_NAMESPACE)
+    if not read:
+        return None
+    return (
+        read.get("rows_in", 0) == read.get("documents_out", 0) + read.get("dead_letter", 0)
+        and read.get("rows_in", 0) == report["rows_in"]
+        and read.get("documents_out", 0) == report["documents_in"]
+    )
 
 
 def check_evaluate_models(models_dir: str, *, load: bool = True) -> tuple[ModelInfo, ...]:
