@@ -40,6 +40,7 @@ from beam_rnn.core.constants import (
     IMDB_SHA256,
     IMDB_URL,
 )
+from beam_rnn.core.errors import InputError
 
 __all__ = [
     "DatasetError",
@@ -64,7 +65,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_CSV_COLUMNS = ("label", "text")
 
 
-class DatasetError(Exception):
+class DatasetError(InputError):
     """The requested dataset could not be located, downloaded or unpacked."""
 
 
