@@ -334,7 +334,8 @@ def read_npz(source: bytes | str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         # zipfile raises BadZipFile / EOFError / zlib.error / KeyError for damaged
-        # archives, NumPy ValueError / OSError for damaged members.
+        # archives and NotImplementedError for a member whose compression method it
+        # does not know (a corrupted header); NumPy ValueError / OSError for damaged members.
         detail = " ".join(f"{type(e).__name__}: {e}".split())
         raise ValueError(f"not a readable .npz file ({detail[:300]})") from e
 
