@@ -10,6 +10,15 @@ ID_KEY = "id"
 TEXT_KEY = "text"
 LABEL_KEY = "label"
 
+# --- Output vocabulary (score files, summaries, evaluate records, stream outputs,
+# `Prediction` objects, extra serving_default outputs): one set of names everywhere.
+PREDICTED_LABEL_KEY = "predicted_label"  # class id 0..K-1
+PREDICTED_LABEL_NAME_KEY = "predicted_label_name"  # class name (str(id) for int labels)
+TRUE_LABEL_KEY = "true_label"  # the document's label as a class id
+TRUE_LABEL_NAME_KEY = "true_label_name"
+PROBABILITIES_KEY = "probabilities"  # {class name: probability} (JSON), probability_<name> columns (CSV)
+CLASS_NAMES_KEY = "class_names"
+
 # --- Transformed features (preprocessing_fn output, trainer input) ---------
 TOKEN_IDS_KEY = "token_ids"
 # Transformed label (int64, 0..K-1) and id (bytes) reuse the raw names.
