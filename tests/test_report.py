@@ -60,7 +60,7 @@ def test_every_metric_equals_a_direct_computation(evaluated):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["documents"] == len(records) == 240
     assert saved["dead_lettered"] == 1 and saved["rows_in"] == 241
-    labels = np.array([r["label"] for r in records])
+    labels = np.array([r["true_label"] for r in records])
     lengths = np.array([r["length"] for r in records])
     for name in ("bilstm", "lstm"):
         m = saved["models"][name]
@@ -73,6 +73,13 @@ def test_every_metric_equals_a_direct_computation(evaluated):
         fp = int(np.sum((pred == 1) & (labels == 0)))
         fn = int(np.sum((pred == 0) & (labels == 1)))
         assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+        assert m["f1_definition"] == "F1 of class '1' (id 1)"
+        tn = int(np.sum((pred == 0) & (labels == 0)))
+        assert m["per_class"]["0"] == {"precision": tn / (tn + fn), "recall": tn / (tn + fp),
+                                       "f1": 2 * tn / (2 * tn + fn + fp), "support": tn + fp, "predicted": tn + fn}
+        assert m["per_class"]["1"]["f1"] == m["f1"]
+        assert m["macro_f1"] == pytest.approx((m["per_class"]["0"]["f1"] + m["f1"]) / 2, abs=1e-12)
+        assert [r["predicted_label"][name] for r in records] == pred.tolist()
         true_p = np.where(labels == 1, p, 1 - p)
         assert m["log_loss"] == pytest.approx(-np.mean(np.log(np.clip(true_p, 1e-7, 1))), rel=1e-6)
         conf = np.maximum(p, 1 - p)
@@ -113,11 +120,16 @@ def test_latency_is_measured(evaluated):
 def test_plots_and_self_contained_html(evaluated):
     out, _, _ = evaluated
     html = (out / "report.html").read_text()
-    for name in report.PLOT_FILES.values():
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy_by_length.png", "calibration.png", "confusion_matrix_bilstm.png",
+                    "confusion_matrix_lstm.png", "early_prediction.png"]
+    for name in pngs:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG")
         assert base64.b64encode(png).decode() in html
-    assert "streaming LSTM" in html and "BiLSTM" in html
+    assert "streaming LSTM" in html and "BiLSTM" in html and "macro-F1" in html
+    assert "McNemar" in html and "statistically significant" in html
+    assert "all 240 documents of the corpus" in html
     assert "<img" in html and "http" not in html.split("<body>")[1]
 
 
@@ -194,12 +206,12 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
     labels = rng.integers(0, 2, n)
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
     lengths = rng.integers(1, 400, n)
-    records = [{"id": str(i), "label": int(y), "length": int(t), "probability": {"m": float(s), "m2": 1.0 - float(s)},
+    records = [{"id": str(i), "true_label": int(y), "length": int(t), "probability": {"m": float(s), "m2": 1.0 - float(s)},
                 "early": {"m": [float(s)] * len(evaluation.PREFIX_FRACTIONS), "m2": [0.5] * len(evaluation.PREFIX_FRACTIONS)}}
                for i, (s, y, t) in enumerate(zip(scores, labels, lengths))]
     exact_auc = metrics.roc_auc(scores.astype(np.float64), labels)
 
-    exact_all = _combine(evaluation.ReportCombineFn(["m", "m2"], 2), records)
+    exact_all = _combine(evaluation.ReportCombineFn(["m", "m2"], 2, length_boundaries=(100, 300)), records)
     exact = exact_all["models"]["m"]
     assert exact["auc"] == pytest.approx(exact_auc, abs=1e-12)
     assert exact_all["models"]["m2"]["auc"] == pytest.approx(1 - exact_auc, abs=1e-12)
@@ -210,11 +222,12 @@ def test_report_combiner_state_is_bounded_and_its_auc_within_the_stated_error():
                              ("long", lengths >= 300)):
             assert exact_all["models"][name]["accuracy_by_length"][bucket] == pytest.approx(np.mean(correct[mask]))
 
-    fn = evaluation.ReportCombineFn(["m", "m2"], 2, auc_max_bins=64)
+    fn = evaluation.ReportCombineFn(["m", "m2"], 2, auc_max_bins=64, length_boundaries=(100, 300))
     acc = fn.create_accumulator()
     for r in records:
         acc = fn.add_input(acc, r)
         assert len(acc["models"]["m"]["auc_hist"]) <= 64
+        assert len(acc["length_docs"]) <= 399 and len(acc["models"]["m"]["length_correct"]) <= 399
     binned_all = _combine(fn, records)
     binned = binned_all["models"]["m"]
     assert binned["auc_method"] == "histogram" and 0 < binned["auc_max_error"] < 0.05
@@ -259,3 +272,140 @@ def test_inference_failures_are_dead_letters_not_a_failed_run(evaluated, tmp_pat
     assert [(d["source"], d["stage"]) for d in dead] == [("poisoned", "evaluate")]
     assert dead[0]["reason"].startswith("inference_failed: ValueError: poisoned text")
     assert json.loads(Path(metrics_file).read_text())["documents"] == 6
+
+
+# --- The combiner and the report on hand-made records (no model, no pipeline) ----------------
+
+NAMES = ["ABBR", "HUM", "LOC"]
+
+
+def _multiclass_records(n=300, seed=5):
+    """3 named classes; model "a" is fair, model "b" never predicts ABBR; lengths 1..60 tokens."""
+    rng = np.random.default_rng(seed)
+    fractions = len(evaluation.PREFIX_FRACTIONS)
+    records = []
+    for i in range(n):
+        y = int(rng.integers(0, 3))
+        pa = rng.dirichlet(np.ones(3))
+        pa[y] += rng.uniform(0, 1.2)
+        pb = rng.dirichlet(np.ones(3))
+        pb[y] += rng.uniform(0, 0.8)
+        pb[0] = 0.0
+        pa, pb = pa / pa.sum(), pb / pb.sum()
+        records.append({"id": f"d{i}", "true_label": y, "true_label_name": NAMES[y], "length": int(rng.integers(1, 61)),
+                        "probability": {"a": pa.tolist(), "b": pb.tolist()},
+                        "early": {"a": [pa.tolist()] * fractions, "b": [pb.tolist()] * fractions}})
+    return records
+
+
+def test_combiner_names_classes_and_gives_per_class_metrics_warnings_and_tertiles():
+    records = _multiclass_records()
+    out = _combine(evaluation.ReportCombineFn(["a", "b"], 3, label_names=NAMES), records)
+    labels = np.array([r["true_label"] for r in records])
+    lengths = np.array([r["length"] for r in records])
+    assert out["class_names"] == NAMES
+    for name in ("a", "b"):
+        pred = np.array([np.argmax(r["probability"][name]) for r in records])
+        m = out["models"][name]
+        f1s = []
+        for k, cls in enumerate(NAMES):
+            tp = np.sum((pred == k) & (labels == k))
+            stats = m["per_class"][cls]
+            assert stats["support"] == np.sum(labels == k) and stats["predicted"] == np.sum(pred == k)
+            assert stats["recall"] == pytest.approx(tp / np.sum(labels == k))
+            if np.sum(pred == k):
+                assert stats["precision"] == pytest.approx(tp / np.sum(pred == k))
+            else:
+                assert stats["precision"] is None
+            f1s.append(2 * tp / (np.sum(pred == k) + np.sum(labels == k)))
+            assert stats["f1"] == pytest.approx(f1s[-1])
+        assert m["macro_f1"] == m["f1"] == pytest.approx(np.mean(f1s))
+        assert m["f1_definition"].startswith("macro-F1")
+        acc = np.mean(pred == labels)
+        low, high = m["accuracy_interval"]
+        assert low < acc < high and high - low < 0.12
+    # Tertiles of the data's own lengths, not fixed token counts.
+    b1, b2 = out["length_boundaries"]
+    assert out["length_boundaries_from"].startswith("tertiles")
+    for share in (np.mean(lengths < b1), np.mean(lengths < b2) - np.mean(lengths < b1), np.mean(lengths >= b2)):
+        assert abs(share - 1 / 3) < 0.05
+    assert [b["name"] for b in out["length_buckets"]] == ["short", "medium", "long"]
+    assert out["length_buckets"][0]["min_tokens"] == lengths.min()
+    assert out["length_buckets"][-1]["max_tokens"] == lengths.max()
+    assert out["length_buckets"][1] == {"name": "medium", "min_tokens": b1, "max_tokens": b2 - 1,
+                                        "documents": int(np.sum((lengths >= b1) & (lengths < b2)))}
+    pred_a = np.array([np.argmax(r["probability"]["a"]) for r in records])
+    short = lengths < b1
+    assert out["models"]["a"]["accuracy_by_length"]["short"] == pytest.approx(np.mean(pred_a[short] == labels[short]))
+    # Model b never predicts ABBR: said in the warnings, with the class's support.
+    assert out["warnings"] == [f"Model b never predicts 1 of 3 classes: 'ABBR' ({np.sum(labels == 0)} documents)."]
+
+
+def test_combiner_mcnemar_counts_equal_a_direct_count():
+    records = _multiclass_records()
+    out = _combine(evaluation.ReportCombineFn(["a", "b"], 3, label_names=NAMES), records)
+    labels = np.array([r["true_label"] for r in records])
+    right = {n: np.array([np.argmax(r["probability"][n]) for r in records]) == labels for n in ("a", "b")}
+    [c] = out["comparisons"]
+    b, cc = int(np.sum(right["a"] & ~right["b"])), int(np.sum(~right["a"] & right["b"]))
+    assert c["models"] == ["a", "b"] and (c["only_first_right"], c["only_second_right"]) == (b, cc)
+    assert c["both_right"] == np.sum(right["a"] & right["b"]) and c["both_wrong"] == np.sum(~right["a"] & ~right["b"])
+    expected = metrics.mcnemar(b, cc, exact_below=25)
+    assert (c["method"], c["p_value"]) == (expected["method"], pytest.approx(expected["p_value"]))
+    assert c["significant"] == (expected["p_value"] < 0.05)
+    assert c["accuracy_difference"] == pytest.approx(np.mean(right["a"]) - np.mean(right["b"]))
+
+
+def test_combiner_explicit_boundaries_single_class_warning_and_int_names():
+    records = [{"id": str(i), "true_label": i % 2, "length": 5 + i, "probability": {"m": 0.9},
+                "early": {"m": [0.9] * len(evaluation.PREFIX_FRACTIONS)}} for i in range(20)]
+    out = _combine(evaluation.ReportCombineFn(["m"], 2, length_boundaries=(10, 100)), records)
+    assert out["class_names"] == ["0", "1"]
+    assert out["length_boundaries"] == [10, 100] and out["length_boundaries_from"].startswith("given")
+    assert out["documents_by_length"] == {"short": 5, "medium": 15, "long": 0}
+    assert out["models"]["m"]["accuracy_by_length"]["long"] is None
+    assert out["warnings"] == ["Model m predicts only one class, '1', for all 20 documents."]
+    assert out["comparisons"] == [] and out["agreement"] is None
+    same = [dict(r, length=7) for r in records]  # one length: one bucket, not two empty ones
+    assert _combine(evaluation.ReportCombineFn(["m"], 2), same)["documents_by_length"] == {"all": 20}
+
+
+def test_records_use_the_output_vocabulary():
+    from apache_beam.ml.inference.base import PredictionResult
+
+    result = PredictionResult("text", {"length": 4, "probability": {"bilstm": [0.1, 0.7, 0.2], "lstm": [0.5, 0.2, 0.3]},
+                                       "early": {"bilstm": [], "lstm": []}})
+    named = evaluation._to_record((("d1", 2), result), NAMES)
+    assert named["true_label"] == 2 and named["true_label_name"] == "LOC" and "label" not in named
+    assert named["predicted_label"] == {"bilstm": 1, "lstm": 0}
+    assert named["predicted_label_name"] == {"bilstm": "HUM", "lstm": "ABBR"}
+    plain = evaluation._to_record((("d1", 0), result))
+    assert plain["true_label"] == 0 and "true_label_name" not in plain and "predicted_label_name" not in plain
+
+
+def test_report_names_classes_warns_and_says_whether_the_difference_is_significant(tmp_path, caplog):
+    import logging
+
+    records = _multiclass_records()
+    out = _combine(evaluation.ReportCombineFn(["bilstm", "lstm"], 3, label_names=NAMES),
+                   [dict(r, probability={"bilstm": r["probability"]["a"], "lstm": r["probability"]["b"]},
+                         early={"bilstm": r["early"]["a"], "lstm": r["early"]["b"]}) for r in records])
+    out.update(split="eval", latency={})
+    with caplog.at_level(logging.INFO, logger="beam_rnn"):
+        paths = report.write_report(str(tmp_path), out)
+    html = (tmp_path / "report.html").read_text()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["warnings"] == out["warnings"] and "never predicts" in saved["warnings"][0]
+    assert any(r.levelno == logging.WARNING and "never predicts" in r.getMessage() for r in caplog.records)
+    [comparison] = saved["comparisons"]
+    verdict = "a statistically significant difference" if comparison["significant"] else "not statistically significant"
+    assert verdict in html and "McNemar" in html
+    assert any(verdict in r.getMessage() for r in caplog.records)
+    assert "0.3 points" not in html
+    assert "the held-out eval split, 300 documents" in html
+    for cls in NAMES:
+        assert f"<td class=name>{cls}</td>" in html
+    assert "macro-F1" in html and "Warnings" in html and "never predicts 1 of 3 classes" in html
+    assert "[[" not in html  # the confusion matrix is a heatmap, not a nested list
+    for key in ("confusion_bilstm", "confusion_lstm", "early", "length", "calibration"):
+        assert open(paths[key], "rb").read().startswith(b"\x89PNG")

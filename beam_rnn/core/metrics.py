@@ -1,10 +1,12 @@
-"""Metrics, defined once: ranks and correlations, AUC (exact and from a bounded histogram), F1.
+"""Metrics, defined once: ranks and correlations, AUC (exact and from a bounded histogram), per-class
+metrics and F1, Wilson intervals, McNemar's test, quantile boundaries.
 
 Used by the scoring summary (`beam_rnn.serve`), the evaluation report and the
-embedding evaluation.  NumPy only: no TensorFlow, no Beam.
+embedding evaluation.  NumPy and the standard library only: no TensorFlow, no Beam, no SciPy.
 """
 
 import math
+import statistics
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -69,22 +71,101 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return (rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
 
 
-def f1_from_confusion(confusion: np.ndarray) -> float:
-    """Binary: F1 of class 1; K > 2: macro F1 (classes with no support and no predictions skipped)."""
-    confusion = np.asarray(confusion, dtype=np.float64)
+def per_class_metrics(confusion: np.ndarray) -> list[dict[str, float | int | None]]:
+    """Precision, recall, F1, support and predictions of each class of a confusion matrix (rows: truth).
 
-    def f1(k: int) -> float | None:
-        tp = confusion[k, k]
-        fp = confusion[:, k].sum() - tp
-        fn = confusion[k, :].sum() - tp
-        if tp + fp + fn == 0:
-            return None
-        return 2 * tp / (2 * tp + fp + fn)
+    Undefined values are None, not 0: precision of a class never predicted, recall of
+    a class with no document, F1 of a class neither present nor predicted.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    out = []
+    for k in range(confusion.shape[0]):
+        tp = int(confusion[k, k])
+        predicted = int(confusion[:, k].sum())
+        support = int(confusion[k, :].sum())
+        out.append({
+            "precision": tp / predicted if predicted else None,
+            "recall": tp / support if support else None,
+            "f1": 2 * tp / (predicted + support) if predicted + support else None,
+            "support": support,
+            "predicted": predicted,
+        })
+    return out
 
-    if confusion.shape[0] == 2:
-        return f1(1) or 0.0
-    scores = [s for s in (f1(k) for k in range(confusion.shape[0])) if s is not None]
+
+def macro_f1(confusion: np.ndarray) -> float:
+    """The unweighted mean of the per-class F1 (classes neither present nor predicted left out)."""
+    scores = [c["f1"] for c in per_class_metrics(confusion) if c["f1"] is not None]
     return float(np.mean(scores)) if scores else 0.0
+
+
+def f1_from_confusion(confusion: np.ndarray) -> float:
+    """Binary: F1 of class 1; K > 2: macro-F1 (`macro_f1`)."""
+    confusion = np.asarray(confusion)
+    if confusion.shape[0] == 2:
+        return per_class_metrics(confusion)[1]["f1"] or 0.0
+    return macro_f1(confusion)
+
+
+# --- Intervals and paired tests (standard library only) ---------------------------------
+
+
+def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (Wilson 1927); None for n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n.
+    """
+    if n <= 0:
+        return None
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(b: int, c: int, exact_below: int) -> dict[str, float | int | str]:
+    """McNemar's test of paired predictions: is one model right where the other is wrong more often?
+
+    Args:
+      b: Documents the first model gets right and the second wrong.
+      c: Documents the second model gets right and the first wrong.
+      exact_below: Use the exact two-sided binomial test (b ~ Binomial(b + c, 1/2))
+        while b + c is below this; the chi-square statistic with continuity correction,
+        (|b - c| - 1)^2 / (b + c) on 1 degree of freedom, from there on.
+
+    Returns:
+      ``{"b", "c", "method" ("exact_binomial" or "chi_square_continuity_corrected"),
+      "statistic" (the chi-square value, or min(b, c) for the exact test), "p_value"}``.
+    """
+    n = b + c
+    if n < exact_below or n == 0:
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n if n else 0.5
+        return {"b": b, "c": c, "method": "exact_binomial", "statistic": min(b, c), "p_value": min(1.0, 2 * tail)}
+    statistic = (abs(b - c) - 1) ** 2 / n
+    return {"b": b, "c": c, "method": "chi_square_continuity_corrected", "statistic": statistic,
+            "p_value": math.erfc(math.sqrt(statistic / 2))}  # chi-square (1 dof) survival function
+
+
+def quantile_boundaries(counts: Mapping[int, int], fractions: Sequence[float]) -> list[int]:
+    """Boundaries that split integer values with these counts near the given quantiles.
+
+    Each boundary ``b`` puts values ``< b`` below it: of the observed values it is the
+    one whose share of values below is closest to the fraction (ties of the data cannot
+    be split).  Boundaries that would leave a bucket empty are dropped, so the result is
+    strictly increasing and every bucket holds at least one value.
+    """
+    values = sorted(v for v, n in counts.items() if n > 0)
+    if not values:
+        return []
+    total = sum(counts[v] for v in values)
+    below = np.cumsum([0] + [counts[v] for v in values])[:-1] / total  # share of values < each value
+    chosen = []
+    for f in fractions:
+        i = int(np.argmin(np.abs(below - f)))
+        if i > 0 and (not chosen or values[i] > chosen[-1]):
+            chosen.append(values[i])
+    return chosen
 
 
 # --- AUC in bounded memory: a histogram of float32 bit patterns ------------------------

@@ -85,15 +85,28 @@ class EvaluateConfig:
         choices=SPLITS,
     )
     batch_size: int = option(64, "Documents per model call.")
-    length_boundaries: tuple[int, ...] = option(
-        (100, 300), "Token counts separating short/medium/long documents.", parse=int_list
+    length_boundaries: tuple[int, ...] | None = option(
+        None,
+        "Token counts separating the report's length buckets (e.g. 100,300: short < 100 <= medium < 300 <= long).",
+        parse=int_list, show_default="the tertiles of the evaluated documents' own token counts",
     )
     auc_max_bins: int = option(1 << 16, "Distinct scores per model kept exactly for the AUC.", cli=False)
+    confidence_level: float = option(
+        0.95, "Of the Wilson intervals in the report; the models differ significantly when McNemar's p < 1 - this.",
+        cli=False,
+    )
+    mcnemar_exact_below: int = option(
+        25, "McNemar's test is the exact binomial test below this many discordant documents, "
+        "chi-square with continuity correction from there on.", cli=False,
+    )
 
     def __post_init__(self) -> None:
-        b = tuple(self.length_boundaries)
-        if len(b) != 2 or b[0] >= b[1]:
-            raise InputError(f"--length-boundaries {','.join(map(str, b))}: need two increasing token counts")
+        if self.length_boundaries is not None:
+            b = tuple(self.length_boundaries)
+            if not b or b[0] < 1 or any(x >= y for x, y in zip(b, b[1:])):
+                raise InputError(f"--length-boundaries {','.join(map(str, b))}: need increasing positive token counts")
+        if not 0 < self.confidence_level < 1:
+            raise InputError(f"confidence_level must be in (0, 1), got {self.confidence_level}.")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.auc_max_bins < 2:

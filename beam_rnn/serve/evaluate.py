@@ -38,8 +38,13 @@ from beam_rnn.core.metrics import (
     class_probabilities,
     f1_from_confusion,
     histogram_add,
+    macro_f1,
+    mcnemar,
     merge_histograms,
+    per_class_metrics,
     predicted_labels,
+    quantile_boundaries,
+    wilson_interval,
 )
 from beam_rnn.io import DEAD_LETTER_TAG, dead_letter
 from beam_rnn.serve.config import EvaluateConfig
@@ -48,16 +53,21 @@ from beam_rnn.serve.score import Infer, _ValidateFn
 
 EVALUATE_STAGE = "evaluate"
 PREFIX_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
-DEFAULT_LENGTH_BOUNDARIES = EvaluateConfig().length_boundaries  # tokens: short < 100 <= medium < 300 <= long
-LENGTH_BUCKETS = ("short", "medium", "long")
+LENGTH_QUANTILES = (1 / 3, 2 / 3)  # without --length-boundaries: tertiles of the documents' token counts
 ECE_BINS = 10
 EPS = 1e-7
 _DEFAULTS = EvaluateConfig()
 
 
-def length_bucket(length: int, boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDARIES) -> int:
-    """Index into LENGTH_BUCKETS for a document of `length` tokens."""
+def length_bucket(length: int, boundaries: Sequence[int]) -> int:
+    """Index of the length bucket of a document of `length` tokens (bucket i: boundaries[i-1] <= length < boundaries[i])."""
     return int(np.searchsorted(np.asarray(boundaries), length, side="right"))
+
+
+def length_bucket_names(count: int) -> tuple[str, ...]:
+    """Names of `count` length buckets, shortest first: short/medium/long for three."""
+    return {1: ("all",), 2: ("short", "long"), 3: ("short", "medium", "long")}.get(
+        count, tuple(f"length_{i + 1}" for i in range(count)))
 
 
 def prefix_lengths(length: int, fractions: Sequence[float] = PREFIX_FRACTIONS) -> list[int]:
@@ -189,11 +199,26 @@ class EvaluationModelHandler(ClassifierModelHandler):
         ]
 
 
-def _to_record(element: tuple[tuple[str, Any], PredictionResult]) -> dict[str, Any]:
+def _to_record(element: tuple[tuple[str, Any], PredictionResult],
+               label_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{id, true_label[, true_label_name], predicted_label, [predicted_label_name], length, probability, early}``.
+
+    ``predicted_label`` (and its name) map each model's name to its predicted class,
+    as ``probability`` and ``early`` map it to its probabilities.
+    """
     (doc_id, label), result = element
     out = result.inference
-    return {C.ID_KEY: doc_id, C.LABEL_KEY: int(label), "length": out["length"],
-            "probability": out["probability"], "early": out["early"]}
+    label = int(label)
+    predicted = {name: int(predicted_labels(np.asarray(p, dtype=np.float64)[None])[0])
+                 for name, p in out["probability"].items()}
+    record: dict[str, Any] = {C.ID_KEY: doc_id, C.TRUE_LABEL_KEY: label}
+    if label_names:
+        record[C.TRUE_LABEL_NAME_KEY] = label_names[label]
+    record[C.PREDICTED_LABEL_KEY] = predicted
+    if label_names:
+        record[C.PREDICTED_LABEL_NAME_KEY] = {name: label_names[k] for name, k in predicted.items()}
+    record.update({"length": out["length"], "probability": out["probability"], "early": out["early"]})
+    return record
 
 
 class _MapLabelsFn(beam.DoFn):
@@ -270,31 +295,58 @@ class EvaluateModels(beam.PTransform):
 class ReportCombineFn(beam.CombineFn):
     """Counts and sums for every metric, and an AUC histogram: state does not grow with the corpus.
 
+    Per model: the confusion matrix (so per-class precision, recall, F1 and support,
+    macro-F1), log loss, calibration bins, correct predictions per prefix and per
+    token count, the AUC histogram; per pair of models: the 2x2 table of right/wrong
+    for McNemar's test.  Token counts are kept exactly (one counter per distinct
+    length, bounded by the longest document the models read), so the length buckets
+    are made in `extract_output`: from `length_boundaries` when given, else at the
+    tertiles of the evaluated documents' own lengths.
+
     The AUC is exact (float32 scores, ties 1/2) while a model has at most
     `auc_max_bins` distinct scores, then a bounded histogram with a guaranteed
     error bound (`auc_method`, `auc_max_error`), as in `beam_rnn.serve.summary.ScoreSummaryFn`.
+
+    Args:
+      model_names: The models of each record's ``probability`` and ``early``.
+      num_classes: K.
+      fractions: The prefix fractions of ``early``.
+      length_boundaries: Token counts separating the length buckets; None: the tertiles.
+      auc_max_bins: Distinct scores per model kept exactly for the AUC.
+      label_names: Class names by id (None: ``"0"``, ``"1"``, ...).
+      confidence_level: Of the Wilson intervals; McNemar's test is significant below 1 - this.
+      mcnemar_exact_below: Exact binomial McNemar while the discordant pairs are fewer.
     """
 
     def __init__(self, model_names: Sequence[str], num_classes: int, fractions: Sequence[float] = PREFIX_FRACTIONS,
-                 length_boundaries: Sequence[int] = DEFAULT_LENGTH_BOUNDARIES,
-                 auc_max_bins: int = _DEFAULTS.auc_max_bins):
+                 length_boundaries: Sequence[int] | None = _DEFAULTS.length_boundaries,
+                 auc_max_bins: int = _DEFAULTS.auc_max_bins, label_names: Sequence[str] | None = None,
+                 confidence_level: float = _DEFAULTS.confidence_level,
+                 mcnemar_exact_below: int = _DEFAULTS.mcnemar_exact_below):
         if auc_max_bins < 2:
             raise ValueError(f"auc_max_bins must be >= 2, got {auc_max_bins}.")
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(f"{len(label_names)} label names for {num_classes} classes.")
         self._max_bins = auc_max_bins
         self._names = list(model_names)
         self._k = num_classes
         self._fractions = list(fractions)
-        self._boundaries = list(length_boundaries)
+        self._boundaries = None if length_boundaries is None else [int(b) for b in length_boundaries]
+        self._classes = [str(n) for n in label_names] if label_names else [str(i) for i in range(num_classes)]
+        self._confidence = confidence_level
+        self._exact_below = mcnemar_exact_below
 
     def create_accumulator(self):
-        k, nb, nf = self._k, len(LENGTH_BUCKETS), len(self._fractions)
+        k, nf, nm = self._k, len(self._fractions), len(self._names)
         return {
             "n": 0,
             "agree": 0,
-            "bucket_docs": np.zeros(nb, np.int64),
+            "length_docs": {},  # token count -> documents
+            # [i, j, right_i, right_j] for i < j: the paired table of McNemar's test
+            "paired": np.zeros((nm, nm, 2, 2), np.int64),
             "models": {n: {"confusion": np.zeros((k, k), np.int64), "log_loss": 0.0,
                            "ece_count": np.zeros(ECE_BINS, np.int64), "ece_conf": np.zeros(ECE_BINS),
-                           "ece_correct": np.zeros(ECE_BINS), "bucket_correct": np.zeros(nb, np.int64),
+                           "ece_correct": np.zeros(ECE_BINS), "length_correct": {},
                            # Memory: a bounded {float32 bits >> shift: [neg, pos]} histogram, not a score per
                            # document (a list grew ~0.3 KB/doc/model with its pickled merge copies).
                            "early_correct": np.zeros(nf, np.int64), "auc_hist": {}, "auc_shift": 0}
@@ -302,10 +354,10 @@ class ReportCombineFn(beam.CombineFn):
         }
 
     def add_input(self, acc, record):
-        label = record[C.LABEL_KEY]
-        bucket = length_bucket(record["length"], self._boundaries)
+        label = int(record[C.TRUE_LABEL_KEY])
+        length = int(record["length"])
         acc["n"] += 1
-        acc["bucket_docs"][bucket] += 1
+        acc["length_docs"][length] = acc["length_docs"].get(length, 0) + 1
         preds = []
         for name in self._names:
             m = acc["models"][name]
@@ -320,12 +372,16 @@ class ReportCombineFn(beam.CombineFn):
             m["ece_count"][b] += 1
             m["ece_conf"][b] += conf
             m["ece_correct"][b] += pred == label
-            m["bucket_correct"][bucket] += pred == label
+            m["length_correct"][length] = m["length_correct"].get(length, 0) + int(pred == label)
             early = np.asarray(record["early"][name], dtype=np.float64)
             m["early_correct"] += predicted_labels(early) == label
             if self._k == 2 and cp[1] == cp[1]:  # NaN scores have no rank
                 m["auc_hist"], m["auc_shift"] = histogram_add(
                     m["auc_hist"], m["auc_shift"], float(cp[1]), label, self._max_bins)
+        right = [int(p == label) for p in preds]
+        for i in range(len(preds)):
+            for j in range(i + 1, len(preds)):
+                acc["paired"][i, j, right[i], right[j]] += 1
         acc["agree"] += len(set(preds)) == 1
         return acc
 
@@ -335,51 +391,140 @@ class ReportCombineFn(beam.CombineFn):
         for acc in accumulators[1:]:
             out["n"] += acc["n"]
             out["agree"] += acc["agree"]
-            out["bucket_docs"] += acc["bucket_docs"]
+            out["paired"] += acc["paired"]
+            _add_counts(out["length_docs"], acc["length_docs"])
             for name in self._names:
                 a, b = out["models"][name], acc["models"][name]
                 for key in a:
-                    if key not in ("auc_hist", "auc_shift"):
+                    if key == "length_correct":
+                        _add_counts(a[key], b[key])
+                    elif key not in ("auc_hist", "auc_shift"):
                         a[key] = a[key] + b[key]
                 a["auc_hist"], a["auc_shift"] = merge_histograms(
                     [(a["auc_hist"], a["auc_shift"]), (b["auc_hist"], b["auc_shift"])], self._max_bins)
         return out
 
-    def _model_metrics(self, m: dict, n: int, bucket_docs: np.ndarray) -> dict[str, Any]:
+    def _interval(self, successes: float, n: int) -> list[float] | None:
+        ci = wilson_interval(int(successes), int(n), self._confidence)
+        return None if ci is None else list(ci)
+
+    def _length_buckets(self, length_docs: Mapping[int, int]) -> tuple[list[int], list[dict[str, Any]]]:
+        """The boundaries (given, or at the tertiles) and per bucket its name, token range and documents."""
+        if self._boundaries is not None:
+            boundaries = self._boundaries
+        else:
+            boundaries = quantile_boundaries(length_docs, LENGTH_QUANTILES)
+        lengths = sorted(length_docs)
+        buckets = []
+        for i, name in enumerate(length_bucket_names(len(boundaries) + 1)):
+            inside = [t for t in lengths if length_bucket(t, boundaries) == i]
+            low = boundaries[i - 1] if i else (inside[0] if inside else 0)
+            high = boundaries[i] - 1 if i < len(boundaries) else (inside[-1] if inside else None)
+            buckets.append({"name": name, "min_tokens": low, "max_tokens": high,
+                            "documents": sum(length_docs[t] for t in inside)})
+        return boundaries, buckets
+
+    def _model_metrics(self, m: dict, n: int, boundaries: Sequence[int],
+                       buckets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         confusion = m["confusion"]
+        correct = int(np.trace(confusion))
         ece = float(np.sum(np.abs(m["ece_correct"] - m["ece_conf"]))) / n if n else 0.0
         auc, _, _, tied = auc_from_histogram(m["auc_hist"]) if self._k == 2 else (None, 0, 0, 0.0)
         exact = m["auc_shift"] == 0
+        bucket_correct = [0] * len(buckets)
+        for length, c in m["length_correct"].items():
+            bucket_correct[length_bucket(length, boundaries)] += c
+        early = {f"{int(round(f * 100))}%": int(c) for f, c in zip(self._fractions, m["early_correct"])}
         return {
             "documents": n,
-            "accuracy": float(np.trace(confusion)) / n if n else 0.0,
+            "accuracy": correct / n if n else 0.0,
+            "accuracy_interval": self._interval(correct, n),
             "auc": auc,
             "auc_method": None if auc is None else ("exact" if exact else "histogram"),
             "auc_max_error": None if auc is None else (0.0 if exact else 0.5 * tied),
             "f1": f1_from_confusion(confusion),
+            "f1_definition": (f"F1 of class {self._classes[1]!r} (id 1)" if self._k == 2
+                              else f"macro-F1: unweighted mean of the per-class F1 of {self._k} classes"),
+            "macro_f1": macro_f1(confusion),
+            "per_class": {name: stats for name, stats in zip(self._classes, per_class_metrics(confusion))},
             "log_loss": m["log_loss"] / n if n else 0.0,
             "ece": ece,
             "confusion_matrix": confusion.tolist(),
             "accuracy_by_length": {
-                LENGTH_BUCKETS[i]: (float(m["bucket_correct"][i] / bucket_docs[i]) if bucket_docs[i] else None)
-                for i in range(len(LENGTH_BUCKETS))
+                b["name"]: (c / b["documents"] if b["documents"] else None) for b, c in zip(buckets, bucket_correct)
             },
-            "early_accuracy": {f"{int(round(f * 100))}%": float(c) / n if n else 0.0
-                               for f, c in zip(self._fractions, m["early_correct"])},
+            "accuracy_by_length_interval": {
+                b["name"]: self._interval(c, b["documents"]) for b, c in zip(buckets, bucket_correct)
+            },
+            "early_accuracy": {key: c / n if n else 0.0 for key, c in early.items()},
+            "early_accuracy_interval": {key: self._interval(c, n) for key, c in early.items()},
             "calibration": [
                 {"bin": b, "count": int(m["ece_count"][b]),
                  "confidence": float(m["ece_conf"][b] / m["ece_count"][b]) if m["ece_count"][b] else None,
-                 "accuracy": float(m["ece_correct"][b] / m["ece_count"][b]) if m["ece_count"][b] else None}
+                 "accuracy": float(m["ece_correct"][b] / m["ece_count"][b]) if m["ece_count"][b] else None,
+                 "accuracy_interval": self._interval(m["ece_correct"][b], m["ece_count"][b])}
                 for b in range(ECE_BINS)
             ],
         }
 
+    def _comparisons(self, paired: np.ndarray, n: int) -> list[dict[str, Any]]:
+        """McNemar's test for every pair of models on the same documents."""
+        out = []
+        for i, a in enumerate(self._names):
+            for j in range(i + 1, len(self._names)):
+                t = paired[i, j]
+                test = mcnemar(int(t[1, 0]), int(t[0, 1]), self._exact_below)
+                out.append({
+                    "models": [a, self._names[j]], "documents": n,
+                    "both_right": int(t[1, 1]), "only_first_right": int(t[1, 0]),
+                    "only_second_right": int(t[0, 1]), "both_wrong": int(t[0, 0]),
+                    "accuracy_difference": (int(t[1, 0]) - int(t[0, 1])) / n if n else 0.0,
+                    "test": "mcnemar", "method": test["method"], "statistic": test["statistic"],
+                    "p_value": test["p_value"], "significance_level": round(1 - self._confidence, 10),
+                    "significant": test["p_value"] < 1 - self._confidence,
+                })
+        return out
+
+    def _warnings(self, models: Mapping[str, Mapping[str, Any]], n: int) -> list[str]:
+        """Models that never predict a class or predict only one; classes absent from the data."""
+        if not n:
+            return ["No document was evaluated: every metric is empty."]
+        out = []
+        first = next(iter(models.values()))
+        absent = [c for c, s in first["per_class"].items() if not s["support"]]
+        if absent:
+            out.append(f"{len(absent)} of {self._k} classes have no document in this data "
+                       f"(their recall is undefined): {', '.join(map(repr, absent))}.")
+        for name, m in models.items():
+            predicted = [c for c, s in m["per_class"].items() if s["predicted"]]
+            never = [c for c, s in m["per_class"].items() if not s["predicted"]]
+            if len(predicted) == 1:
+                out.append(f"Model {name} predicts only one class, {predicted[0]!r}, for all {n} documents.")
+            elif never:
+                support = ", ".join(f"{c!r} ({m['per_class'][c]['support']} documents)" for c in never)
+                out.append(f"Model {name} never predicts {len(never)} of {self._k} classes: {support}.")
+        return out
+
     def extract_output(self, acc):
         n = acc["n"]
+        boundaries, buckets = self._length_buckets(acc["length_docs"])
+        models = {name: self._model_metrics(acc["models"][name], n, boundaries, buckets) for name in self._names}
         return {
             "documents": n,
-            "documents_by_length": {LENGTH_BUCKETS[i]: int(acc["bucket_docs"][i]) for i in range(len(LENGTH_BUCKETS))},
-            "length_boundaries": self._boundaries,
+            "class_names": list(self._classes),
+            "confidence_level": self._confidence,
+            "documents_by_length": {b["name"]: b["documents"] for b in buckets},
+            "length_boundaries": list(boundaries),
+            "length_boundaries_from": ("given (--length-boundaries)" if self._boundaries is not None
+                                       else "tertiles of the documents' token counts"),
+            "length_buckets": buckets,
             "agreement": (acc["agree"] / n) if n and len(self._names) > 1 else None,
-            "models": {name: self._model_metrics(acc["models"][name], n, acc["bucket_docs"]) for name in self._names},
+            "models": models,
+            "comparisons": self._comparisons(acc["paired"], n),
+            "warnings": self._warnings(models, n),
         }
+
+
+def _add_counts(into: dict, other: Mapping) -> None:
+    for key, value in other.items():
+        into[key] = into.get(key, 0) + value
