@@ -14,12 +14,15 @@ the full pass, compute:
   on each prefix (``classify_ids``; a BiLSTM has no per-token state, which is the
   point of the comparison).
 
-A combiner (`ReportCombineFn`) then computes, per model: accuracy, AUC (binary),
-F1 (binary: positive class; K > 2: macro), log loss, expected calibration error
-(10 equal-width confidence bins), confusion matrix, accuracy by document length
-bucket and by prefix; and the agreement between the models.  Its state is counts,
-sums and a bounded AUC histogram (`beam_rnn.core.metrics`): it does not grow with
-the corpus.
+A combiner (`ReportCombineFn`) then computes, per model: accuracy with its Wilson
+interval, AUC (binary), per-class precision/recall/F1/support, macro-F1 (and ``f1``:
+binary, of class 1; K > 2, macro), log loss, expected calibration error (10
+equal-width confidence bins), confusion matrix, accuracy by document length bucket
+(tertiles of the data's token counts unless boundaries are given) and by prefix;
+between the models, agreement and McNemar's test on the paired predictions; and
+warnings (a class never predicted, one class only).  Its state is counts, sums, a
+counter per distinct token count and a bounded AUC histogram
+(`beam_rnn.core.metrics`): it does not grow with the corpus.
 """
 
 import json

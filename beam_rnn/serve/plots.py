@@ -6,6 +6,7 @@ point stands on, and names what it was measured on (`measured_on`).
 """
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -164,13 +165,15 @@ def calibration_plot(metrics: Mapping[str, Any]) -> bytes:
         edges = [c["bin"] / 10 for c in m["calibration"]]
         bars.bar([e + (i + 0.5) * width for e in edges], [c["count"] for c in m["calibration"]], width,
                  align="edge", label=model_label(name))
+    lowest = math.floor(10 / len(metrics["class_names"])) / 10  # no prediction is less confident than 1/K
     ax.set_ylim(0, 1)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(lowest, 1)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.set_title(f"Calibration: accuracy per confidence bin\n{measured_on(metrics)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     bars.set_yscale("symlog", linthresh=10)
+    bars.set_ylim(0, 3 * max((c["count"] for m in models.values() for c in m["calibration"]), default=1))
     bars.set_ylabel("documents (n)")
     bars.set_xlabel(f"confidence (probability of the predicted class); error bars: Wilson "
                     f"{metrics.get('confidence_level', 0.95):.0%}")
@@ -195,8 +198,9 @@ def confusion_plot(metrics: Mapping[str, Any], name: str) -> bytes:
     side = max(4.6, 0.25 * k + 2.5)  # inches: a quarter inch per class, labels readable at 100 dpi
     font = 10 if k <= 10 else 8
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    # A square-root colour scale, so that a few confusions among many classes still show.
-    image = ax.imshow(shares, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), aspect="equal")
+    # Many classes: a square-root colour scale, so that a few confusions still show without counts in the cells.
+    norm = PowerNorm(0.5 if k > _ANNOTATE_UP_TO else 1.0, vmin=0, vmax=1)
+    image = ax.imshow(shares, cmap="Blues", norm=norm, aspect="equal")
     labels = [_short(c) for c in classes]
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
@@ -208,7 +212,7 @@ def confusion_plot(metrics: Mapping[str, Any], name: str) -> bytes:
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=font,
-                        color="white" if shares[i, j] > 0.45 else "black")
+                        color="white" if shares[i, j] > 0.6 else "black")
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("share of the true class's documents (row)")
     ax.set_title(f"{model_label(name)}: confusion matrix"

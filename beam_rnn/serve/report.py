@@ -83,7 +83,7 @@ def _pct(value: float | None) -> str:
 
 
 def _interval(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"{ci[0]:.1%}–{ci[1]:.1%}"
+    return "n/a" if not ci else f"{ci[0]:.1%}–{ci[1]:.1%}"
 
 
 def _p(p: float) -> str:
@@ -213,6 +213,21 @@ def _comparison_table(metrics: Mapping[str, Any]) -> str:
             "right: if the models were equally accurate, each would be the one right half of the time.</p>")
 
 
+def _latency_table(latency: Mapping[str, float]) -> str:
+    """Median latencies (`measure_latency`), one row each, on the launcher's CPU."""
+    rows = []
+    for key, value in latency.items():
+        if key.endswith("_full_pass_ms_per_document"):
+            what = f"{model_label(key[: -len('_full_pass_ms_per_document')])}: a full pass over one document"
+            rows.append(f"<tr><td>{html.escape(what)}</td><td>{value:.1f} ms</td></tr>")
+        elif key == "lstm_step_us_per_token":
+            rows.append(f"<tr><td>streaming LSTM: one token step</td><td>{value:.0f} µs</td></tr>")
+    if not rows:
+        return "<p>not measured</p>"
+    return ("<table>" + "".join(rows) + "</table><p class=note>Medians on the machine that launched the run, one "
+            "document at a time (IMDB-length documents of words drawn from the model's vocabulary).</p>")
+
+
 _STYLE = """body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;line-height:1.4}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}
 td:first-child,th:first-child,td.name{text-align:left}th.group{text-align:center;border-left:1px solid #ccc}
@@ -235,7 +250,7 @@ def render_html(metrics: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
     summary = "".join(f"<p>{html.escape(line)}</p>" for line in summary_text(metrics))
     first = next(iter(metrics["models"].values()), {})
     f1_note = html.escape(first.get("f1_definition", ""))
-    latency = html.escape(json.dumps(metrics.get("latency", {}), indent=1))
+    latency = _latency_table(metrics.get("latency", {}))
     plots_small = "".join(figure(k, v) for k, v in plots.items() if not k.startswith(CONFUSION_PREFIX))
     plots_wide = "".join(figure(k, v) for k, v in plots.items() if k.startswith(CONFUSION_PREFIX))
     level = metrics.get("confidence_level", 0.95)
@@ -258,7 +273,7 @@ when 0). Precision is undefined (–) for a class never predicted, recall for a 
 {_comparison_table(metrics)}
 <h2>Plots</h2>{plots_small}
 <h2>Confusion matrices</h2>{plots_wide}
-<h2>Latency</h2><pre>{latency}</pre>
+<h2>Latency</h2>{latency}
 </body></html>
 """
 
