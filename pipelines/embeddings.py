@@ -15,7 +15,6 @@ OUTPUT/vectors.txt (same --embedding-dim as --dim here).
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +52,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO)
     metrics = run(argv)
     ev = metrics.get("evaluation", {})
     print(json.dumps({

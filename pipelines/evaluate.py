@@ -10,7 +10,6 @@ are Beam pipeline options (e.g. --runner DataflowRunner ...).
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -49,7 +48,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO)
     metrics = run(argv)
     summary = {name: {k: m[k] for k in ("accuracy", "auc", "f1")} for name, m in metrics["models"].items()}
     print(json.dumps({"documents": metrics["documents"], "models": summary, "report": metrics["report"]}))
@@ -57,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from beam_rnn.cli import run_command
     from beam_rnn.cli.runtime import hard_exit
 
-    hard_exit(main(sys.argv[1:]))
+    hard_exit(run_command("evaluate", sys.argv[1:]))

@@ -10,7 +10,6 @@ Unknown flags go to Beam's PipelineOptions untouched, so
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -58,10 +57,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stats = run(argv)  # parses first: --help answers before TensorFlow is imported
     from beam_rnn.preprocess.pipeline import summary_line
 
-    logging.getLogger().setLevel(logging.INFO)
-    print(json.dumps(summary_line(run(argv))))
+    print(json.dumps(summary_line(stats)))
     return 0
 
 

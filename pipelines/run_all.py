@@ -11,7 +11,6 @@ Beam pipeline options passed to each Beam stage. The last line printed points at
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 import time
@@ -56,14 +55,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         beam_rnn.core.errors.BeamRnnError: A stage refused its inputs or failed
             (a preprocessing failure says ``preprocess: ...``).
     """
+    parser = build_parser()
+    known, beam_args = parse_known_flags(parser, argv)  # before the heavy imports: --help is instant
+
     from beam_rnn.preprocess import pipeline as preprocess
     from beam_rnn.serve import run as serve
     from beam_rnn.serve.config import OUTPUT_JSONL, EvaluateConfig, ScoreConfig
     from beam_rnn.train import trainer
     from beam_rnn.train.config import TrainConfig
 
-    parser = build_parser()
-    known, beam_args = parse_known_flags(parser, argv)
     if known.unlabelled:
         parser.error("run-all trains classifiers and needs a labelled corpus")
     corpus = resolve_corpus(known, parser)
@@ -112,7 +112,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
     run(argv)
     return 0
 

@@ -18,7 +18,6 @@ before the pipeline starts.
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,7 +66,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO)
     report = run(argv)
     brief = {k: report.get(k) for k in ("rows_in", "documents_in", "scored", "dead_lettered", "reconciled",
                                         "duplicate_ids")}
@@ -84,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from beam_rnn.cli import run_command
     from beam_rnn.cli.runtime import hard_exit
 
-    hard_exit(main(sys.argv[1:]))
+    hard_exit(run_command("score", sys.argv[1:]))

@@ -19,7 +19,6 @@ Unknown flags go to Beam's PipelineOptions untouched.
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -161,7 +160,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO if "--input-events" in (argv or sys.argv) else logging.WARNING)
     stats = run(argv)
     if stats.get("mode") == "interactive":
         return 0
@@ -170,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from beam_rnn.cli import run_command
     from beam_rnn.cli.runtime import hard_exit
 
-    hard_exit(main(sys.argv[1:]))
+    hard_exit(run_command("stream", sys.argv[1:]))

@@ -77,7 +77,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO)
     results = run(argv)
     keys = ("accuracy", "auc", "loss", "epochs_run", "best_epoch", "train_seconds", "examples_per_second")
     print(json.dumps({kind: {k: m.get(k) for k in keys} for kind, m in results.items()}))

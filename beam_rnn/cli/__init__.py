@@ -2,6 +2,9 @@
 
     beam-rnn preprocess --output out/prep [--input ... --format ...] [Beam flags]
     beam-rnn <command> --help
+    beam-rnn <command> --verbose ...    # every library's logging too (TensorFlow, Beam)
+
+Nothing heavy is imported here: ``--help`` answers before TensorFlow or Beam load.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ def _version() -> str:
 
 
 def _usage() -> str:
-    lines = ["usage: beam-rnn [--version] <command> [options] [Beam pipeline flags]", "", "commands:"]
+    lines = ["usage: beam-rnn [--version] <command> [options] [--verbose] [Beam pipeline flags]", "", "commands:"]
     for name, module in COMMANDS.items():
         lines.append(f"  {name:<12} python -m {module}")
+    lines += ["", "--verbose (any command): also show TensorFlow's and Beam's logging, which is hidden by default."]
     return "\n".join(lines)
 
 
@@ -61,17 +65,25 @@ def run_command(command: str, argv: Sequence[str]) -> int:
 
     `beam_rnn.core.errors` maps each kind of error to its status (2: bad input
     found before work; 1: the run failed); argparse's own exits keep theirs.
+    ``--verbose`` anywhere in `argv` is taken out and shows every library's logging;
+    without it only the project's lines and progress are shown
+    (`beam_rnn.cli.runtime.console_output`).
     """
+    from beam_rnn.cli.runtime import VERBOSE_FLAG, console_output
+    from beam_rnn.core import progress
     from beam_rnn.core.errors import BeamRnnError, exit_code
 
-    module = importlib.import_module(COMMANDS[command])
-    try:
-        code = module.main(list(argv))
-    except SystemExit as e:  # argparse errors (exit 2) and explicit exits keep their code
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BeamRnnError as e:
-        print(f"beam-rnn {command}: error: {e}", file=sys.stderr)
-        code = exit_code(e)
+    args = [arg for arg in argv if arg != VERBOSE_FLAG]
+    with console_output(verbose=len(args) < len(argv)):
+        module = importlib.import_module(COMMANDS[command])
+        try:
+            code = module.main(args)
+        except SystemExit as e:  # argparse errors (exit 2) and explicit exits keep their code
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BeamRnnError as e:
+            progress.BOARD.close_all()  # the error is the last line
+            print(f"beam-rnn {command}: error: {e}", file=sys.stderr)
+            code = exit_code(e)
     return int(code or 0)
 
 

@@ -1,10 +1,17 @@
-"""Process-level helpers shared by the drivers: metrics, clean exits, arg checks."""
+"""Process-level helpers shared by the drivers: console output, metrics, clean exits, arg checks."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import logging
 import os
+import re
 import sys
-from typing import Any, Sequence
+import tempfile
+from typing import Any, Iterator, Sequence
+
+from beam_rnn.core import progress
 
 
 def hard_exit(code: int) -> None:
@@ -18,6 +25,134 @@ def hard_exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# --- Console output: the project's lines by default, everything with --verbose -------------
+VERBOSE_FLAG = "--verbose"
+PROJECT_LOGGERS = ("beam_rnn", "pipelines")  # INFO and up always shown
+# Libraries that log INFO (or set their own levels): WARNING and up unless --verbose.
+LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "tensorflow_transform", "tfx_bsl", "matplotlib")
+# Third-party warnings that say nothing a user can act on; shown with --verbose.
+KNOWN_NOISE = (
+    # apache_beam.ml.inference.base: its `resource` import fails without torch (Beam 2.77).
+    "Resource module is not available for current platform",
+    # Beam on a PTransform.expand return annotation that is not a PCollection.
+    "This output type hint will be ignored and not used for type-checking purposes",
+)
+# TensorFlow's C++ logging (absl format) printed while `import tensorflow` loads libraries
+# that ignore TF_CPP_MIN_LOG_LEVEL (oneDNN, CUDA probing), and absl's banner before them.
+_IMPORT_NOISE = re.compile(rb"^([IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |"
+                           rb"WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+
+class _QuietFormatter(logging.Formatter):
+    """Project INFO lines as they are; warnings and errors with their level (and library name)."""
+
+    _project = logging.Formatter("%(levelname)s: %(message)s")
+    _library = logging.Formatter("%(levelname)s:%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno < logging.WARNING:
+            return super().format(record)
+        project = record.name.split(".", 1)[0] in PROJECT_LOGGERS
+        return (self._project if project else self._library).format(record)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(noise in str(record.msg) for noise in KNOWN_NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Captures file descriptor 2 (C++ writes too) and writes back what is not `_IMPORT_NOISE`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured if not _IMPORT_NOISE.match(line))
+            if kept:
+                os.write(2, kept)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs the first ``import tensorflow`` under `_quiet_fd2` (then gets out of the way)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loader: Any = None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # the real loader from now on
+        with _quiet_fd2():
+            self.loader.exec_module(module)
+
+
+def _quiet_tensorflow_import() -> None:
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport("tensorflow"))
+
+
+@contextlib.contextmanager
+def console_output(verbose: bool = False) -> Iterator[None]:
+    """The console of one command: quiet (the project's lines and progress) or `verbose` (everything).
+
+    Quiet: TensorFlow's C++ logging off (``TF_CPP_MIN_LOG_LEVEL=3`` unless set; the
+    lines printed while TensorFlow loads are dropped), library loggers at WARNING,
+    `KNOWN_NOISE` dropped; the project's loggers (`PROJECT_LOGGERS`) at INFO, written
+    as plain lines.  Verbose: every logger at INFO in ``LEVEL:name:message`` form,
+    TensorFlow's environment untouched.  Both: live progress on stderr
+    (`beam_rnn.core.progress`).  Logging levels, the handler and progress are put back
+    on exit (tests run commands in-process).
+    """
+    root = logging.getLogger()
+    names = ("", *PROJECT_LOGGERS, *LIBRARY_LOGGERS)
+    levels = {name: logging.getLogger(name).level for name in names}
+    handler = progress.ConsoleHandler(sys.stderr)
+    if verbose:
+        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        root.setLevel(logging.INFO)
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        _quiet_tensorflow_import()
+        handler.setFormatter(_QuietFormatter())
+        handler.addFilter(_not_noise)
+        root.setLevel(logging.WARNING)
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    root.addHandler(handler)
+    progress.enable(sys.stderr)
+    try:
+        yield
+    finally:
+        progress.BOARD.close_all()
+        progress.BOARD.disable()
+        root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def counters(result: Any, namespace: str) -> dict[str, int]:

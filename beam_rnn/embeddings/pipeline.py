@@ -146,14 +146,16 @@ def _make_examples(files: Sequence[str], cbow: CbowConfig, num_oov: int, output:
     from apache_beam.options.pipeline_options import SetupOptions
 
     from beam_rnn.cli.runtime import pipeline_options
+    from beam_rnn.core import progress
     from beam_rnn.embeddings.examples import MakeCbowExamples
+    from beam_rnn.io.progress import Progress
 
     options = pipeline_options(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
-    with beam.Pipeline(options=options) as p:
+    with progress.task("CBOW examples"), beam.Pipeline(options=options) as p:
         docs = p | "ReadTransformed" >> beam.Create(files) | "ReadShards" >> beam.io.ReadAllFromTFRecord(
             compression_type=beam.io.filesystem.CompressionTypes.GZIP
-        )
+        ) | "Progress" >> Progress("read")
         _ = docs | "MakeCbowExamples" >> MakeCbowExamples(config=cbow, num_oov_buckets=num_oov, output_dir=output)
 
 

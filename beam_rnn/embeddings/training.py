@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from beam_rnn.core import progress
 from beam_rnn.embeddings.config import CbowConfig
 from beam_rnn.embeddings.layout import CONTEXT_KEY, TARGET_KEY
 from beam_rnn.embeddings.sampling import noise_distribution
@@ -174,30 +175,34 @@ def train_cbow(
     read_seconds = 0.0
     cached_pass, cached = None, None  # a pass read as one chunk is kept for its next epoch
     start = time.time()
-    for epoch in range(config.epochs):
-        p = epoch % len(epoch_files)
-        t0 = time.time()
-        if cached_pass == p:
-            chunks: Iterable[tuple[np.ndarray, np.ndarray]] = [cached]
-        else:
-            cached_pass, cached = None, None  # free the previous pass first
-            chunks = iter_cbow_chunks(epoch_files[p], window=config.window, max_examples=config.max_examples_in_memory)
-        loss_total, n, sgd_seconds, chunk_count, last = 0.0, 0, 0.0, 0, None
-        for c, (contexts, targets) in enumerate(chunks):
-            perm = np.random.default_rng([config.seed, epoch] + ([c] if c else [])).permutation(targets.size)
-            t_sgd = time.time()
-            loss_sum, used = run_chunk(contexts, targets, perm.astype(np.int32))
-            loss_total += float(loss_sum.numpy())
-            n += int(used.numpy())
-            sgd_seconds += time.time() - t_sgd
-            chunk_count, last = c + 1, (contexts, targets)
-        if chunk_count == 1:
-            cached_pass, cached = p, last
-        read_seconds += time.time() - t0 - sgd_seconds
-        losses.append(loss_total / max(n, 1))
-        total_examples += n
-        logger.info("CBOW epoch %d/%d: loss %.4f over %d examples (%.1fs)", epoch + 1, config.epochs,
-                    losses[-1], n, time.time() - t0)
+    planned = int(round(schedule.planned))
+    with progress.task("CBOW training"):
+        for epoch in range(config.epochs):
+            p = epoch % len(epoch_files)
+            t0 = time.time()
+            if cached_pass == p:
+                chunks: Iterable[tuple[np.ndarray, np.ndarray]] = [cached]
+            else:
+                cached_pass, cached = None, None  # free the previous pass first
+                chunks = iter_cbow_chunks(epoch_files[p], window=config.window,
+                                          max_examples=config.max_examples_in_memory)
+            loss_total, n, sgd_seconds, chunk_count, last = 0.0, 0, 0.0, 0, None
+            for c, (contexts, targets) in enumerate(chunks):
+                perm = np.random.default_rng([config.seed, epoch] + ([c] if c else [])).permutation(targets.size)
+                t_sgd = time.time()
+                loss_sum, used = run_chunk(contexts, targets, perm.astype(np.int32))
+                loss_total += float(loss_sum.numpy())
+                n += int(used.numpy())
+                sgd_seconds += time.time() - t_sgd
+                chunk_count, last = c + 1, (contexts, targets)
+                progress.count("trained", int(targets.size), unit="examples", total=planned)
+            if chunk_count == 1:
+                cached_pass, cached = p, last
+            read_seconds += time.time() - t0 - sgd_seconds
+            losses.append(loss_total / max(n, 1))
+            total_examples += n
+            logger.info("CBOW epoch %d/%d: loss %.4f over %d examples (%.1fs)", epoch + 1, config.epochs,
+                        losses[-1], n, time.time() - t0)
     seconds = time.time() - start
     return {
         "epoch_losses": losses,

@@ -5,6 +5,7 @@
 * ``ReadCorpus`` → ``SampleDocuments``: the documents to transform, and the dead letters
   (→ ``dead_letter/dead_letter-*.jsonl``);
 * ``ReadCorpusToAnalyze`` → ``SampleDocumentsToAnalyze``: a second read, for the vocabulary only;
+  both reads pass a `beam_rnn.io.progress.Progress` step (the console's live line);
 * ``AnalyzeAndTransform`` → ``transform_fn/``, ``transformed_metadata/``,
   ``transformed/{train,eval}-*.tfrecord.gz`` and the split statistics, written with the
   dead-letter counts to ``tmp/stats_partial-*.json``.
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from beam_rnn.core import constants as C
+from beam_rnn.core import progress
 from beam_rnn.core.errors import RunFailed
 from beam_rnn.preprocess.config import Corpus, PreprocessConfig, PreprocessJob
 from beam_rnn.preprocess.transform import (
@@ -103,14 +105,16 @@ class PreprocessCorpus(beam.PTransform):
         import tensorflow_transform.beam as tft_beam
 
         from beam_rnn.io import WriteJsonLines
+        from beam_rnn.io.progress import Progress
 
         corpus, output = self._corpus, self._output_dir
         tmp_dir = os.path.join(output, C.TMP_DIR)
         with tft_beam.Context(temp_dir=tmp_dir):
             docs, dead = root | READ_STEP >> corpus.read()
-            docs = maybe_sample(docs, corpus.sample_fraction)
+            docs = maybe_sample(docs, corpus.sample_fraction) | "ProgressTokenised" >> Progress("tokenised")
             to_analyze, _ = root | ANALYZE_READ_STEPS[0] >> corpus.read()
-            to_analyze = maybe_sample(to_analyze, corpus.sample_fraction, label=ANALYZE_READ_STEPS[1])
+            to_analyze = (maybe_sample(to_analyze, corpus.sample_fraction, label=ANALYZE_READ_STEPS[1])
+                          | "ProgressVocabulary" >> Progress("vocabulary pass"))
             result = (to_analyze, docs) | "AnalyzeAndTransform" >> AnalyzeAndTransform(
                 config=self._config, output_dir=output, batch_size=self._batch_size
             )
@@ -188,13 +192,14 @@ def run_preprocess(
         options = options_from_flags(list(options or ()))
     options.view_as(SetupOptions).save_main_session = save_main_session
     _clear_stale_outputs(output)
-    with beam.Pipeline(options=options) as p:
+    with progress.task("preprocess"), beam.Pipeline(options=options) as p:
         _ = p | "PreprocessCorpus" >> PreprocessCorpus(corpus, config, output, batch_size=job.batch_size)
-    return finish_preprocess(output, config, first_read_counters(p.result), keep_tmp=job.keep_tmp)
+    return finish_preprocess(output, config, first_read_counters(p.result), keep_tmp=job.keep_tmp,
+                             max_dead_letter_fraction=corpus.max_dead_letter_fraction)
 
 
 def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[str, int], *,
-                      keep_tmp: bool = False) -> dict[str, Any]:
+                      keep_tmp: bool = False, max_dead_letter_fraction: float = 1.0) -> dict[str, Any]:
     """After the pipeline: stats.json, preprocess_config.json, OUTPUT/tmp removed, then the manifest.
 
     Args:
@@ -203,6 +208,7 @@ def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[s
         config: The configuration the pipeline used.
         counters: The run's counters (`first_read_counters`).
         keep_tmp: Keep OUTPUT/tmp.
+        max_dead_letter_fraction: Fail when a larger share of the rows was dead-lettered.
 
     Returns:
         stats.json's contents.
@@ -220,7 +226,7 @@ def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[s
         f.write(config.to_json())
     if not keep_tmp:
         tf.io.gfile.rmtree(os.path.join(output, C.TMP_DIR))
-    problem = output_problem(stats, config)
+    problem = output_problem(stats, config, max_dead_letter_fraction)
     if problem:  # stats.json and the dead letters stay for diagnosis; without a manifest nothing trains on it
         raise PreprocessError(f"{problem} (see {os.path.join(output, C.STATS_FILE)}; no {MANIFEST_FILE} written)")
     # Last: readers (train, embeddings) verify the output against it before work.

@@ -3,9 +3,12 @@
 See `beam_rnn.train.trainer` for the protocol: after every epoch the history line,
 the epoch checkpoint, TensorBoard scalars and early stopping run, then
 `CommitState` commits the whole training state (`TrainingState`) to ``backup/``.
+`TrainingProgress` is the console's view: a live line with an ETA within each epoch
+and one line per epoch with each metric named by its split.
 """
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -14,6 +17,10 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
+
+from beam_rnn.core import progress
+
+logger = logging.getLogger(__name__)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -159,3 +166,68 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         for record in self.past:
             super().on_epoch_end(int(record["epoch"]) - 1, record)
+
+
+def metrics_text(logs: Mapping[str, Any], prefix: str = "") -> str:
+    """``loss 0.412, accuracy 0.810, AUC 0.880`` from Keras logs (the keys starting with `prefix`)."""
+    names = {"loss": "loss", "accuracy": "accuracy", "auc": "AUC"}
+    parts = []
+    for key, name in names.items():
+        value = logs.get(prefix + key)
+        if value is not None:
+            parts.append(f"{name} {float(value):.3f}")
+    return ", ".join(parts)
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Reports training on the console: live batches with an ETA, then one line per epoch.
+
+    Within an epoch `beam_rnn.core.progress` shows ``epoch 2/5 120/391 batches (31%,
+    4.1/s, ETA 1:06)`` (and the validation batches after them); each finished epoch
+    logs ``bilstm epoch 2/5 (31s): train loss ..., accuracy ... | validation (M docs)
+    loss ..., accuracy ...`` — train-set figures are the running averages Keras reports
+    over the epoch's batches.
+    """
+
+    def __init__(self, kind: str, epochs: int, steps_per_epoch: int, validation_documents: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.validation_documents = validation_documents
+        self._label = ""  # the counter shown now ("" outside an epoch)
+        self._epoch = ""
+        self._start = 0.0
+
+    def _show(self, label: str, total: int | None) -> None:
+        if self._label:
+            progress.BOARD.remove(self._label)
+        self._label = label
+        if label:
+            progress.count(label, 0, unit="batches", total=total)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+        self._epoch = f"epoch {epoch + 1}/{self.epochs}"
+        self._show(self._epoch, self.steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        progress.count(self._label, unit="batches", total=self.steps, done=batch + 1)
+
+    def on_test_begin(self, logs=None):
+        if self._label:  # the validation pass at the end of an epoch of fit
+            self._show(f"{self._epoch} validation", None)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self._label:
+            progress.count(self._label, unit="batches", done=batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._show("", None)
+        logs = logs or {}
+        seconds = time.time() - self._start
+        line = f"{self.kind} {self._epoch} ({seconds:.0f}s): train {metrics_text(logs)}"
+        validation = metrics_text(logs, "val_")
+        if validation:
+            line += f" | validation ({self.validation_documents:,} docs) {validation}"
+        logger.info("%s", line)

@@ -41,24 +41,28 @@ the same config are bit-identical on CPU.
 """
 
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
+from beam_rnn.core import progress
 from beam_rnn.train import data, models
 from beam_rnn.train.callbacks import (
     CommitState,
     EpochLog,
     ResumableEarlyStopping,
     ScalarLogs,
+    TrainingProgress,
     TrainingState,
+    metrics_text,
 )
 from beam_rnn.train.checks import check_pretrained, check_transformed_dir
 from beam_rnn.train.config import ModelConfig, TrainConfig
@@ -206,6 +210,23 @@ def _best_epoch(history: list[dict[str, Any]], monitor: str) -> int | None:
 
 
 
+@contextlib.contextmanager
+def _keras_output_to_logging() -> Iterator[None]:
+    """While the console shows progress, Keras's own fit output goes to logging (absl, INFO).
+
+    So ``beam-rnn train`` shows `TrainingProgress` only and ``--verbose`` adds Keras's
+    lines; library callers (no progress display) keep Keras's console output.
+    """
+    switched = progress.BOARD.enabled and keras.utils.is_interactive_logging_enabled()
+    if switched:
+        keras.utils.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if switched:
+            keras.utils.enable_interactive_logging()
+
+
 def _length_buckets(train_files: str, config: TrainConfig):
     """(training lengths, bucket boundaries): fixed ones, or quantiles of the lengths."""
     lengths = data.sequence_lengths(train_files, config.max_length)
@@ -298,8 +319,14 @@ def train(
     *,
     kind: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    position: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train one model kind on a preprocessing output, resuming an interrupted run exactly.
+
+    Logs (``beam_rnn.train``) which model trains on how many documents, one line per
+    epoch with each figure named by its split, when early stopping fired, which
+    epoch's weights were kept and their validation figures; `beam_rnn.core.progress`
+    shows the batches of the running epoch with an ETA.
 
     Args:
         transformed_dir: The preprocessing output (see the module docstring);
@@ -310,6 +337,7 @@ def train(
         kind: Which model to train (default: `config.kinds[0]`).
         callbacks: Extra Keras callbacks, run after the built-in ones (so after
             the epoch's state is committed); also how tests inject faults.
+        position: (i, n): this is the i-th of n models trained in a row (named in the log).
 
     Returns:
         A dict with:
@@ -356,24 +384,35 @@ def train(
     model, warm_start = _build(model_config, config, transformed_dir)
     start_epoch, early_stopping, epoch_log, all_callbacks = _restore(model, model_dir, config, resumed, callbacks)
 
-    logger.info("Training %s (%s) on %d documents, bucket boundaries %s%s", kind, model_config, len(lengths),
-                list(boundaries), f" (resuming at epoch {start_epoch + 1})" if resumed else "")
+    eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
+    name = f"{kind} ({position[0]} of {position[1]})" if position else kind
+    logger.info("training %s: %s train / %s validation documents, up to %d epochs%s", name, f"{len(lengths):,}",
+                f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
+    logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
     train_seconds = 0.0
     if start_epoch < config.epochs and not early_stopping.stopped_epoch:
         train_ds = data.make_dataset(train_files, shuffle=True, seed=config.effective_shuffle_seed,
                                      shuffle_buffer_size=len(lengths), epochs=range(start_epoch, config.epochs),
                                      **dataset)
+        steps = data.batches_per_epoch(lengths, config.batch_size, boundaries)
+        shown = TrainingProgress(kind, config.epochs, steps, eval_documents)
         start = time.time()
-        model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=data.batches_per_epoch(lengths, config.batch_size, boundaries),
-                  callbacks=all_callbacks, verbose=config.verbose)
+        with progress.task(f"training {name}"), _keras_output_to_logging():
+            model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, initial_epoch=start_epoch,
+                      steps_per_epoch=steps, callbacks=[*all_callbacks, shown], verbose=config.verbose)
         train_seconds = time.time() - start
 
     history = _read_history(os.path.join(model_dir, HISTORY_FILE))
     best = _best_epoch(history, config.monitor)
+    if early_stopping.stopped_epoch:
+        logger.info("%s: early stopping after epoch %d of up to %d (%s, patience %d)", kind,
+                    early_stopping.stopped_epoch + 1, config.epochs, config.monitor, config.early_stopping_patience)
     if best is not None and tf.io.gfile.glob(checkpoint_path(model_dir, best) + ".index"):
         model.load_weights(checkpoint_path(model_dir, best)).expect_partial()
     results = model.evaluate(eval_ds, verbose=0, return_dict=True)
+    if best is not None:
+        logger.info("%s: kept epoch %d's weights (best %s): validation (%s docs) %s", kind, best, config.monitor,
+                    f"{eval_documents:,}", metrics_text(results))
 
     # Save the model variables only (no optimizer state): a fresh copy of the model.
     final = models.build_classifier(model_config)
@@ -383,12 +422,12 @@ def train(
     metrics = _metrics(kind, results, history, best, epoch_log, resumed, train_seconds,
                        monitor=config.monitor, learning_rate=config.learning_rate_for(kind),
                        stopped_early=early_stopping.stopped_epoch > 0, train_examples=len(lengths),
-                       eval_examples=int(stats["splits"][C.EVAL_PREFIX]["documents"]), num_classes=num_classes,
+                       eval_examples=eval_documents, num_classes=num_classes,
                        vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start)
     write_metrics(model_dir, metrics)
     # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
     tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
-    logger.info("Trained %s: %s", kind, metrics)
+    logger.debug("Trained %s: %s", kind, metrics)
     return {"kind": kind, "model": model, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}
 
 
@@ -407,8 +446,8 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
     for kind in config.kinds:
         config.model_config(kind, vocab_size=3, num_classes=2)
     results: dict[str, dict[str, Any]] = {}
-    for kind in config.kinds:
-        result = train(transformed_dir, output_dir, config, kind=kind)
+    for number, kind in enumerate(config.kinds, 1):
+        result = train(transformed_dir, output_dir, config, kind=kind, position=(number, len(config.kinds)))
         metrics = result["metrics"]
         if export:
             from beam_rnn.train.export import export_model
