@@ -187,7 +187,7 @@ def fingerprint(work: Path) -> dict[str, str]:
                             "--seed", "3"], log),
         "score": run_stage(["score", *data, "--model", str(models / "bilstm"), str(models / "lstm"),
                             "--output", str(scores / "s"), "--output-format", "jsonl"], log),
-        "evaluate": run_stage(["evaluate", *data, "--models", str(models), "--output", str(report)], log),
+        "evaluate": run_stage(["evaluate", *data, "--model", str(models), "--output", str(report)], log),
     }
     fp: dict[str, str] = {}
     fp["prep/vocab"] = _sha((prep / "transform_fn" / "assets" / "vocab").read_bytes())

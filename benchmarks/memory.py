@@ -6,7 +6,7 @@ in its own subprocess on it with the default runner (no --runner flag):
 
     python -m pipelines.preprocess --input CORPUS.csv --format csv --output ...
     python -m pipelines.score --model MODELS/bilstm MODELS/lstm --input CORPUS.csv --format csv --output ...
-    python -m pipelines.evaluate --models MODELS --input CORPUS.csv --format csv --output ...
+    python -m pipelines.evaluate --model MODELS --input CORPUS.csv --format csv --output ...
 
 Peak RSS is the largest SUM of the resident set sizes of the child and all its
 descendants seen by psutil polling (every --poll seconds); shared pages are
@@ -20,7 +20,7 @@ numpy) from a closed, Zipf-weighted vocabulary of 5,000 pseudo-words plus 40
 sentiment words whose mix sets the label, so a tiny model learns something and
 the vocabulary does not grow with N.  Models for score/evaluate: trained once on
 a separate 5,000-document corpus from the same generator with
-``pipelines.train --epochs 1 --units 8 --embedding-dim 8 --model both`` (or
+``pipelines.train --epochs 1 --units 8 --embedding-dim 8 --kind both`` (or
 --models DIR to reuse an export).
 
     python benchmarks/memory.py                                 # 100k and 1M, all three commands
@@ -160,7 +160,7 @@ def command_line(command: str, corpus_csv: pathlib.Path, out: pathlib.Path, mode
     if command == "score":
         return [sys.executable, "-m", "pipelines.score", "--model", str(models / "bilstm"), str(models / "lstm"),
                 *corpus, "--output", str(out / "scores")]
-    return [sys.executable, "-m", "pipelines.evaluate", "--models", str(models), *corpus, "--output", str(out)]
+    return [sys.executable, "-m", "pipelines.evaluate", "--model", str(models), *corpus, "--output", str(out)]
 
 
 def last_json_line(log_path: pathlib.Path) -> dict | None:

@@ -225,7 +225,7 @@ def main() -> None:
         found = [m for m in MODEL_CANDIDATES if (m / "saved_model" / "saved_model.pb").exists()]
         if not found:
             sys.exit("No exported model: pass --model, or train one with `python -m pipelines.train "
-                     "--transformed runs/imdb/prep --output /tmp/score_models --model bilstm --epochs 1`.")
+                     "--transformed runs/imdb/prep --output /tmp/score_models --kind bilstm --epochs 1`.")
         args.model = str(found[0])
     source = pathlib.Path(args.input)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_score_"))

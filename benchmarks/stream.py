@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model or next((str(m) for m in DEFAULT_MODELS if (m / "step_weights.npz").exists()), None)
     if model is None:
-        parser.error("no streaming model found; pass --model DIR (train one with pipelines.train --model lstm)")
+        parser.error("no streaming model found; pass --model DIR (train one with pipelines.train --kind lstm)")
     try:
         clf = streaming.StreamingClassifier.load(model)  # verified against its manifest.json
     except ArtifactError as e:

@@ -20,13 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
-from beam_rnn.core.errors import InputError
 from beam_rnn.embeddings.config import CbowConfig, EmbeddingsConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `EmbeddingsConfig` and `CbowConfig` (names, help and defaults come from them)."""
-    parser = argparse.ArgumentParser(prog="beam-rnn embeddings", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn embeddings", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(parser, EmbeddingsConfig)
     add_config_flags(parser.add_argument_group("CBOW"), CbowConfig)
@@ -42,10 +41,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     """
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
-    try:
-        config = config_from_flags(EmbeddingsConfig, known, cbow=config_from_flags(CbowConfig, known))
-    except InputError as e:
-        parser.error(str(e))
+    config = config_from_flags(EmbeddingsConfig, known, cbow=config_from_flags(CbowConfig, known))
     from beam_rnn.embeddings.pipeline import run as run_embeddings
 
     return run_embeddings(config, pipeline_args, save_main_session=save_main_session)

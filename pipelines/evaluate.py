@@ -1,8 +1,8 @@
 """Evaluate exported models on a labelled corpus: the streaming-vs-bidirectional report.
 
-    python -m pipelines.evaluate --models runs/imdb/models --input data.csv --format csv --output runs/imdb/report
+    python -m pipelines.evaluate --model runs/imdb/models --input data.csv --format csv --output runs/imdb/report
 
-`--models` is a `pipelines.train` output holding `bilstm/` and/or `lstm/`. Writes
+`--model` is a `beam-rnn train` output holding `bilstm/` and/or `lstm/`, or the exports themselves. Writes
 OUTPUT/metrics.json, OUTPUT/*.png, OUTPUT/report.html, per-document records
 (OUTPUT/records-*.jsonl) and dead letters (OUTPUT/dead_letter-*.jsonl). Unknown flags
 are Beam pipeline options (e.g. --runner DataflowRunner ...).
@@ -15,16 +15,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, add_model_flag, config_from_flags, parse_known_flags
 from beam_rnn.core.errors import InputError
 from beam_rnn.serve.config import EvaluateConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beam-rnn evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", required=True, help="Directory with exported bilstm/ and/or lstm/ models.")
-    add_corpus_args(parser)
+    add_model_flag(parser, " The streaming (lstm) model is also read token by token.", required=False)
+    # The old name, for one release.
+    parser.add_argument("--models", nargs="+", dest="model", metavar="DIR", help=argparse.SUPPRESS)
+    add_corpus_args(parser, label_type_from_model=True)
     parser.add_argument("--output", required=True, help="Report directory (local or gs://).")
     add_config_flags(parser, EvaluateConfig)
     return parser
@@ -36,21 +38,21 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
+    if not known.model:
+        parser.error("the following arguments are required: --model")
     if known.unlabelled:
-        parser.error("evaluate needs a labelled corpus")
-    try:
-        config = config_from_flags(EvaluateConfig, known)
-        corpus = resolve_corpus(known, parser)
-        return run_evaluate(known.models, corpus, config, known.output, pipeline_args,
-                            save_main_session=save_main_session)
-    except InputError as e:  # found before any work: one line, exit 2
-        parser.error(str(e))
+        raise InputError("evaluate needs a labelled corpus")
+    config = config_from_flags(EvaluateConfig, known)
+    corpus = resolve_corpus(known)
+    return run_evaluate(known.model, corpus, config, known.output, pipeline_args,
+                        save_main_session=save_main_session)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     metrics = run(argv)
     summary = {name: {k: m[k] for k in ("accuracy", "auc", "f1")} for name, m in metrics["models"].items()}
-    print(json.dumps({"documents": metrics["documents"], "models": summary, "report": metrics["report"]}))
+    print(json.dumps({"split": metrics.get("split"), "documents": metrics["documents"], "models": summary,
+                      "report": metrics["report"]}))
     return 0
 
 

@@ -19,7 +19,7 @@ from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beam-rnn preprocess", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn preprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_args(parser)
     parser.add_argument("--output", required=True, help="Output directory (local or gs://).")
@@ -37,18 +37,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
         save_main_session: Pickle the main session for remote workers.
 
     Raises:
-        SystemExit: (status 2) bad flags or inputs, before any work.
+        SystemExit: (status 2) bad flags.  InputError (exit 2 through `beam_rnn.cli.run_command`):
+            bad flag values or inputs, before any work.
         PreprocessError: The corpus gave no documents, or int labels that are not
             0..K-1 (without --labels); no manifest.json is written.
     """
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
-    corpus = resolve_corpus(known, parser)
-    try:
-        config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
-        job = config_from_flags(PreprocessJob, known)
-    except ValueError as e:
-        parser.error(str(e))
+    corpus = resolve_corpus(known)
+    config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
+    job = config_from_flags(PreprocessJob, known)
 
     from beam_rnn.preprocess.pipeline import run_preprocess
 

@@ -20,13 +20,14 @@ from typing import Any
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
 from beam_rnn.cli.flags import parse_known_flags
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import InputError
 from beam_rnn.preprocess.config import PreprocessConfig
 
 QUICK = {"sample_fraction": 0.08, "epochs": 2, "vocab_size": 5000, "max_length": 200}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beam-rnn run-all", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn run-all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_args(parser)
     parser.add_argument("--output", default=os.path.join("runs", "imdb"), help="Run directory (default runs/imdb).")
@@ -51,7 +52,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every stage; returns {stage: result}.
 
     Raises:
-        SystemExit: (status 2) bad flags or inputs, before any work.
+        SystemExit: (status 2) bad flags.  InputError (exit 2 through `beam_rnn.cli.run_command`):
+            bad flag values or inputs, before any work.
         beam_rnn.core.errors.BeamRnnError: A stage refused its inputs or failed
             (a preprocessing failure says ``preprocess: ...``).
     """
@@ -65,18 +67,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from beam_rnn.train.config import TrainConfig
 
     if known.unlabelled:
-        parser.error("run-all trains classifiers and needs a labelled corpus")
-    corpus = resolve_corpus(known, parser)
+        raise InputError("run-all trains classifiers and needs a labelled corpus")
+    corpus = resolve_corpus(known)
     if known.quick and corpus.sample_fraction == 1.0:
         corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])
     vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else PreprocessConfig.vocab_size)
     epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
-    try:
-        prep_config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
-        train_config = TrainConfig(kinds=C.MODEL_NAMES, **({"epochs": epochs} if epochs else {}),
-                                   **({"max_length": QUICK["max_length"]} if known.quick else {}))
-    except ValueError as e:
-        parser.error(str(e))
+    prep_config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
+    train_config = TrainConfig(kinds=C.MODEL_NAMES, **({"epochs": epochs} if epochs else {}),
+                               **({"max_length": QUICK["max_length"]} if known.quick else {}))
     out = known.output
     prep, models, scores, report = (os.path.join(out, d) for d in ("prep", "models", "scores", "report"))
     results: dict[str, Any] = {}
@@ -94,7 +93,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{s['vocabulary_words']} words -> {prep}")
     results["train"] = _stage(
         2, total, "train (bilstm + lstm)", lambda: trainer.run_training(prep, models, train_config),
-        lambda r: ", ".join(f"{k} eval accuracy {m['accuracy']:.3f}" for k, m in r.items()) + f" -> {models}")
+        lambda r: "validation accuracy " + ", ".join(
+            f"{k} {m['accuracy']:.3f}" for k, m in r.items()) + f" on {next(iter(r.values()))['eval_examples']:,} "
+        f"held-out documents -> {models}")
     model_dirs = [os.path.join(models, k) for k in C.MODEL_NAMES]
     # Scoring covers the whole corpus (even with --quick): it is the batch job users run
     # on large collections, and its counts reconcile against every row read.
@@ -106,7 +107,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["evaluate"] = _stage(
         4, total, "evaluate (held-out split)",
         lambda: serve.run_evaluate(models, corpus, EvaluateConfig(split="eval"), report, beam_args),
-        lambda m: ", ".join(f"{k} accuracy {v['accuracy']:.3f}" for k, v in m["models"].items()))
+        lambda m: "accuracy " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["models"].items())
+        + f" on {m['documents']:,} held-out documents (eval split)")
     print(f"Report: {results['evaluate']['report']}", flush=True)
     return results
 

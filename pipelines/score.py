@@ -23,19 +23,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
-from beam_rnn.core.errors import InputError
+from beam_rnn.cli.flags import add_config_flags, add_model_flag, config_from_flags, parse_known_flags
 from beam_rnn.serve.config import ScoreConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beam-rnn score", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", required=True, metavar="DIR",
-                        help="Exported model dir(s) (OUTPUT/<kind> of pipelines.train); NAME=DIR names one. "
-                        "Two or more are scored side by side in one pass (records carry each model's "
-                        "outputs and `agreement`).")
-    add_corpus_args(parser)
+    add_model_flag(parser, " Two or more are scored side by side in one pass (records carry each model's "
+                   "outputs and `agreement`).")
+    add_corpus_args(parser, label_type_from_model=True)
     parser.add_argument("--output", required=True, metavar="PREFIX",
                         help="Output prefix (local or gs://): PREFIX-*.FORMAT, PREFIX-dead_letter-*.jsonl, "
                         "PREFIX-summary.json.")
@@ -56,13 +53,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
 
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
-    corpus = resolve_corpus(known, parser)
-    try:
-        config = config_from_flags(ScoreConfig, known)
-        return run_score(known.model, corpus, config, known.output, pipeline_args,
-                         save_main_session=save_main_session)
-    except InputError as e:  # found before any work: one line, exit 2
-        parser.error(str(e))
+    corpus = resolve_corpus(known)
+    config = config_from_flags(ScoreConfig, known)
+    return run_score(known.model, corpus, config, known.output, pipeline_args, save_main_session=save_main_session)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         brief["metrics"] = {
             name: {k: m.get(k) for k in ("accuracy", "auc", "auc_method")} for name, m in summary["models"].items()
         }
+        brief["metrics_measured_on"] = (f"the {summary['labelled']} documents of this corpus whose label is a class "
+                                        "of the model (training documents too, if the corpus holds them)")
         if "agreement" in summary:
             brief["agreement"] = summary["agreement"]
     brief["outputs"] = report["outputs"]

@@ -17,21 +17,21 @@ Unknown flags go to Beam's PipelineOptions untouched.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, flag_name, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.core.errors import InputError
 from beam_rnn.core.manifest import ArtifactError
 from beam_rnn.stream.classifier import StreamingClassifier
 from beam_rnn.stream.config import StreamConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beam-rnn stream", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="Exported streaming model dir (OUTPUT/lstm of pipelines.train; local or gs://).")
@@ -56,11 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(parser: argparse.ArgumentParser, message: str) -> None:
-    """One line on stderr, exit status 2 (argparse's error, without the usage block)."""
-    parser.exit(2, f"{parser.prog}: error: {' '.join(str(message).split())}\n")
-
-
 def _input_events_problem(pattern: str) -> str | None:
     """Why `pattern` cannot be read as event files (None: it matches readable files)."""
     from apache_beam.io.filesystems import FileSystems
@@ -83,36 +78,34 @@ def _input_events_problem(pattern: str) -> str | None:
     return None
 
 
-def _check(known: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[StreamingClassifier, StreamConfig]:
+def _fail(message: str) -> None:
+    raise InputError(" ".join(str(message).split()))
+
+
+def _check(known: argparse.Namespace) -> tuple[StreamingClassifier, StreamConfig]:
     pubsub_in = known.input_topic or known.input_subscription
     if known.input_topic and known.input_subscription:
-        _fail(parser, "give --input-topic or --input-subscription, not both")
+        _fail("give --input-topic or --input-subscription, not both")
     if known.input_events and pubsub_in:
-        _fail(parser, "give --input-events or a Pub/Sub input, not both")
+        _fail("give --input-events or a Pub/Sub input, not both")
     if known.interactive and (known.input_events or pubsub_in):
-        _fail(parser, "--interactive reads stdin; it cannot be combined with --input-events or Pub/Sub flags")
+        _fail("--interactive reads stdin; it cannot be combined with --input-events or Pub/Sub flags")
     if known.input_events and not known.output:
-        _fail(parser, "--input-events needs --output PREFIX")
+        _fail("--input-events needs --output PREFIX")
     if pubsub_in and not known.output_topic:
-        _fail(parser, "a Pub/Sub input needs --output-topic")
+        _fail("a Pub/Sub input needs --output-topic")
     if known.output and not known.input_events:
-        _fail(parser, "--output goes with --input-events")
-    try:
-        config = config_from_flags(StreamConfig, known)
-    except ValueError as e:
-        message = str(e)
-        for field in dataclasses.fields(StreamConfig):  # name the flag, not the field
-            message = message.replace(field.name, flag_name(field))
-        _fail(parser, message)
+        _fail("--output goes with --input-events")
+    config = config_from_flags(StreamConfig, known)
     if known.input_events:
         problem = _input_events_problem(known.input_events)
         if problem:
-            _fail(parser, problem)
+            _fail(problem)
     try:
         # Verified against the model's manifest.json before anything is parsed.
         classifier = StreamingClassifier.load(known.model, max_pending_chars=config.max_pending_chars)
     except ArtifactError as e:
-        _fail(parser, f"--model: {e}")
+        _fail(f"--model: {e}")
     return classifier, config
 
 
@@ -129,10 +122,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     """
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
-    classifier, config = _check(known, parser)
+    classifier, config = _check(known)
     if not (known.input_events or known.input_topic or known.input_subscription):
         if pipeline_args:
-            _fail(parser, f"unrecognized arguments in interactive mode: {' '.join(pipeline_args)}")
+            parser.error(f"unrecognized arguments in interactive mode: {' '.join(pipeline_args)}")
         from beam_rnn.stream.interactive import interactive
 
         totals = interactive(classifier, per_line=known.per_line, as_json=known.json)

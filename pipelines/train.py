@@ -1,6 +1,6 @@
 """Train the bidirectional (bilstm) and/or streaming (lstm) classifiers.
 
-    python -m pipelines.train --transformed out/prep --output out/models --model both
+    python -m pipelines.train --transformed out/prep --output out/models --kind both
 
 Reads a `pipelines.preprocess` output (transform_fn/, transformed/, stats.json),
 checked against its manifest.json (and the TFT graph loaded) before any model is
@@ -18,34 +18,40 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_flags
 from beam_rnn.core import constants as C
 
 MODEL_BOTH = "both"
 
-logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from beam_rnn.train.config import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="beam-rnn train", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transformed", required=True,
-                        help="Preprocessing output dir (pipelines.preprocess --output).")
+                        help="A `beam-rnn preprocess` output. Missing, incomplete, without manifest.json or not "
+                        "matching it: one error line naming the file, exit 2, before any model is built.")
     parser.add_argument("--output", required=True, help="Output dir; each model goes to OUTPUT/<kind>/.")
-    parser.add_argument("--model", choices=(*C.MODEL_NAMES, MODEL_BOTH), default=MODEL_BOTH,
-                        help="Model(s) to train (default both).")
+    parser.add_argument("--kind", choices=(*C.MODEL_NAMES, MODEL_BOTH), default=MODEL_BOTH,
+                        help="bilstm (the tutorial's classifier), lstm (streaming), or both (default both).")
+    # The old name, for one release: `--model` names an exported model directory in every other command.
+    parser.add_argument("--model", choices=(*C.MODEL_NAMES, MODEL_BOTH), dest="kind_old_name", help=argparse.SUPPRESS)
     add_config_flags(parser, TrainConfig)
     parser.add_argument("--skip-export", action="store_true", help="Train only; do not call the export step.")
     return parser
 
 
 def config_from_args(known: argparse.Namespace):
-    """The TrainConfig of parsed flags (--model picks the kinds)."""
+    """The TrainConfig of parsed flags (--kind picks the kinds)."""
     from beam_rnn.train.config import TrainConfig
 
-    kinds = C.MODEL_NAMES if known.model == MODEL_BOTH else (known.model,)
+    if getattr(known, "kind_old_name", None):
+        logging.getLogger("beam_rnn.train").warning(
+            "train --model is now --kind (--model names a model directory in score, evaluate and stream)")
+        known.kind = known.kind_old_name
+    kinds = C.MODEL_NAMES if known.kind == MODEL_BOTH else (known.kind,)
     return config_from_flags(TrainConfig, known, kinds=kinds)
 
 
@@ -53,8 +59,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Train (and export) the requested model(s).
 
     Args:
-        argv: Command-line arguments (default: sys.argv[1:]). Unrecognised flags
-            are ignored with a warning (Beam drivers' convention).
+        argv: Command-line arguments (default: sys.argv[1:]); an unknown flag is an error.
 
     Returns:
         {kind: metrics} — the contents of each OUTPUT/<kind>/metrics.json.
@@ -64,13 +69,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
             `beam_rnn.cli.run_command`): unusable inputs, found before any model is built.
     """
     parser = build_parser()
-    known, unknown = parse_known_flags(parser, argv)
-    if unknown:
-        logger.warning("Ignoring unrecognised arguments: %s", " ".join(unknown))
-    try:
-        config = config_from_args(known)
-    except ValueError as e:
-        parser.error(str(e))
+    known = parse_flags(parser, argv)  # training takes no Beam flags: every unknown flag is an error
+    config = config_from_args(known)
     from beam_rnn.train import run_training
 
     return run_training(known.transformed, known.output, config, export=not known.skip_export)

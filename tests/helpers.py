@@ -105,3 +105,9 @@ def randomize_weights(model, seed: int) -> None:
         (rng.standard_normal(w.shape) * (1.5 / np.sqrt(w.shape[0]) if w.ndim == 2 else 0.5)).astype(np.float32)
         for w in model.get_weights()
     ])
+
+
+def p_or_list(record: dict, prefix: str = ""):
+    """P(class 1) of a binary model's output record, the list of class probabilities otherwise."""
+    values = list(record[prefix + "probabilities"].values())
+    return values[1] if len(values) == 2 else values

@@ -424,37 +424,15 @@ def test_driver_accepts_every_flag_of_the_command_line():
     assert config.eval_dir() is None  # --no-eval
 
 
-def test_readme_flag_table_matches_the_generated_flags():
-    import re
-
-    from pipelines import embeddings as driver
-
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = text[text.index("### `embeddings`"):]
-    section = section[: section.index("\n## ")]
-    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `--")]
-    actions = {s: a for a in driver.build_parser()._actions for s in a.option_strings}
-    documented = set()
-    for flags_cell, default_cell, _ in rows:
-        flags = re.findall(r"`(--[a-z-]+)`", flags_cell)
-        documented.update(flags)
-        defaults = default_cell.replace("`", "").split(", ")
-        for flag, default in zip(flags, defaults) if len(flags) == len(defaults) else []:
-            if default == "required":
-                assert actions[flag].required, flag
-            else:
-                assert actions[flag].help.endswith(f"(default {default})"), (flag, actions[flag].help)
-    assert documented == {s for s in actions if s.startswith("--") and s not in ("--help", "--no-delete-examples")}
-
-
 def test_driver_rejects_bad_values_with_exit_2(capsys):
-    from pipelines import embeddings as driver
+    from beam_rnn.cli import run_command
 
-    for argv in (["--window", "0"], ["--splits", "test"], ["--passes", "0"]):
-        with pytest.raises(SystemExit) as e:
-            driver.run(["--transformed", "p", "--output", "o", *argv])
-        assert e.value.code == 2
-    assert "window must be >= 1" in capsys.readouterr().err
+    for argv, message in ((["--window", "0"], "--window must be >= 1, got 0"),
+                          (["--splits", "test"], "argument --splits: invalid choice: 'test'"),
+                          (["--passes", "0"], "--passes must be >= 1, got 0")):
+        assert run_command("embeddings", ["--transformed", "p", "--output", "o", *argv]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], errors
 
 
 def test_driver_run_fails_when_no_example_is_made(tmp_path):

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from beam_rnn.core.manifest import write_manifest
 from beam_rnn.core import constants as C
+from beam_rnn.core.outputs import flat_record
 from beam_rnn.train import export
 from beam_rnn import serve as inference
 from beam_rnn.serve import score as score_lib
@@ -213,12 +214,17 @@ def test_scores_equal_in_process_savedmodel_and_ids_are_kept(env, lstm_run):
     assert sorted(records) == sorted(d["id"] for d in docs)
     ids = [d["id"] for d in docs]
     probs, labels = in_process(env["dirs"]["lstm"], [d["text"] for d in docs])
-    got = np.array([records[i]["probability"] for i in ids])
+    got = np.array([_p(records[i]) for i in ids])
     assert np.max(np.abs(got - probs)) <= TOL
-    assert [records[i]["label"] for i in ids] == labels.tolist()
+    assert [records[i]["predicted_label"] for i in ids] == labels.tolist()
+    assert [records[i]["predicted_label_name"] for i in ids] == [str(x) for x in labels.tolist()]
     assert {r["model"] for r in records.values()} == {"lstm"}
-    assert records["r001"]["true_label"] == 1 and records["unknown_class"]["true_label"] is None
-    assert set(records["r001"]) == {"id", "model", "probability", "label", "true_label"}
+    assert records["r001"]["true_label"] == 1 and records["r001"]["true_label_name"] == "1"
+    assert records["unknown_class"]["true_label"] is None and records["unknown_class"]["true_label_name"] is None
+    assert set(records["r001"]) == {"id", "model", "probabilities", "predicted_label", "predicted_label_name",
+                                    "true_label", "true_label_name"}
+    assert list(records["r001"]["probabilities"]) == ["0", "1"]
+    assert sum(records["r001"]["probabilities"].values()) == pytest.approx(1.0)
     assert report["reconciled"] is True
 
 
@@ -239,15 +245,21 @@ def test_dead_letters_and_counts_reconcile_for_malformed_rows(env, lstm_run):
     assert summary["counters"]["reconciled"] is True
 
 
-def _numpy_metrics(records: list[dict], prob_key: str, label_key: str, k: int) -> dict:
+def _p(record: dict, prefix: str = ""):
+    """P(class 1) of a binary model's record, the list of class probabilities otherwise."""
+    values = list(record[prefix + "probabilities"].values())
+    return values[1] if len(values) == 2 else values
+
+
+def _numpy_metrics(records: list[dict], prefix: str, k: int) -> dict:
     known = [r for r in records if r["true_label"] is not None]
     true = np.array([r["true_label"] for r in known])
-    pred = np.array([r[label_key] for r in known])
+    pred = np.array([r[prefix + "predicted_label"] for r in known])
     confusion = np.zeros((k, k), int)
     np.add.at(confusion, (true, pred), 1)
     out = {"accuracy": float(np.mean(true == pred)), "confusion": confusion.tolist(), "labelled": len(known)}
     if k == 2:
-        scores = np.array([r[prob_key] for r in known], np.float64)
+        scores = np.array([_p(r, prefix) for r in known], np.float64)
         pos, neg = np.sort(scores[true == 1]), np.sort(scores[true == 0])
         lower = np.searchsorted(neg, pos, side="left")
         upper = np.searchsorted(neg, pos, side="right")
@@ -259,7 +271,7 @@ def test_summary_metrics_equal_numpy(env, lstm_run):
     prefix, _ = lstm_run
     records = read_jsonl(prefix)
     summary = json.loads(Path(prefix + "-summary.json").read_text())
-    expected = _numpy_metrics(records, "probability", "label", 2)
+    expected = _numpy_metrics(records, "", 2)
     got = summary["models"]["lstm"]
     assert summary["labelled"] == expected["labelled"] == len(records) - 1
     assert summary["unknown_label"] == 1
@@ -267,8 +279,9 @@ def test_summary_metrics_equal_numpy(env, lstm_run):
     assert got["confusion"] == expected["confusion"]
     assert got["auc"] == pytest.approx(expected["auc"], abs=1e-12)
     assert got["auc_method"] == "exact" and got["auc_max_error"] == 0.0
-    assert got["true_label_counts"] == np.sum(expected["confusion"], axis=1).tolist()
-    assert sum(got["predicted_label_counts"]) == len(records)
+    assert got["true_label_counts"] == dict(zip(["0", "1"], np.sum(expected["confusion"], axis=1).tolist()))
+    assert sum(got["predicted_label_counts"].values()) == len(records)
+    assert summary["class_names"] == ["0", "1"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "tfrecord"])
@@ -282,10 +295,12 @@ def test_every_output_format_reads_back(env, lstm_run, fmt):
     assert sorted(got) == sorted(reference)
     for doc_id, ref in reference.items():
         row = got[doc_id]
-        assert set(row) == set(ref) | {"true_label"}
-        assert row["label"] == ref["label"] and row["model"] == ref["model"]
-        assert row["true_label"] == ref["true_label"]
-        assert abs(row["probability"] - ref["probability"]) <= TOL
+        flat = flat_record(ref)
+        assert set(row) == set(flat) == {"id", "model", "predicted_label", "predicted_label_name", "probability_0",
+                                         "probability_1", "true_label", "true_label_name"}
+        for key in ("predicted_label", "predicted_label_name", "model", "true_label", "true_label_name"):
+            assert row[key] == ref[key] or (ref[key] is None and row[key] in (None, "")), (key, row, ref)
+        assert abs(row["probability_1"] - _p(ref)) <= TOL and abs(row["probability_0"] - (1 - _p(ref))) <= TOL
 
 
 def test_both_models_side_by_side_with_agreement(env):
@@ -296,17 +311,17 @@ def test_both_models_side_by_side_with_agreement(env):
     assert sorted(records) == sorted(ids)
     for name in ("bilstm", "lstm"):
         probs, labels = in_process(env["dirs"][name], texts)
-        got = np.array([records[i][f"{name}_probability"] for i in ids])
+        got = np.array([_p(records[i], f"{name}_") for i in ids])
         assert np.max(np.abs(got - probs)) <= TOL
-        assert [records[i][f"{name}_label"] for i in ids] == labels.tolist()
-    agree = [records[i]["bilstm_label"] == records[i]["lstm_label"] for i in ids]
+        assert [records[i][f"{name}_predicted_label"] for i in ids] == labels.tolist()
+    agree = [records[i]["bilstm_predicted_label"] == records[i]["lstm_predicted_label"] for i in ids]
     assert [records[i]["agreement"] for i in ids] == agree
     assert 0 < sum(agree) < len(agree), "random models should disagree somewhere"
     summary = report["summary"]
     assert summary["agreements"] == sum(agree)
     assert summary["agreement"] == pytest.approx(sum(agree) / len(agree))
     for name in ("bilstm", "lstm"):
-        expected = _numpy_metrics(list(records.values()), f"{name}_probability", f"{name}_label", 2)
+        expected = _numpy_metrics(list(records.values()), f"{name}_", 2)
         assert summary["models"][name]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
         assert summary["models"][name]["auc"] == pytest.approx(expected["auc"], abs=1e-12)
         assert summary["models"][name]["confusion"] == expected["confusion"]
@@ -393,7 +408,7 @@ def test_inference_failure_is_dead_lettered_and_counts_reconcile(env, tmp_path, 
     by_id = _by_id(records)
     texts = [d["text"] for d in poisoned if d["id"] in by_id]
     probs, _ = in_process(env["dirs"]["lstm"], texts)
-    got = np.array([by_id[d["id"]]["probability"] for d in poisoned if d["id"] in by_id])
+    got = np.array([_p(by_id[d["id"]]) for d in poisoned if d["id"] in by_id])
     assert np.max(np.abs(got - probs)) <= TOL
 
 
@@ -408,17 +423,19 @@ def test_multiclass_probabilities_label_names_and_invalid_documents(env, tmp_pat
     )
     by_id = _by_id(records)
     probs, labels = in_process(env["dirs"]["multi"], [d["text"] for d in docs])
-    got = np.array([by_id[d["id"]]["probability"] for d in docs])
+    got = np.array([_p(by_id[d["id"]]) for d in docs])
     assert got.shape == (len(docs), 3)
     assert np.max(np.abs(got - probs)) <= TOL
     for d, label in zip(docs, labels.tolist()):
         r = by_id[d["id"]]
-        assert r["label"] == label and r["label_name"] == names[label]
+        assert r["predicted_label"] == label and r["predicted_label_name"] == names[label]
+        assert list(r["probabilities"]) == names
         assert r["true_label"] == (names.index(d["label"]) if d["label"] in names else None)
+        assert r["true_label_name"] == (d["label"] if d["label"] in names else None)
     assert sorted(d["reason"].split(":")[0] for d in dead) == ["invalid_document"] * 3
     assert counts["documents_in"] == len(docs) + 3 == counts["scored"] + counts["dead_letter"]
-    expected = _numpy_metrics(records, "probability", "label", 3)
-    assert summary["label_names"] == names
+    expected = _numpy_metrics(records, "", 3)
+    assert summary["class_names"] == names
     assert summary["models"]["lstm"]["confusion"] == expected["confusion"]
     assert summary["models"]["lstm"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
     assert "auc" not in summary["models"]["lstm"]
@@ -461,7 +478,8 @@ def test_auc_histogram_mode_is_bounded_and_within_its_error_bound():
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
     scores[:50] = 0.5  # ties
     info = inference.ModelInfo(name="m", model_dir="unused", kind="lstm", num_classes=2)
-    records = [{"probability": float(s), "label": int(s > 0.5), "true_label": int(t)} for s, t in zip(scores, labels)]
+    records = [{"probabilities": {"0": 1 - float(s), "1": float(s)}, "predicted_label": int(s > 0.5),
+                "true_label": int(t)} for s, t in zip(scores, labels)]
     pos, neg = np.sort(scores[labels == 1]).astype(np.float64), np.sort(scores[labels == 0]).astype(np.float64)
     lo, hi = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")
     exact = float(np.sum(lo + 0.5 * (hi - lo)) / (len(pos) * len(neg)))
@@ -499,14 +517,12 @@ def test_resolve_models_names_and_errors(env, tmp_path):
 
 
 def test_missing_or_corrupt_model_dir_exits_2_before_the_pipeline(env, tmp_path, capsys):
-    from pipelines import score
+    from beam_rnn.cli import run_command
 
-    # A missing directory, in-process: argparse's exit 2 with one message, nothing written.
+    # A missing directory, in-process: exit 2 with one message, nothing written.
     out = tmp_path / "out_missing" / "scores"
-    with pytest.raises(SystemExit) as exc:
-        score.run(["--model", str(tmp_path / "no_such_model"), "--input", env["corpus"], "--format", "csv",
-                   "--output", str(out), "--runner=DirectRunner"])
-    assert exc.value.code == 2
+    assert run_command("score", ["--model", str(tmp_path / "no_such_model"), "--input", env["corpus"],
+                                 "--format", "csv", "--output", str(out), "--runner=DirectRunner"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "no_such_model does not exist" in errors[0]
     assert not out.parent.exists()
@@ -601,3 +617,67 @@ def test_runinference_loads_the_models_once_for_every_batch(env, tmp_path):
     assert len(records) == len(env["docs"]) and not dead
     assert counts["scored"] > 3 * 2  # many batches
     assert CountingHandler.loads == 1
+
+
+# --------------------------------------------------------------------------
+# Issue 13: labels from the model card; a run that mostly failed does not exit 0
+# --------------------------------------------------------------------------
+def _cli_in_process(command: str, argv: list[str], capsys) -> tuple[int, list[str], str]:
+    from beam_rnn.cli import run_command
+
+    code = run_command(command, argv)
+    captured = capsys.readouterr()
+    return code, [line for line in captured.err.splitlines() if "error:" in line], captured.out
+
+
+def test_string_labels_come_from_the_model_card(env, tmp_path, capsys):
+    names = ["neg", "neu", "pos"]
+    rng = random.Random(11)
+    corpus = tmp_path / "named.csv"
+    docs = [{"id": f"n{i}", "text": _text(rng, 5 + i), "label": names[i % 3]} for i in range(9)]
+    _write_csv(corpus, docs, [])
+    base = ["--model", env["dirs"]["multi"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
+            *SMALL_BATCHES, "--runner=DirectRunner"]
+
+    # No --label-type: the card's string labels are used, nothing is dead-lettered.
+    out = str(tmp_path / "ok" / "s")
+    code, errors, stdout = _cli_in_process("score", base + ["--output", out], capsys)
+    assert code == 0 and errors == []
+    records = read_jsonl(out)
+    assert sorted(r["true_label_name"] for r in records) == sorted(d["label"] for d in docs)
+    assert all(r["true_label"] == names.index(r["true_label_name"]) for r in records)
+    assert json.loads(stdout.splitlines()[-1])["dead_lettered"] == 0
+
+    # A label type that contradicts the card, or declared labels that are no class: one line, exit 2, no output.
+    for extra, message in ((["--label-type", "int"], "--label-type int does not fit the model"),
+                           (["--labels", "neg,zzz"], "--labels zzz: not classes of the model")):
+        out = tmp_path / "bad" / extra[0].strip("-") / "s"
+        code, errors, _ = _cli_in_process("score", base + ["--output", str(out), *extra], capsys)
+        assert code == 2 and len(errors) == 1 and message in errors[0], errors
+        assert "(its classes: neg, neu, pos)" in errors[0] or "string labels (neg, neu, pos)" in errors[0]
+        assert not out.parent.exists()
+
+
+def test_a_run_that_is_mostly_dead_letters_fails(env, tmp_path, capsys):
+    corpus = tmp_path / "mostly_bad.csv"  # 2 documents, 3 rows with empty texts (dead letters)
+    corpus.write_text("id,text,label\ng1,a good film,1\nb0,,1\nb1,,0\ng2,a bad film,0\nb2,,1\n")
+    base = ["--model", env["dirs"]["lstm"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
+            *SMALL_BATCHES, "--runner=DirectRunner"]
+    code, errors, _ = _cli_in_process("score", base + ["--output", str(tmp_path / "a" / "s")], capsys)
+    assert code == 1 and len(errors) == 1, errors
+    assert "3 of 5 rows (60%) were dead-lettered (most: empty_text 3), more than --max-dead-letter-fraction 0.5" \
+        in errors[0]
+    assert read_jsonl(str(tmp_path / "a" / "s")), "the scores are still written"
+    code, errors, _ = _cli_in_process(
+        "score", base + ["--output", str(tmp_path / "b" / "s"), "--max-dead-letter-fraction", "0.6"], capsys)
+    assert code == 0 and errors == []
+
+
+def test_evaluate_on_zero_documents_is_an_error(env, tmp_path, capsys):
+    corpus = tmp_path / "strangers.csv"
+    _write_csv(corpus, [{"id": f"s{i}", "text": "good film", "label": "7"} for i in range(3)], [])
+    code, errors, _ = _cli_in_process("evaluate", [
+        "--model", env["dirs"]["lstm"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
+        "--output", str(tmp_path / "report"), "--max-dead-letter-fraction", "1", "--runner=DirectRunner"], capsys)
+    assert code == 1 and len(errors) == 1, errors
+    assert "no document was evaluated (3 rows read, 3 dead-lettered)" in errors[0]

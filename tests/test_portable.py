@@ -175,8 +175,8 @@ def test_portable_runner_with_separate_worker_processes_matches_direct_runner(tm
     assert sorted(direct) == sorted(portable) and len(direct) == rows - 2
     for doc_id, record in direct.items():
         other = portable[doc_id]
-        assert other["label"] == record["label"] and other["true_label"] == record["true_label"]
-        assert abs(other["probability"] - record["probability"]) <= 1e-6
+        assert other["predicted_label"] == record["predicted_label"] and other["true_label"] == record["true_label"]
+        assert abs(other["probabilities"]["1"] - record["probabilities"]["1"]) <= 1e-6
     assert _dead(out["direct"]) == _dead(out["portable"]) and len(_dead(out["direct"])) == 2
     summaries = {k: json.loads(Path(v + "-summary.json").read_text()) for k, v in out.items()}
     for key in ("documents", "labelled", "rows_in", "dead_lettered", "dead_letter_by_stage_and_reason"):

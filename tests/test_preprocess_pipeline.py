@@ -155,13 +155,12 @@ def test_second_read_for_the_vocabulary_is_not_counted_twice(tmp_path):
 # Issue 11: hostile corpora are refused before work, or fail without a manifest
 # --------------------------------------------------------------------------
 def _run_in_process(argv, capsys):
-    """preprocess.run(argv) expected to stop at argument checking: returns (exit code, error lines)."""
-    from pipelines import preprocess
+    """`beam-rnn preprocess` in-process, expected to stop at argument checking: (exit code, error lines)."""
+    from beam_rnn.cli import run_command
 
-    with pytest.raises(SystemExit) as exc:
-        preprocess.run(argv)
+    code = run_command("preprocess", argv)
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    return exc.value.code, errors
+    return code, errors
 
 
 @pytest.mark.parametrize("case, message", [

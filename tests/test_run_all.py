@@ -93,7 +93,7 @@ def test_run_all_hands_each_stage_its_config(tmp_path, monkeypatch, capsys):
     (prep_dir, models_dir, train_config), _ = calls["train"]
     assert (prep_dir, models_dir) == (str(out / "prep"), str(out / "models"))
     assert (train_config.epochs, train_config.max_length, set(train_config.kinds)) == (2, 200, {"bilstm", "lstm"})
-    # What `beam-rnn train --model both --epochs 2 --max-length 200` would train with.
+    # What `beam-rnn train --kind both --epochs 2 --max-length 200` would train with.
     from beam_rnn.cli.flags import parse_known_flags
     from pipelines import train as train_driver
 

@@ -36,6 +36,7 @@ from beam_rnn import stream as streaming
 from beam_rnn.stream import config, events, transform
 from beam_rnn.core.manifest import ArtifactError, write_manifest
 from beam_rnn.stream import StreamingClassifier
+from tests.helpers import p_or_list
 from tests.helpers import build_streaming_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -382,7 +383,7 @@ def test_a_character_cut_between_two_events_is_joined(clf):
         want, state = clf.feed(state, text)
         want += clf.finish(state)[0]
         got = sorted((r for r in h.outputs if not r.get("final")), key=lambda r: r["tokens_seen"])
-        assert [(r["token"], r["probability"]) for r in got] == [(p.token, p.probability) for p in want], (trial, chunks)
+        assert [(r["token"], p_or_list(r)) for r in got] == [(p.token, p.probability) for p in want], (trial, chunks)
         assert h.dead == [] and h.counts.get("replaced_chars", 0) == 0 and h.reconciled()
     assert joined >= 15  # the generator really cuts characters in half
 
@@ -455,7 +456,7 @@ def test_hostile_events_among_good_streams_in_the_dofn(clf):
         preds += clf.finish(_)[0]
         got = [r for r in h.outputs if r["stream_id"] == sid and not r.get("final")]
         assert [r["token"] for r in got] == [p.token for p in preds]
-        assert [r["probability"] for r in got] == [p.probability for p in preds]
+        assert [p_or_list(r) for r in got] == [p.probability for p in preds]
     for record in h.outputs + h.dead:
         _encodable(record)
         streaming.to_json_line(record).encode("utf-8")
@@ -575,7 +576,7 @@ def test_test_stream_poison_events_do_not_touch_good_streams(clf, model_dir, eve
     for sid, text in (("g1", "Good movie, GREAT plot<br />bad"), ("g2", " awful  film "),
                       ("p", "half an emoji \ufffd and more"), ("n\x00", "nul\x00 inside")):
         got = sorted((r for r in preds if r["stream_id"] == sid and not r.get("final")), key=lambda r: r["tokens_seen"])
-        assert [(r["token"], r["probability"]) for r in got] == expected(text), sid
+        assert [(r["token"], p_or_list(r)) for r in got] == expected(text), sid
         [final] = [r for r in preds if r["stream_id"] == sid and r.get("final")]
         assert final["tokens_seen"] == len(got)
     assert {r["stream_id"] for r in preds} == {"g1", "g2", "p", "n\x00"}
@@ -650,7 +651,7 @@ def test_replay_with_poison_lines_exits_0_with_every_good_stream(clf, model_dir,
         want, state = clf.feed(state, text)
         want += clf.finish(state)[0]
         got = sorted((r for r in rows if r["stream_id"] == sid and not r.get("final")), key=lambda r: r["tokens_seen"])
-        assert [(r["token"], r["probability"]) for r in got] == [(p.token, p.probability) for p in want], sid
+        assert [(r["token"], p_or_list(r)) for r in got] == [(p.token, p.probability) for p in want], sid
         [final] = [r for r in rows if r["stream_id"] == sid and r.get("final")]
         assert final["reason"] == "end" and final["tokens_seen"] == len(want)
     s6 = [r["token"] for r in rows if r["stream_id"] == "s6" and not r.get("final")]

@@ -30,6 +30,7 @@ from beam_rnn.preprocess import tft_graph as preprocessing
 from beam_rnn import stream as streaming
 from beam_rnn.core import spec
 from beam_rnn.stream import StreamingClassifier, StreamTokenizer, TokenizerState
+from tests.helpers import p_or_list
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -390,10 +391,10 @@ def test_every_prefix_equals_serving_default(exported, name):
         # After the last token: the full-pass prediction of the raw text (max_tokens applied alike).
         full = e.serve([text]).reshape(1, -1)[0]
         current = e.clf.current(state)
-        np.testing.assert_allclose(np.ravel(current["probability"]), full, atol=TOL, rtol=0)
-        np.testing.assert_allclose(np.ravel(e.clf.predict_text(text)["probability"]), full, atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.ravel(p_or_list(current)), full, atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.ravel(p_or_list(e.clf.predict_text(text))), full, atol=TOL, rtol=0)
         label = e.sigs["serving_default"](text=tf.constant([text]))["label"].numpy()[0]
-        assert current["label"] == label
+        assert current["predicted_label"] == label
 
 
 def test_max_tokens_truncates_like_the_graph(exported):
@@ -566,7 +567,7 @@ def test_stream_predictions_duplicates_reordering_gaps_and_expiry(exported):
     assert [(r["stream_id"], r["seq"], r["token"], r["token_id"], r["tokens_seen"]) for r in got] == [
         (r["stream_id"], r["seq"], r["token"], r["token_id"], r["tokens_seen"]) for r in want
     ]
-    np.testing.assert_allclose([r["probability"] for r in got], [r["probability"] for r in want], atol=1e-7, rtol=0)
+    np.testing.assert_allclose([p_or_list(r) for r in got], [p_or_list(r) for r in want], atol=1e-7, rtol=0)
 
     # Stream a's tokens equal serving_default on every prefix of the whole text.
     a_tokens = [r for r in got if r["stream_id"] == "a" and r["tokens_seen"] <= len(spec.tokenize(text_a))]
@@ -574,11 +575,11 @@ def test_stream_predictions_duplicates_reordering_gaps_and_expiry(exported):
     words = spec.tokenize(text_a)
     assert [r["token"] for r in a_tokens] == words
     served = e.serve([" ".join(words[: i + 1]) for i in range(len(words))])
-    np.testing.assert_allclose([r["probability"] for r in a_tokens], served, atol=TOL, rtol=0)
+    np.testing.assert_allclose([p_or_list(r) for r in a_tokens], served, atol=TOL, rtol=0)
 
     # Final records: end (a, b, the new a), expiry (c, d) with reasons.
     assert finals["a"]["reason"] == "end" and finals["a"]["tokens_seen"] == len(words)
-    np.testing.assert_allclose(finals["a"]["probability"], e.serve([text_a])[0], atol=TOL)
+    np.testing.assert_allclose(p_or_list(finals["a"]), e.serve([text_a])[0], atol=TOL)
     assert finals["b"]["reason"] == "end" and finals["b"]["tokens_seen"] == 4
     assert finals["c"]["expired"] is True and "idle" in finals["c"]["reason"]
     assert finals["c"]["tokens_seen"] == 5  # the pending "a" is flushed on expiry
@@ -614,7 +615,7 @@ def test_stdin_mode_prints_a_line_per_token(exported):
     words = spec.tokenize(text + "od<br />bad")
     assert [r["token"] for r in lines[:-1]] == words
     assert lines[-1]["final"] is True and lines[-1]["tokens_seen"] == len(words)
-    np.testing.assert_allclose([r["probability"] for r in lines[:-1]],
+    np.testing.assert_allclose([p_or_list(r) for r in lines[:-1]],
                                e.serve([" ".join(words[: i + 1]) for i in range(len(words))]), atol=TOL)
     # Table form, one text per line.
     proc = _cli(["--model", e.model_dir, "--per-line"], stdin="good movie\nbad plot!\n")

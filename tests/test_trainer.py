@@ -478,7 +478,7 @@ def test_cli_flags_are_generated_from_the_config():
     parser = driver.build_parser()
     known = parser.parse_args(["--transformed", "t", "--output", "o"])
     assert driver.config_from_args(known) == TrainConfig()
-    args = ["--transformed", "t", "--output", "o", "--model", "lstm", "--epochs", "3", "--batch-size", "8",
+    args = ["--transformed", "t", "--output", "o", "--kind", "lstm", "--epochs", "3", "--batch-size", "8",
             "--learning-rate", "0.01", "--max-length", "50", "--units", "8", "--embedding-dim", "4",
             "--dense-units", "6", "--layers", "2", "--cell", "gru", "--dropout", "0.25", "--seed", "3",
             "--stacked", "--patience", "4", "--monitor", "val_accuracy", "--num-buckets", "3",
@@ -491,8 +491,8 @@ def test_cli_flags_are_generated_from_the_config():
         freeze_embeddings=True, rescale_pretrained=False,
         model=ModelSettings(units=8, embedding_dim=4, dense_units=6, layers=2, cell="gru", dropout=0.25, seed=3,
                             stacked_tutorial=True))
-    underscored = driver.config_from_args(driver.parse_known_flags(parser, ["--transformed", "t", "--output", "o",
-                                                                            "--embedding_dim", "4"])[0])
+    underscored = driver.config_from_args(driver.parse_flags(parser, ["--transformed", "t", "--output", "o",
+                                                                            "--embedding_dim", "4"]))
     assert underscored.model.embedding_dim == 4
     helptext = " ".join(parser.format_help().split())
     assert "bilstm 0.0005, lstm 0.0005" in helptext and "(default val_loss)" in helptext
@@ -567,7 +567,7 @@ def _run_cli(args: list[str], env: dict | None = None, timeout: int = 240) -> su
 
 def test_cli_incomplete_input_exits_2_with_one_message(binary_dir, tmp_path):
     broken = _incomplete_copy(binary_dir, tmp_path / "broken", [C.STATS_FILE, C.TRANSFORM_FN_DIR])
-    proc = _run_cli(["--transformed", broken, "--output", str(tmp_path / "out"), "--model", "lstm"])
+    proc = _run_cli(["--transformed", broken, "--output", str(tmp_path / "out"), "--kind", "lstm"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -671,7 +671,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 def test_cli_truncated_transform_graph_exits_2_before_training(binary_dir, tmp_path):
     broken = Path(_incomplete_copy(binary_dir, tmp_path / "broken", []))
     _truncate(broken / C.TRANSFORM_FN_DIR / "saved_model.pb")
-    proc = _run_cli(["--transformed", str(broken), "--output", str(tmp_path / "out"), "--model", "lstm"],
+    proc = _run_cli(["--transformed", str(broken), "--output", str(tmp_path / "out"), "--kind", "lstm"],
                     timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
@@ -769,7 +769,7 @@ def test_warm_start_from_pretrained_vectors_frozen(binary_dir, tmp_path):
     path = tmp_path / "vectors.txt"
     path.write_text(f"{len(vectors)} 8\n" + "".join(
         f"{w} {' '.join(repr(float(x)) for x in v)}\n" for w, v in vectors.items()))
-    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--model", "lstm",
+    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--kind", "lstm",
                           "--epochs", "1", "--embedding-dim", "8", "--units", "8", "--dense-units", "8",
                           "--pretrained-embeddings", str(path), "--freeze-embeddings", "--no-rescale-pretrained",
                           "--skip-export"])
@@ -794,7 +794,7 @@ def test_warm_start_rescales_by_default(binary_dir, tmp_path):
     path = tmp_path / "vectors.txt"
     path.write_text(f"{len(vectors)} 8\n" + "".join(
         f"{w} {' '.join(repr(float(x)) for x in v)}\n" for w, v in vectors.items()))
-    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--model", "lstm",
+    results = driver.run(["--transformed", binary_dir, "--output", str(tmp_path / "out"), "--kind", "lstm",
                           "--epochs", "1", "--embedding-dim", "8", "--units", "8", "--dense-units", "8",
                           "--pretrained-embeddings", str(path), "--freeze-embeddings", "--skip-export"])
     assert results["lstm"]["warm_start"]["rescaled"] is True
@@ -816,3 +816,16 @@ def test_cli_pretrained_dimension_mismatch_exits_2(binary_dir, tmp_path):
                      "--pretrained-embeddings", str(path)])
     assert proc.returncode == 2
     assert "--embedding-dim" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_parse_spec_matches_the_transform_output(binary_dir):
+    """The trainer's hand-kept spec reads exactly the features (and dtypes) the TFT output declares."""
+    import tensorflow_transform as tft
+
+    from beam_rnn.train.data import FEATURE_SPEC
+
+    declared = tft.TFTransformOutput(binary_dir).transformed_feature_spec()
+    for key, feature in FEATURE_SPEC.items():
+        assert key in declared and declared[key].dtype == feature.dtype, (key, declared)
+    assert isinstance(declared[C.TOKEN_IDS_KEY], tf.io.VarLenFeature)  # a ragged list in the examples
+    assert list(declared[C.TRANSFORMED_LABEL_KEY].shape) == list(FEATURE_SPEC[C.TRANSFORMED_LABEL_KEY].shape) == []

@@ -3,7 +3,7 @@
     parser = argparse.ArgumentParser()
     add_corpus_args(parser)                        # --input, --format, ... (from CorpusConfig)
     known, beam_args = parse_known_flags(parser, argv)
-    corpus = resolve_corpus(known, parser)         # IMDB by default; exit 2 on bad inputs
+    corpus = resolve_corpus(known)                 # IMDB by default; InputError (exit 2) on bad inputs
     docs, dead = p | corpus.read()
 
 The reader flags are generated from `beam_rnn.io.CorpusConfig` (the one home of
@@ -16,34 +16,46 @@ import logging
 
 from beam_rnn.cli.flags import add_config_flags, config_from_flags
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import InputError
 from beam_rnn.preprocess.config import Corpus
 
 
-def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = False) -> None:
-    """Adds the corpus flags (group "corpus") to `parser`."""
+def add_corpus_args(parser: argparse.ArgumentParser, *, input_required: bool = False,
+                    label_type_from_model: bool = False) -> None:
+    """Adds the corpus flags (group "corpus") to `parser`.
+
+    With `label_type_from_model` (score, evaluate), ``--label-type`` defaults to the
+    model card's label type instead of int.
+    """
     from beam_rnn.io import CorpusConfig
 
     group = parser.add_argument_group("corpus")
     group.add_argument("--input", nargs="+", required=input_required, metavar="PATTERN",
                        help="File pattern(s) or directory (aclimdb). Local paths, globs or gs://. "
                        "Default: the IMDB reviews (see --imdb).")
-    add_config_flags(group, CorpusConfig, defaults={"format": None})
+    from_model = {"label_type": None} if label_type_from_model else {}
+    add_config_flags(group, CorpusConfig, defaults={"format": None, **from_model},
+                     shown_defaults={"label_type": "the model's"} if label_type_from_model else None)
     group.add_argument("--unlabelled", action="store_true", help="The corpus has no labels.")
     group.add_argument("--sample-fraction", type=float, default=Corpus.sample_fraction,
                        help="Keep this fraction of the documents, chosen by hash of the id (deterministic; "
                        "the rest are counted as sampled_out). Default 1.0 (all).")
+    group.add_argument("--max-dead-letter-fraction", type=float, default=Corpus.max_dead_letter_fraction,
+                       metavar="F",
+                       help="Fail the run (exit 1) when more than this share of the rows is dead-lettered "
+                       f"(default {Corpus.max_dead_letter_fraction:g}).")
     group.add_argument("--imdb", default=None,
                        help=f"Local IMDB copy (train.csv or an aclImdb tree) used when --input is absent; "
                        f"also ${C.IMDB_ENV_VAR}. Without either, aclImdb_v1.tar.gz is downloaded once and cached.")
 
 
-def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -> Corpus:
-    """Fills in --input/--format (IMDB by default), checks the corpus flags and inputs; exit 2 if bad.
+def resolve_corpus(known: argparse.Namespace) -> Corpus:
+    """Fills in --input/--format (IMDB by default), checks the corpus flags and inputs.
 
     Before any pipeline starts: a pattern matching nothing, a directory given as a
     file (all formats but aclimdb), an unreadable file, an all-empty corpus, a
     declared int label set that is not 0..K-1 and a non-positive
-    --max-document-chars are one error line and exit status 2.
+    --max-document-chars raise `InputError` (one line, exit status 2 in `beam_rnn.cli.run_command`).
 
     Returns:
         The corpus the flags describe (`corpus_from_flags` builds it again from `known`).
@@ -52,10 +64,7 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
     from beam_rnn.preprocess import datasets
 
     if not known.input:
-        try:
-            source = datasets.resolve_imdb(known.imdb)
-        except datasets.DatasetError as e:
-            parser.error(str(e))
+        source = datasets.resolve_imdb(known.imdb)  # DatasetError is an InputError
         known.input = [source.pattern]
         if known.format is None:
             known.format = source.format
@@ -64,17 +73,13 @@ def resolve_corpus(known: argparse.Namespace, parser: argparse.ArgumentParser) -
         known.format = C.FORMAT_CSV
     if known.format == C.FORMAT_TEXT:
         known.unlabelled = True
-    if not 0.0 < known.sample_fraction <= 1.0:
-        parser.error(f"--sample-fraction must be in (0, 1], got {known.sample_fraction}")
-    if known.max_document_chars < 1:
-        parser.error(f"--max-document-chars must be >= 1, got {known.max_document_chars}")
     try:  # the same validation ReadCorpus applies (declared labels, columns, format)
         corpus = corpus_from_flags(known)
     except ValueError as e:
-        parser.error(f"{'--labels: ' if known.label_set and 'label' in str(e) else ''}{e}")
+        raise InputError(f"{'--labels: ' if known.label_set and 'label' in str(e) else ''}{e}") from e
     problem = corpus_input_problem(known.input, directories=known.format == C.FORMAT_ACLIMDB)
     if problem:
-        parser.error(problem)
+        raise InputError(problem)
     return corpus
 
 
@@ -86,6 +91,15 @@ def corpus_from_flags(known: argparse.Namespace) -> Corpus:
     """
     from beam_rnn.io import CorpusConfig
 
-    config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled)
+    label_type = known.label_type
+    if label_type is None:  # from the model card, later (`beam_rnn.serve.run.fit_corpus_to_models`)
+        label_type = C.LABEL_TYPE_INT if all(_is_int(x) for x in known.label_set or ()) else C.LABEL_TYPE_STRING
+    config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled, label_type=label_type)
     return Corpus(tuple(known.input), config, labels=known.label_set,
-                  sample_fraction=getattr(known, "sample_fraction", Corpus.sample_fraction))
+                  sample_fraction=getattr(known, "sample_fraction", Corpus.sample_fraction),
+                  max_dead_letter_fraction=getattr(known, "max_dead_letter_fraction", Corpus.max_dead_letter_fraction),
+                  label_type_from_model=known.label_type is None)
+
+
+def _is_int(text: str) -> bool:
+    return str(text).strip().lstrip("-").isdigit()

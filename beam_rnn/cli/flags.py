@@ -23,6 +23,7 @@ neither TensorFlow nor Beam: drivers build their parsers before any heavy import
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,10 @@ def option(
     show_default: str | None = None,
     nargs: str | int | None = None,
     negated: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    greater_than: float | None = None,
+    less_than: float | None = None,
 ) -> Any:
     """A dataclass field with what its command-line flag needs.
 
@@ -60,6 +65,8 @@ def option(
       nargs: As for argparse (e.g. "+": ``--splits train eval``); the default should be a tuple.
       negated: For a bool field defaulting to True: one switch `flag` that sets it False
           (``--fixed-window`` for ``dynamic_window``) instead of ``--x/--no-x``.
+      minimum, maximum: Inclusive bounds; greater_than, less_than: exclusive ones; checked
+          with the choices by `check_options` (None values of optional fields pass).
 
     A field without a default is a required flag.
     """
@@ -74,6 +81,7 @@ def option(
             "show_default": show_default,
             "nargs": nargs,
             "negated": negated,
+            "bounds": (minimum, maximum, greater_than, less_than),
         }
     }
     if default_factory is not dataclasses.MISSING:
@@ -125,6 +133,55 @@ def _nested(field: dataclasses.Field) -> type | None:
     return base if isinstance(base, type) and dataclasses.is_dataclass(base) else None
 
 
+def _bound_problem(value: Any, bounds: tuple[Any, ...]) -> str | None:
+    """None if `value` is within (minimum, maximum, greater_than, less_than), else the allowed range in words."""
+    minimum, maximum, greater_than, less_than = bounds
+    ok = ((minimum is None or value >= minimum) and (greater_than is None or value > greater_than)
+          and (maximum is None or value <= maximum) and (less_than is None or value < less_than))
+    if ok:
+        return None
+    low = f"[{minimum:g}" if minimum is not None else (f"({greater_than:g}" if greater_than is not None else None)
+    high = f"{maximum:g}]" if maximum is not None else (f"{less_than:g})" if less_than is not None else None)
+    if low is None:
+        return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+    if high is None:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    return f"in {low}, {high}"
+
+
+def check_options(config: Any) -> None:
+    """Checks every `option` field of a config dataclass against its bounds and choices.
+
+    Called first in the configs' ``__post_init__``: one place for the range checks, so
+    the message (which names the flag) is the same in the library and on the command line.
+
+    Raises:
+      InputError: The first field out of range, as ``--vocab-size must be >= 1, got 0``.
+    """
+    from beam_rnn.core.errors import InputError  # pylint: disable=import-outside-toplevel
+
+    for field in dataclasses.fields(config):
+        meta = _meta(field)
+        if meta is None:
+            continue
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        name = flag_name(field) if meta["cli"] else field.name
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if meta["choices"] is not None:
+            bad = [v for v in values if v not in meta["choices"]]
+            if bad:
+                raise InputError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, got {bad[0]!r}")
+        bounds = meta.get("bounds", (None,) * 4)
+        if bounds == (None,) * 4 or isinstance(value, bool):
+            continue
+        for v in values:
+            problem = _bound_problem(v, bounds)
+            if problem is not None:
+                raise InputError(f"{name} must be {problem}, got {v}")
+
+
 def config_fields(config_cls: type, *, exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
     """The fields of `config_cls` that are command-line flags."""
     hints = typing.get_type_hints(config_cls)
@@ -145,6 +202,7 @@ def add_config_flags(
     exclude: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
     dest_prefix: str = "",
+    shown_defaults: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Adds one flag per field of `config_cls` (see `option`); returns their dests.
 
@@ -154,10 +212,13 @@ def add_config_flags(
       exclude: Field names to leave out (the driver adds its own flag for them).
       defaults: Overrides of the shown/used defaults for this command.
       dest_prefix: Prefix of the argparse dests (to keep two configs apart).
+      shown_defaults: The words --help shows for overridden defaults (e.g. None meaning "the model's").
     """
     dests = []
     for field in config_fields(config_cls, exclude=exclude):
         meta = _meta(field)
+        if field.name in (shown_defaults or {}):
+            meta = {**meta, "show_default": shown_defaults[field.name]}
         default = (defaults or {}).get(field.name, _default(field))
         nested = _nested(field)
         if nested is not None:  # its fields' defaults are those of this field's default object
@@ -228,11 +289,63 @@ def normalise_flag_spelling(parser: argparse.ArgumentParser, argv: Sequence[str]
 
 
 def parse_known_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """`parser.parse_known_args` accepting ``--a_b`` for ``--a-b``; the rest are Beam's flags."""
+    """`parser.parse_known_args` accepting ``--a_b`` for ``--a-b``; the rest must be Beam's flags.
+
+    A leftover that neither `parser` nor any Beam `PipelineOptions` class knows is an
+    argparse error (exit 2, with a suggestion) instead of being dropped by Beam.
+    """
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return parser.parse_known_args(normalise_flag_spelling(parser, args))
+    known, rest = parser.parse_known_args(normalise_flag_spelling(parser, args))
+    unknown = unknown_pipeline_flags(rest)
+    if unknown:
+        own = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        guesses = difflib.get_close_matches(unknown[0].split("=", 1)[0].replace("_", "-"), own, n=1)
+        parser.error(message + (f" (did you mean {guesses[0]}?)" if guesses else
+                                " (neither this command nor Beam's pipeline options know it)"))
+    return known, rest
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args` accepting ``--a_b`` for ``--a-b`` (for commands that take no Beam flags)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(normalise_flag_spelling(parser, args))
+
+
+def unknown_pipeline_flags(args: Sequence[str]) -> list[str]:
+    """The arguments of `args` that no Beam `PipelineOptions` class parses (what Beam would drop)."""
+    if not args:
+        return []
+    # Beam's own parser (private) because PipelineOptions only logs unknown flags and drops them;
+    # its ValueProvider flags need _BeamArgumentParser's add_value_provider_argument.
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    beam_parser = _BeamArgumentParser(allow_abbrev=False)
+    classes: dict[str, type] = {}
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+        pending.extend(cls.__subclasses__())
+    for cls in classes.values():
+        try:
+            cls._add_argparse_args(beam_parser)  # pylint: disable=protected-access
+        except argparse.ArgumentError:  # a subclass re-adding its parent's flag
+            continue
+    _, unknown = beam_parser.parse_known_args(list(args))
+    return unknown
+
+
+def add_model_flag(parser: argparse.ArgumentParser, help_tail: str = "", *, required: bool = True) -> None:
+    """``--model DIR [DIR ...]``: exported models, the same flag wherever a model directory is meant."""
+    parser.add_argument(
+        "--model", nargs="+", required=required, metavar="DIR",
+        help="Exported model dir(s): an export (OUTPUT/<kind> of `beam-rnn train`), NAME=DIR to name one, or a "
+        "training output holding bilstm/ and lstm/ (both models)." + help_tail)
 
 
 def split_list(text: str) -> tuple[str, ...]:

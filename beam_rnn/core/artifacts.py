@@ -31,16 +31,29 @@ def _filesystems():
     return FileSystems
 
 
-def _join(directory: str, *parts: str) -> str:
+def join_path(directory: str, *parts: str) -> str:
+    """`os.path.join` for local paths, ``/`` for remote ones (gs://...)."""
     if "://" in directory:
         return "/".join([directory.rstrip("/"), *parts])
     return os.path.join(directory, *parts)
 
 
-def _exists(path: str) -> bool:
+def path_exists(path: str) -> bool:
+    """Whether `path` exists (local paths without importing Beam)."""
     if "://" not in path:
         return os.path.exists(path)
     return _filesystems().exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file (local paths without importing Beam, so the streaming classifier stays light)."""
+    if "://" not in path:
+        with open(path, "rb") as f:
+            return f.read()
+    from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
+
+    with _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
 
 
 def _is_dir(path: str) -> bool:
@@ -54,7 +67,7 @@ def _is_dir(path: str) -> bool:
 
 
 def saved_model_path(model_dir: str) -> str:
-    return _join(model_dir, C.SAVED_MODEL_DIR)
+    return join_path(model_dir, C.SAVED_MODEL_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +113,12 @@ def read_model_card(model_dir: str) -> dict[str, Any]:
     Raises:
       ModelDirError: It is missing, not JSON or not an object.
     """
-    from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
-
-    card_path = _join(model_dir, C.MODEL_CARD_FILE)
-    if not _exists(card_path):
+    card_path = join_path(model_dir, C.MODEL_CARD_FILE)
+    if not path_exists(card_path):
         raise ModelDirError(f"{model_dir} is not an exported beam_rnn model: {card_path} is missing.")
     try:
-        with _filesystems().open(card_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            card = json.loads(f.read().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        card = json.loads(read_bytes(card_path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise ModelDirError(f"Corrupt model card {card_path}: {e}") from e
     if not isinstance(card, dict):
         raise ModelDirError(f"Corrupt model card {card_path}: not a JSON object.")
@@ -125,14 +135,14 @@ def read_model_info(model_dir: str, name: str | None = None) -> ModelInfo:
     """
     if not _is_dir(model_dir):
         raise ModelDirError(f"Model directory {model_dir} does not exist.")
-    pb = _join(saved_model_path(model_dir), "saved_model.pb")
-    if not _exists(pb):
+    pb = join_path(saved_model_path(model_dir), "saved_model.pb")
+    if not path_exists(pb):
         raise ModelDirError(
             f"{model_dir} is not an exported beam_rnn model: {pb} is missing "
             "(export one with `python -m pipelines.train`)."
         )
     card = read_model_card(model_dir)
-    card_path = _join(model_dir, C.MODEL_CARD_FILE)
+    card_path = join_path(model_dir, C.MODEL_CARD_FILE)
     num_classes = card.get("num_classes")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ModelDirError(f"Corrupt model card {card_path}: num_classes={num_classes!r}.")
@@ -175,12 +185,36 @@ def available_models(models_dir: str) -> list[str]:
     """Model kinds exported under `models_dir` (``bilstm``/``lstm`` with a saved_model.pb and a card)."""
     return [
         n for n in C.MODEL_NAMES
-        if _exists(_join(models_dir, n, C.SAVED_MODEL_DIR, "saved_model.pb"))
-        and _exists(_join(models_dir, n, C.MODEL_CARD_FILE))
+        if path_exists(join_path(models_dir, n, C.SAVED_MODEL_DIR, "saved_model.pb"))
+        and path_exists(join_path(models_dir, n, C.MODEL_CARD_FILE))
     ]
 
 
 ModelsArg = str | Sequence[str | ModelInfo] | Mapping[str, str] | ModelInfo
+
+
+def expand_model_dirs(models: str | Sequence[str]) -> list[str]:
+    """``--model`` values with each training output (``bilstm/`` and/or ``lstm/``, no card of its own) expanded.
+
+    ``NAME=DIR`` values and export directories pass unchanged; ``runs/imdb/models``
+    becomes ``bilstm=runs/imdb/models/bilstm`` and ``lstm=runs/imdb/models/lstm``.
+
+    Raises:
+      ModelDirError: A directory that holds neither a model card nor exported models.
+    """
+    out: list[str] = []
+    for value in [models] if isinstance(models, str) else list(models):
+        named = "=" in value and _NAME_RE.fullmatch(value.split("=", 1)[0])
+        if named or not _is_dir(value) or path_exists(join_path(value, C.MODEL_CARD_FILE)):
+            out.append(value)  # read_model_info says what is wrong with it, if anything
+            continue
+        kinds = available_models(value)
+        if not kinds:
+            raise ModelDirError(
+                f"--model {value!r} holds no exported model (expected an export with {C.MODEL_CARD_FILE}, "
+                f"or bilstm/ or lstm/ exports in it; run `beam-rnn train` first)")
+        out += [f"{kind}={join_path(value, kind)}" for kind in kinds]
+    return out
 
 
 def resolve_models(models: ModelsArg) -> tuple[ModelInfo, ...]:

@@ -38,3 +38,17 @@ class RunFailed(BeamRnnError):
 def exit_code(error: BaseException) -> int:
     """The process exit status for `error`."""
     return getattr(error, "exit_code", EXIT_RUN_FAILED) if isinstance(error, BeamRnnError) else EXIT_RUN_FAILED
+
+
+def dead_letter_problem(dead_lettered: int, rows: int, limit: float, reasons: dict[str, int] | None = None) -> str | None:
+    """Why a run whose rows were mostly dead-lettered failed (None: at most `limit` of `rows` were).
+
+    The one line names the share, the limit's flag and the commonest reasons, so
+    that a run that mostly failed never exits 0 silently.
+    """
+    if rows <= 0 or dead_lettered / rows <= limit:
+        return None
+    top = sorted((reasons or {}).items(), key=lambda kv: -kv[1])[:3]
+    why = f" (most: {', '.join(f'{k} {v:,}' for k, v in top)})" if top else ""
+    return (f"{dead_lettered:,} of {rows:,} rows ({dead_lettered / rows:.0%}) were dead-lettered{why}, "
+            f"more than --max-dead-letter-fraction {limit:g}")

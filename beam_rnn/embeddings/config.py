@@ -8,7 +8,7 @@ import dataclasses
 import os
 from typing import Any
 
-from beam_rnn.cli.flags import option
+from beam_rnn.cli.flags import check_options, option
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import InputError
 
@@ -44,34 +44,27 @@ class CbowConfig:
     """
 
     # Field order is the order of cbow_config.json and of metrics.json's "config".
-    dim: int = option(100, "Vector width.")
-    window: int = option(5, "Context words on each side.")
-    negatives: int = option(5, "Negative samples per example.")
-    sample: float = option(1e-3, "Subsampling threshold, 0 = off.", show_default="1e-3")
-    min_count: int = option(5, "Ignore words seen fewer times.")
-    epochs: int = option(5, "Training epochs.")
-    passes: int | None = option(None, "Independent subsampling/window draws made by Beam.", show_default="= epochs")
+    dim: int = option(100, "Vector width.", minimum=1)
+    window: int = option(5, "Context words on each side.", minimum=1)
+    negatives: int = option(5, "Negative samples per example.", minimum=1)
+    sample: float = option(1e-3, "Subsampling threshold, 0 = off.", show_default="1e-3", minimum=0.0)
+    min_count: int = option(5, "Ignore words seen fewer times.", minimum=1)
+    epochs: int = option(5, "Training epochs.", minimum=1)
+    passes: int | None = option(None, "Independent subsampling/window draws made by Beam.", show_default="= epochs",
+                                minimum=1)
     dynamic_window: bool = option(True, "Always use the full window instead of word2vec's random 1..window.",
                                   flag="fixed-window", negated=True)
-    batch_size: int = option(256, "Examples per SGD step.")
-    learning_rate: float = option(0.025, "Initial SGD rate.")
-    min_learning_rate: float = option(0.025 * 1e-4, "Final SGD rate.", cli=False)
+    batch_size: int = option(256, "Examples per SGD step.", minimum=1)
+    learning_rate: float = option(0.025, "Initial SGD rate.", greater_than=0.0)
+    min_learning_rate: float = option(0.025 * 1e-4, "Final SGD rate.", cli=False, minimum=0.0)
     noise_power: float = option(0.75, "Exponent of the unigram noise distribution.", cli=False)
     max_examples_in_memory: int = option(
         20_000_000, "Train a larger pass in shuffled chunks of about this many examples (44 bytes each with window 5).",
-        show_default="20,000,000")
+        show_default="20,000,000", minimum=1)
     seed: int = option(1, "Seed.")
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negatives", "min_count", "epochs", "batch_size", "max_examples_in_memory"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.passes is not None and self.passes < 1:
-            raise InputError(f"passes must be >= 1 or None, got {self.passes}")
-        if self.sample < 0:
-            raise InputError(f"sample must be >= 0, got {self.sample}")
-        if not self.learning_rate > 0 or self.min_learning_rate < 0:
-            raise InputError("learning_rate must be > 0 and min_learning_rate >= 0")
+        check_options(self)
 
     @property
     def effective_passes(self) -> int:
@@ -98,9 +91,9 @@ class EmbeddingsConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", tuple(self.splits))
-        unknown = [s for s in self.splits if s not in SPLITS]
-        if not self.splits or unknown:
-            raise InputError(f"splits must be some of {', '.join(SPLITS)}, got {', '.join(self.splits) or 'none'}")
+        if not self.splits:
+            raise InputError(f"--splits must be some of {', '.join(SPLITS)}, got none")
+        check_options(self)
 
     def eval_dir(self) -> str | None:
         """The evaluation files' dir: --eval-data, else DEFAULT_EVAL_DATA when it exists; None: no evaluation."""

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_rnn.cli.flags import option
+from beam_rnn.cli.flags import check_options, option
 from beam_rnn.core.constants import (
     DEAD_REASON_KEY,
     DEAD_ROW_KEY,
@@ -320,6 +320,7 @@ class CorpusConfig:
         "Longest document text accepted, in characters, in every format; longer documents are dead "
         "letters (document_too_large).",
         metavar="N",
+        minimum=1,
     )
 
     def __post_init__(self) -> None:
@@ -347,9 +348,9 @@ class CorpusConfig:
         # for encodings in which "\n" is the single byte 0x0A (not UTF-16/32).
         if "\n".encode(self.encoding) != b"\n":
             raise ValueError(f"Encoding {self.encoding!r} is not ASCII-compatible; re-encode the corpus.")
-        if isinstance(self.max_document_chars, bool) or not isinstance(self.max_document_chars, int) \
-                or self.max_document_chars < 1:
+        if isinstance(self.max_document_chars, bool) or not isinstance(self.max_document_chars, int):
             raise ValueError(f"max_document_chars must be a positive integer, got {self.max_document_chars!r}.")
+        check_options(self)
         if self.label_set is not None:
             object.__setattr__(self, "label_set", self._normalise_label_set(self.label_set))
 

@@ -11,8 +11,9 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any, Mapping
 
-from beam_rnn.cli.flags import option
+from beam_rnn.cli.flags import check_options, option
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import InputError
 
 if TYPE_CHECKING:
     from beam_rnn.io import CorpusConfig, ReadCorpus
@@ -34,29 +35,20 @@ class PreprocessConfig:
         eval_fraction: Fraction of documents (by hash of the id) held out for evaluation.
     """
 
-    vocab_size: int = option(20000, "Keep the top-k words.")
-    min_frequency: int = option(2, "Drop words seen fewer times.")
-    num_oov_buckets: int = option(C.DEFAULT_NUM_OOV_BUCKETS, "Out-of-vocabulary ids.")
-    max_tokens: int | None = option(None, "Truncate documents to this many tokens.", metavar="N")
+    vocab_size: int = option(20000, "Keep the top-k words.", minimum=1)
+    min_frequency: int = option(2, "Drop words seen fewer times.", minimum=1)
+    num_oov_buckets: int = option(C.DEFAULT_NUM_OOV_BUCKETS, "Out-of-vocabulary ids.", minimum=1)
+    max_tokens: int | None = option(None, "Truncate documents to this many tokens.", metavar="N",
+                                     minimum=1)
     # The label settings come from the corpus flags (`Corpus.label_settings`).
     labelled: bool = option(True, "Whether documents carry labels.", cli=False)
-    label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False)
+    label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False, choices=C.LABEL_TYPES)
     label_set: tuple[str, ...] | None = option(None, "Declared labels, in id order.", cli=False)
-    eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id.")
+    eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id.", minimum=0.0,
+                                  less_than=1.0)
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
-        if self.num_oov_buckets < 1:
-            raise ValueError(f"num_oov_buckets must be >= 1, got {self.num_oov_buckets}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.label_type not in C.LABEL_TYPES:
-            raise ValueError(f"label_type must be one of {C.LABEL_TYPES}, got {self.label_type!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        check_options(self)
         if self.label_set is not None:
             object.__setattr__(self, "label_set", tuple(str(x) for x in self.label_set))
 
@@ -83,12 +75,11 @@ class PreprocessConfig:
 class PreprocessJob:
     """How a preprocessing run executes (not part of the text → id mapping)."""
 
-    batch_size: int = option(1000, "Documents per Arrow record batch fed to TFT.")
+    batch_size: int = option(1000, "Documents per Arrow record batch fed to TFT.", minimum=1)
     keep_tmp: bool = option(False, "Keep OUTPUT/tmp (TFT temp files).")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_options(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,19 +92,27 @@ class Corpus:
         labels: The declared labels as given, in order (`config.label_set` is a set;
             for string labels the order defines the ids), or None.
         sample_fraction: Keep this fraction of the documents, by hash of the id.
+        max_dead_letter_fraction: A run in which a larger share of the rows is
+            dead-lettered fails (exit 1) instead of reporting success.
+        label_type_from_model: Scoring and evaluation take the label type from the
+            model card (the corpus flags did not set one).
     """
 
     patterns: tuple[str, ...]
     config: CorpusConfig
     labels: tuple[str, ...] | None = None
     sample_fraction: float = 1.0
+    max_dead_letter_fraction: float = 0.5
+    label_type_from_model: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patterns", tuple(self.patterns))
         if not self.patterns:
-            raise ValueError("a corpus needs at least one file pattern")
+            raise InputError("a corpus needs at least one file pattern")
         if not 0.0 < self.sample_fraction <= 1.0:
-            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
+            raise InputError(f"--sample-fraction must be in (0, 1], got {self.sample_fraction}")
+        if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
+            raise InputError(f"--max-dead-letter-fraction must be in [0, 1], got {self.max_dead_letter_fraction}")
 
     def read(self) -> ReadCorpus:
         """The `ReadCorpus` transform of this corpus (sampling is `SampleDocuments`)."""

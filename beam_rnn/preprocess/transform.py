@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import dead_letter_problem
 from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
 from beam_rnn.preprocess.tft_graph import make_preprocessing_fn, raw_feature_spec
 
@@ -377,7 +378,8 @@ def finalize_stats(
     return stats
 
 
-def output_problem(stats: Mapping[str, Any], config: PreprocessConfig) -> str | None:
+def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,
+                   max_dead_letter_fraction: float = 1.0) -> str | None:
     """Why a finished preprocessing run is not a usable training input (None when it is).
 
     * No documents at all (every row dead-lettered, sampled out, or an empty
@@ -385,10 +387,12 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig) -> str | 
     * Int labels that are not exactly 0..K-1 without a declared label set: a
       stray ``7`` in a 0/1 corpus would make an 8-class model.  (With a declared
       set the reader already dead-letters other labels.)
+    * More than `max_dead_letter_fraction` of the rows dead-lettered.
 
     Args:
         stats: The statistics `finalize_stats` wrote.
         config: The preprocessing configuration used.
+        max_dead_letter_fraction: See `beam_rnn.preprocess.config.Corpus`.
 
     Returns:
         One line saying what is wrong and what to do, or None.
@@ -397,6 +401,10 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig) -> str | 
         reasons = ", ".join(f"{k}: {v}" for k, v in stats["dead_letter_by_reason"].items()) or "none"
         return (f"no documents: {stats['rows_in']} rows read, {stats['dead_lettered']} dead-lettered "
                 f"({reasons}), {stats['sampled_out']} sampled out; nothing to train on")
+    too_many = dead_letter_problem(stats["dead_lettered"], stats["rows_in"], max_dead_letter_fraction,
+                                   stats.get("dead_letter_by_reason"))
+    if too_many:
+        return too_many
     if config.labelled and config.label_type == C.LABEL_TYPE_INT and not config.label_set:
         seen = sorted(int(k) for k in stats["label_counts"])
         if seen != list(range(len(seen))):

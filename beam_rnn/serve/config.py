@@ -7,7 +7,7 @@ heavy import.
 
 import dataclasses
 
-from beam_rnn.cli.flags import int_list, option
+from beam_rnn.cli.flags import check_options, int_list, option
 from beam_rnn.core.errors import InputError
 
 OUTPUT_JSONL = "jsonl"
@@ -25,20 +25,21 @@ class ScoreConfig:
     """How `ScoreCorpus` batches, shares models, retries and summarises; how the score files are written."""
 
     output_format: str = option(OUTPUT_JSONL, "Score file format.", choices=OUTPUT_FORMATS)
-    min_batch_size: int = option(128, "Smallest RunInference batch.")
-    max_batch_size: int = option(128, "Largest RunInference batch.")
+    min_batch_size: int = option(128, "Smallest RunInference batch.", minimum=1)
+    max_batch_size: int = option(128, "Largest RunInference batch.", minimum=1)
     max_batch_duration_secs: int | None = option(
-        None, "Streaming pipelines: longest time a batch waits (Beam's stateful batching).", cli=False
+        None, "Streaming pipelines: longest time a batch waits (Beam's stateful batching).", cli=False,
+        minimum=1,
     )
     sort_buffer: int = option(
-        4096, "Documents per bundle sorted by length before batching, so batches pad less (0 disables)."
+        4096, "Documents per bundle sorted by length before batching, so batches pad less (0 disables).", minimum=0
     )
-    num_shards: int = option(0, "Score file shards (0: the runner's choice).")
+    num_shards: int = option(0, "Score file shards (0: the runner's choice).", minimum=0)
     share_model_across_processes: bool = option(
         False, "One model copy per machine shared by all SDK worker processes (Beam large_model)."
     )
     model_copies: int | None = option(
-        None, "Exact number of model copies per machine (implies sharing).", metavar="N"
+        None, "Exact number of model copies per machine (implies sharing).", metavar="N", minimum=1
     )
     retry_failed_batches: bool = option(
         False,
@@ -46,7 +47,7 @@ class ScoreConfig:
         "dead-lettered (on the DirectRunner this buffers all scores in memory).",
     )
     auc_max_bins: int = option(
-        1 << 16, "The summary's AUC is exact up to this many distinct scores, a bounded histogram beyond."
+        1 << 16, "The summary's AUC is exact up to this many distinct scores, a bounded histogram beyond.", minimum=2
     )
     skip_model_load_check: bool = option(
         False,
@@ -55,23 +56,11 @@ class ScoreConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("min_batch_size", "max_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        check_options(self)
         if self.min_batch_size is not None and self.max_batch_size is not None and (
             self.min_batch_size > self.max_batch_size
         ):
             raise InputError(f"min_batch_size {self.min_batch_size} > max_batch_size {self.max_batch_size}.")
-        if self.model_copies is not None and self.model_copies < 1:
-            raise InputError(f"model_copies must be >= 1, got {self.model_copies}.")
-        if self.sort_buffer < 0:
-            raise InputError(f"sort_buffer must be >= 0, got {self.sort_buffer}.")
-        if self.auc_max_bins < 2:
-            raise InputError(f"auc_max_bins must be >= 2, got {self.auc_max_bins}.")
-        if self.num_shards < 0:
-            raise InputError(f"--num-shards must be >= 0, got {self.num_shards}")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise InputError(f"Unknown output format {self.output_format!r}; expected one of {OUTPUT_FORMATS}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,38 +1,42 @@
-"""Score records: their keys and their typed columns (what `WriteScores` writes)."""
+"""Score records: their keys and their typed columns (what `WriteScores` writes).
+
+The names are the project's output vocabulary (`beam_rnn.core.outputs`).
+"""
 
 from collections.abc import Sequence
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import ModelInfo
+from beam_rnn.core.outputs import class_names, probability_columns
 
 # Score record keys.
 ID = C.ID_KEY
 MODEL = "model"
-PROBABILITY = "probability"
-PREDICTED_LABEL = "label"
-LABEL_NAME = "label_name"
-TRUE_LABEL = "true_label"
+PROBABILITIES = C.PROBABILITIES_KEY
+PREDICTED_LABEL = C.PREDICTED_LABEL_KEY
+PREDICTED_LABEL_NAME = C.PREDICTED_LABEL_NAME_KEY
+TRUE_LABEL = C.TRUE_LABEL_KEY
+TRUE_LABEL_NAME = C.TRUE_LABEL_NAME_KEY
 AGREEMENT = "agreement"
 
 # Column kinds (see `score_columns`).
-STR, INT, FLOAT, FLOATS, BOOL = "str", "int", "float", "floats", "bool"
+STR, INT, FLOAT, BOOL = "str", "int", "float", "bool"
+
+
+def model_prefixes(infos: Sequence[ModelInfo]) -> list[str]:
+    """The key prefix of each model's fields: none for one model, ``<name>_`` for several."""
+    return [""] if len(infos) == 1 else [f"{info.name}_" for info in infos]
 
 
 def score_columns(infos: Sequence[ModelInfo], *, labelled: bool) -> list[tuple[str, str]]:
-    """The ``(column, kind)`` schema of score records; kind is str/int/float/floats/bool."""
-    first = infos[0]
-    prob_kind = FLOAT if first.binary else FLOATS
-    if len(infos) == 1:
-        columns = [(ID, STR), (MODEL, STR), (PROBABILITY, prob_kind), (PREDICTED_LABEL, INT)]
-        if first.label_names is not None:
-            columns.append((LABEL_NAME, STR))
-    else:
-        columns = [(ID, STR)]
-        for info in infos:
-            columns += [(f"{info.name}_{PROBABILITY}", prob_kind), (f"{info.name}_{PREDICTED_LABEL}", INT)]
-            if info.label_names is not None:
-                columns.append((f"{info.name}_{LABEL_NAME}", STR))
+    """The ``(column, kind)`` schema of score records in column formats (`beam_rnn.core.outputs.flat_record`)."""
+    names = class_names(infos[0].label_names, infos[0].num_classes)
+    columns = [(ID, STR)] + ([(MODEL, STR)] if len(infos) == 1 else [])
+    for prefix in model_prefixes(infos):
+        columns += [(prefix + PREDICTED_LABEL, INT), (prefix + PREDICTED_LABEL_NAME, STR)]
+        columns += [(column, FLOAT) for column in probability_columns(names, prefix)]
+    if len(infos) > 1:
         columns.append((AGREEMENT, BOOL))
     if labelled:
-        columns.append((TRUE_LABEL, INT))
+        columns += [(TRUE_LABEL, INT), (TRUE_LABEL_NAME, STR)]
     return columns

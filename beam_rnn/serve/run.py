@@ -13,15 +13,13 @@ from typing import Any
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import (
-    ModelDirError,
     ModelInfo,
-    available_models,
+    expand_model_dirs,
     read_model_card,
-    read_model_info,
     resolve_models,
     verify_model_files,
 )
-from beam_rnn.core.errors import InputError
+from beam_rnn.core.errors import InputError, RunFailed, dead_letter_problem
 from beam_rnn.serve.config import EvaluateConfig, ScoreConfig
 
 
@@ -36,19 +34,63 @@ def _pipeline(pipeline_args: Sequence[str], save_main_session: bool):
     return beam.Pipeline(options=options)
 
 
-def check_score_models(models: Any, *, load: bool = True) -> tuple[ModelInfo, ...]:
-    """Resolves the models (cards, manifests) and, with `load`, loads each SavedModel once on the launcher.
+def check_models(models: Any, *, load: bool = True, streaming_files: bool = False) -> tuple[ModelInfo, ...]:
+    """Resolves ``--model`` values (a training output counts as its exports) and verifies what will be read.
+
+    Args:
+      models: As `resolve_models` takes them; directories holding ``bilstm/`` and
+        ``lstm/`` are expanded (`expand_model_dirs`).
+      load: Load each SavedModel once on the launcher.
+      streaming_files: Also verify the files the token-by-token pass of a streaming
+        (``lstm`` kind) model reads (evaluation's early predictions).
 
     Raises:
-      ModelDirError: A model is missing, damaged or has no serving signature.
+      ModelDirError: A model is missing or damaged (named), does not load, or the
+        models do not share classes.
     """
     from beam_rnn.serve.handler import check_model_loads  # pylint: disable=import-outside-toplevel
 
+    if isinstance(models, str) or (isinstance(models, Sequence) and all(isinstance(m, str) for m in models)):
+        models = expand_model_dirs(models)
     infos = resolve_models(models)
-    if load:
-        for info in infos:
+    for info in infos:
+        if streaming_files and info.kind == C.MODEL_LSTM:
+            from beam_rnn.train.export import VOCAB_TEXT_FILE  # pylint: disable=import-outside-toplevel
+
+            verify_model_files(info.model_dir, [C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE])
+        if load:
             check_model_loads(info)
     return infos
+
+
+def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
+    """The corpus read with the labels of the models' card: label type, and declared labels checked.
+
+    A corpus whose ``--label-type`` was not given takes the model's (string labels
+    when the card names the classes); one that was given and differs, or declared
+    ``--labels`` that are not classes of the model, is an `InputError` before any
+    work.  Rows whose label is no class of the model are still dead letters
+    (``label_not_in_model``), and the dead-letter limit fails a run made mostly of them.
+    """
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    info = infos[0]
+    if not corpus.config.labelled:
+        return corpus
+    want = C.LABEL_TYPE_STRING if info.label_names is not None else C.LABEL_TYPE_INT
+    classes = ", ".join(info.label_names) if info.label_names is not None else f"0..{info.num_classes - 1}"
+    if corpus.config.label_type != want:
+        if not corpus.label_type_from_model:
+            raise InputError(f"--label-type {corpus.config.label_type} does not fit the model {info.model_dir}: it was "
+                             f"trained on {want} labels ({classes}); leave --label-type out to use the model's")
+        corpus = dataclasses.replace(corpus, config=dataclasses.replace(
+            corpus.config, label_type=want, label_set=corpus.labels))
+    if corpus.labels:
+        strangers = [label for label in corpus.labels if info.class_index(label) is None]
+        if strangers:
+            raise InputError(f"--labels {','.join(strangers)}: not classes of the model {info.model_dir} "
+                             f"(its classes: {classes})")
+    return corpus
 
 
 def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
@@ -68,7 +110,10 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
       models, the output patterns, the summary itself and ``duplicate_ids``.
 
     Raises:
-      InputError: Before any work: a model is unusable, or the settings are.
+      InputError: Before any work: a model is unusable, the settings are, or the
+        corpus's labels do not fit the model (`fit_corpus_to_models`).
+      RunFailed: More than the corpus's ``max_dead_letter_fraction`` of the rows
+        were dead letters (the outputs are written).
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -82,7 +127,8 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
         write_summary,
     )
 
-    infos = check_score_models(models, load=not config.skip_model_load_check)
+    infos = check_models(models, load=not config.skip_model_load_check)
+    corpus = fit_corpus_to_models(corpus, infos)
     if corpus.sample_fraction != 1.0:
         raise InputError("--sample-fraction is a preprocessing option; score scores every document "
                          "(sample the corpus files instead)")
@@ -111,6 +157,13 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
         logging.getLogger("beam_rnn").warning(
             "%d of %d scored documents repeat an earlier document id (%d distinct ids)",
             summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
+    reasons: dict[str, int] = {}
+    for by_reason in summary.get("dead_letter_by_stage_and_reason", {}).values():
+        for reason, n in by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    problem = dead_letter_problem(report["dead_lettered"], report["rows_in"], corpus.max_dead_letter_fraction, reasons)
+    if problem:
+        raise RunFailed(f"{problem}; the dead letters are in {outputs['dead_letter']}")
     return report
 
 
@@ -132,36 +185,9 @@ def _reader_reconciles(result: Any, report: dict[str, Any]) -> bool | None:
     )
 
 
-def check_evaluate_models(models_dir: str, *, load: bool = True) -> tuple[ModelInfo, ...]:
-    """The exported models under `models_dir` (``bilstm/``, ``lstm/``), each file the report reads verified.
-
-    Raises:
-      ModelDirError: No model, a damaged one (named), one that does not load, or
-        models that do not share classes.
-    """
-    from beam_rnn.serve.handler import check_model_loads  # pylint: disable=import-outside-toplevel
-    from beam_rnn.train.export import VOCAB_TEXT_FILE  # pylint: disable=import-outside-toplevel
-
-    names = available_models(models_dir)
-    if not names:
-        raise ModelDirError(
-            f"--models {models_dir!r} holds no exported model (expected bilstm/ or lstm/ with "
-            f"{C.SAVED_MODEL_DIR}/ and {C.MODEL_CARD_FILE}; run pipelines.train first)")
-    infos = []
-    for name in names:
-        model_dir = os.path.join(models_dir, name)
-        info = read_model_info(model_dir, name)
-        if name == C.MODEL_LSTM:
-            verify_model_files(model_dir, [C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE])
-        if load:
-            check_model_loads(info)
-        infos.append(info)
-    return resolve_models(infos)
-
-
-def run_evaluate(models_dir: str, corpus: Any, config: EvaluateConfig, output: str,
+def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
                  pipeline_args: Sequence[str] = (), *, save_main_session: bool = True) -> dict[str, Any]:
-    """Evaluates the models of `models_dir` on a labelled `corpus`; writes the report into `output`.
+    """Evaluates `models` (see `check_models`) on a labelled `corpus`; writes the report into `output`.
 
     Writes OUTPUT/metrics.json, OUTPUT/*.png, OUTPUT/report.html, per-document
     records (OUTPUT/records-*.jsonl) and dead letters (OUTPUT/dead_letter-*.jsonl).
@@ -170,7 +196,10 @@ def run_evaluate(models_dir: str, corpus: Any, config: EvaluateConfig, output: s
       metrics.json's contents, plus the report's path (``report``).
 
     Raises:
-      InputError: Before any work: no usable model, an unlabelled corpus.
+      InputError: Before any work: no usable model, an unlabelled corpus, labels
+        that do not fit the model (`fit_corpus_to_models`).
+      RunFailed: No document was evaluated, or more than the corpus's
+        ``max_dead_letter_fraction`` of the rows were dead letters (the report is written).
     """
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -188,13 +217,14 @@ def run_evaluate(models_dir: str, corpus: Any, config: EvaluateConfig, output: s
 
     if not corpus.config.labelled:
         raise InputError("evaluate needs a labelled corpus")
-    infos = check_evaluate_models(models_dir)
+    infos = check_models(models, streaming_files=True)
+    corpus = fit_corpus_to_models(corpus, infos)
     card = read_model_card(infos[0].model_dir)
     eval_fraction = float((card.get("preprocess_config") or {}).get("eval_fraction", 0.2))
     wanted = {"eval": SPLIT_EVAL, "train": SPLIT_TRAIN}.get(config.split)
     evaluate = EvaluateModels(models=infos, config=config)
     # Measured on the launcher before the run, so that the report is written once, by the pipeline.
-    extra = {"split": config.split, "models_dir": models_dir,
+    extra = {"split": config.split, "models": {info.name: info.model_dir for info in infos},
              "latency": measure_latency(infos, latency_texts(infos[0].model_dir))}
     for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
             os.path.join(output, "dead_letter-*")):
@@ -216,6 +246,13 @@ def run_evaluate(models_dir: str, corpus: Any, config: EvaluateConfig, output: s
              | "WriteReport" >> beam.Map(_write_report, output))
     metrics = read_metrics(output)
     metrics["report"] = os.path.join(output, REPORT_FILE)
+    where = f"see {os.path.join(output, 'dead_letter-*.jsonl')}"
+    if not metrics["documents"]:
+        raise RunFailed(f"no document was evaluated ({metrics['rows_in']:,} rows read, {metrics['dead_lettered']:,} "
+                        f"dead-lettered{'' if config.split == 'all' else f', --split {config.split}'}); {where}")
+    problem = dead_letter_problem(metrics["dead_lettered"], metrics["rows_in"], corpus.max_dead_letter_fraction)
+    if problem:
+        raise RunFailed(f"{problem}; {where}")
     return metrics
 
 

@@ -7,18 +7,19 @@ into one score record per document, plus dead letters and a summary::
         models={"bilstm": "out/models/bilstm", "lstm": "out/models/lstm"},
         corpus=ReadCorpus("reviews/*.csv", format="csv"))
 
-Score records (flat, so that every output format holds them; see `score_columns`):
+Score records, in the project's output vocabulary (`beam_rnn.core.outputs`):
 
-* one model: ``{"id", "model", "probability", "label", "label_name"?, "true_label"?}``
+* one model: ``{"id", "model", "predicted_label", "predicted_label_name",
+  "probabilities", "true_label"?, "true_label_name"?}``
 * several models, side by side in ONE pass over the corpus (one batch is fed to
-  every model): ``{"id", "<name>_probability", "<name>_label", "<name>_label_name"?,
-  ..., "agreement", "true_label"?}``
+  every model): ``{"id", "<name>_predicted_label", "<name>_predicted_label_name",
+  "<name>_probabilities", ..., "agreement", "true_label"?, "true_label_name"?}``
 
-``probability`` is P(label 1) for binary models and the list of per-class
-probabilities for K classes; ``label`` the predicted class id; ``label_name`` is
-present when the model card names the classes; ``true_label`` (the document's
-label as a class id, None when it is not one of the model's classes) when the
-corpus is labelled; ``agreement`` is True when all models predict the same label.
+``probabilities`` maps every class name to its probability (column formats: one
+``probability_<class>`` column per class); ``true_label`` (the document's label as
+a class id, None when it is not one of the model's classes) and its name are there
+when the corpus is labelled; ``agreement`` is True when all models predict the
+same label.
 
 How it runs (`Infer` is shared with `beam_rnn.serve.evaluate.EvaluateModels`):
 
@@ -58,16 +59,8 @@ from beam_rnn.core.artifacts import ModelInfo, ModelsArg
 from beam_rnn.io import DEAD_LETTER_TAG, dead_letter
 from beam_rnn.serve.config import ScoreConfig
 from beam_rnn.serve.handler import ClassifierModelHandler
-from beam_rnn.serve.records import (
-    AGREEMENT,
-    ID,
-    LABEL_NAME,
-    MODEL,
-    PREDICTED_LABEL,
-    PROBABILITY,
-    TRUE_LABEL,
-    score_columns,
-)
+from beam_rnn.core.outputs import class_names, prediction_fields, truth_fields
+from beam_rnn.serve.records import AGREEMENT, ID, MODEL, model_prefixes, score_columns
 from beam_rnn.serve.summary import ScoreSummaryFn, summarize
 
 SCORE_STAGE = "score"
@@ -258,34 +251,22 @@ class _ToRecordFn(beam.DoFn):
         self._scored = Metrics.counter(METRICS_NAMESPACE, COUNTER_SCORED)
 
     def setup(self) -> None:
-        infos = self._infos
-        self._single = len(infos) == 1
-        self._first = infos[0]
-        self._names = infos[0].label_names
-        self._keys = [
-            (f"{i.name}_{PROBABILITY}", f"{i.name}_{PREDICTED_LABEL}", f"{i.name}_{LABEL_NAME}") for i in infos
-        ]
+        self._first = self._infos[0]
+        self._names = class_names(self._first.label_names, self._first.num_classes)
+        self._prefixes = model_prefixes(self._infos)
 
     def process(self, element: tuple[tuple[str, Any], PredictionResult]) -> Iterator[dict[str, Any]]:
         (doc_id, label), result = element
         scores = result.inference
-        names = self._names
-        if self._single:
-            probability, predicted = scores[0]
-            record = {ID: doc_id, MODEL: self._first.name, PROBABILITY: probability, PREDICTED_LABEL: predicted}
-            if names is not None:
-                record[LABEL_NAME] = names[predicted]
-        else:
-            record = {ID: doc_id}
-            for (p_key, l_key, n_key), (probability, predicted) in zip(self._keys, scores):
-                record[p_key] = probability
-                record[l_key] = predicted
-                if names is not None:
-                    record[n_key] = names[predicted]
-            first = scores[0][1]
-            record[AGREEMENT] = all(predicted == first for _, predicted in scores)
+        record: dict[str, Any] = {ID: doc_id}
+        if len(scores) == 1:
+            record[MODEL] = self._first.name
+        for prefix, (probability, predicted) in zip(self._prefixes, scores):
+            record.update(prediction_fields(probability, predicted, self._names, prefix))
+        if len(scores) > 1:
+            record[AGREEMENT] = all(predicted == scores[0][1] for _, predicted in scores)
         if self._labelled:
-            record[TRUE_LABEL] = self._first.class_index(label)
+            record.update(truth_fields(self._first.class_index(label), self._names))
         self._scored.inc()
         yield record
 

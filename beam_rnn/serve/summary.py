@@ -26,7 +26,8 @@ from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import ModelInfo
 from beam_rnn.core.metrics import auc_from_histogram, histogram_add, merge_histograms
 from beam_rnn.serve.config import ScoreConfig
-from beam_rnn.serve.records import PREDICTED_LABEL, PROBABILITY, TRUE_LABEL
+from beam_rnn.core.outputs import class_names
+from beam_rnn.serve.records import PREDICTED_LABEL, PROBABILITIES, TRUE_LABEL, model_prefixes
 
 SCORE_STAGE = "score"
 _DEFAULTS = ScoreConfig()
@@ -46,13 +47,10 @@ class ScoreSummaryFn(beam.CombineFn):
             raise ValueError(f"auc_max_bins must be >= 2, got {auc_max_bins}.")
         self._infos = tuple(infos)
         self._max_bins = auc_max_bins
-        single = len(infos) == 1
-        self._keys = [
-            (PROBABILITY, PREDICTED_LABEL) if single else (f"{i.name}_{PROBABILITY}", f"{i.name}_{PREDICTED_LABEL}")
-            for i in infos
-        ]
+        self._keys = [(prefix + PROBABILITIES, prefix + PREDICTED_LABEL) for prefix in model_prefixes(infos)]
         self._k = infos[0].num_classes
         self._binary = infos[0].binary
+        self._names = class_names(infos[0].label_names, self._k)
 
     def create_accumulator(self) -> dict[str, Any]:
         k = self._k
@@ -81,7 +79,7 @@ class ScoreSummaryFn(beam.CombineFn):
         for m, ((p_key, _), predicted) in enumerate(zip(self._keys, predictions)):
             acc["confusion"][m][true][predicted] += 1
             if self._binary:
-                score = record[p_key]
+                score = record[p_key][self._names[1]]  # P(class 1)
                 if score != score:  # NaN
                     acc["nan_scores"][m] += 1
                     continue
@@ -108,7 +106,7 @@ class ScoreSummaryFn(beam.CombineFn):
         return out
 
     def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
-        names = self._infos[0].label_names
+        names = self._names
         documents, unknown = acc["documents"], acc["unknown_label"]
         labelled = documents - unknown
         per_model = {}
@@ -122,8 +120,8 @@ class ScoreSummaryFn(beam.CombineFn):
             metrics: dict[str, Any] = {
                 "accuracy": correct / labelled if labelled else None,
                 "correct": correct,
-                "true_label_counts": true_counts,
-                "predicted_label_counts": predicted_counts,
+                "true_label_counts": dict(zip(names, true_counts)),
+                "predicted_label_counts": dict(zip(names, predicted_counts)),
                 "confusion": confusion,
             }
             if self._binary:
@@ -146,8 +144,8 @@ class ScoreSummaryFn(beam.CombineFn):
             "labelled": labelled,
             "unknown_label": unknown,
             "num_classes": self._k,
-            "label_names": list(names) if names is not None else None,
-            "confusion_layout": "confusion[true][predicted]",
+            C.CLASS_NAMES_KEY: list(names),
+            "confusion_layout": "confusion[true class id][predicted class id], ids as in class_names",
             "models": per_model,
         }
         if len(self._infos) > 1:

@@ -23,14 +23,13 @@ from beam_rnn.serve.config import (
     OUTPUT_JSONL,
     OUTPUT_PARQUET,
 )
-from beam_rnn.serve.records import BOOL, FLOAT, FLOATS, INT, STR
+from beam_rnn.core.outputs import flat_record
+from beam_rnn.serve.records import BOOL, FLOAT, INT, STR
 
 
 def _csv_value(value: Any, kind: str) -> Any:
     if value is None:
         return ""
-    if kind == FLOATS:
-        return json.dumps(value)
     if kind == BOOL:
         return "true" if value else "false"
     return value
@@ -47,17 +46,19 @@ def _csv_line(values: Sequence[Any]) -> str:
 
 
 def _to_csv(record: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> str:
+    record = flat_record(record)
     return _csv_line([_csv_value(record.get(name), kind) for name, kind in columns])
 
 
 def _arrow_schema(columns: Sequence[tuple[str, str]]):
     import pyarrow as pa  # pylint: disable=import-outside-toplevel
 
-    types = {STR: pa.string(), INT: pa.int64(), FLOAT: pa.float64(), FLOATS: pa.list_(pa.float64()), BOOL: pa.bool_()}
+    types = {STR: pa.string(), INT: pa.int64(), FLOAT: pa.float64(), BOOL: pa.bool_()}
     return pa.schema([(name, types[kind]) for name, kind in columns])
 
 
 def _to_row(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    record = flat_record(record)
     return {name: record.get(name) for name in names}
 
 
@@ -65,6 +66,7 @@ def _to_example(record: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     feature = {}
+    record = flat_record(record)
     for name, kind in columns:
         value = record.get(name)
         if value is None:
@@ -73,19 +75,18 @@ def _to_example(record: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -
             feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
         elif kind in (INT, BOOL):
             feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-        elif kind == FLOAT:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
         else:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 class WriteScores(beam.PTransform):
     """Writes score records to ``<prefix>-SSSSS-of-NNNNN.<format>`` (jsonl, csv, parquet, tfrecord).
 
-    csv: a header row per shard, lists as JSON, booleans as true/false, None empty.
-    parquet: typed columns (probability float64 or list<float64>).  tfrecord:
-    tf.Example (probabilities as float_list, booleans as int64 0/1, None omitted).
+    jsonl: the records as they are (``probabilities`` a {class: probability} object).
+    csv, parquet, tfrecord: the `columns` (one ``probability_<class>`` column per
+    class).  csv: a header row per shard, booleans as true/false, None empty.
+    parquet: typed columns.  tfrecord: tf.Example (booleans as int64 0/1, None omitted).
     """
 
     def __init__(

@@ -21,8 +21,15 @@ import numpy as np
 
 from beam_rnn.core import constants as C
 from beam_rnn.core import spec
-from beam_rnn.core.artifacts import ModelDirError  # the one model-directory error (an ArtifactError)
+from beam_rnn.core.artifacts import (  # ModelDirError: the one model-directory error (an ArtifactError)
+    ModelDirError,
+    join_path,
+    path_exists,
+    read_bytes,
+    read_model_card,
+)
 from beam_rnn.core.manifest import ArtifactError, verify_manifest
+from beam_rnn.core.outputs import class_names, prediction_fields
 from beam_rnn.stream import step as rnn_step
 from beam_rnn.stream.events import one_line
 from beam_rnn.stream.tokenizer import (
@@ -39,19 +46,34 @@ VOCAB_TEXT_FILE = "vocab.txt"  # = beam_rnn.train.export.VOCAB_TEXT_FILE (export
 class Prediction:
     """The classifier's output after one more token.
 
+    The names are the project's output vocabulary (`beam_rnn.core.outputs`).
+
     Attributes:
         token: The (standardised) word, or None when stepped by id.
         token_id: Its id.
-        probability: P(label 1) for binary models, the class distribution (list) otherwise.
-        label: Predicted label id.
+        predicted_label: Predicted class id.
+        predicted_label_name: Its name (the model card's, or str(id) for int labels).
+        probabilities: {class name: probability} for every class.
         tokens_seen: Tokens consumed by the stream so far (this one included).
     """
 
     token: str | None
     token_id: int
-    probability: float | list[float]
-    label: int
+    predicted_label: int
+    predicted_label_name: str
+    probabilities: dict[str, float]
     tokens_seen: int
+
+    @property
+    def probability(self) -> float | list[float]:
+        """P(class 1) for a binary model, the list of class probabilities otherwise (the 0.1 name)."""
+        values = list(self.probabilities.values())
+        return values[1] if len(values) == 2 else values
+
+    @property
+    def label(self) -> int:
+        """`predicted_label` (the 0.1 name)."""
+        return self.predicted_label
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,28 +116,6 @@ class StreamState:
 
 # What `StreamingClassifier.load` reads; checked against the directory's manifest first.
 MODEL_FILES = (C.STEP_WEIGHTS_FILE, VOCAB_TEXT_FILE, C.PREPROCESS_CONFIG_FILE)
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _read_bytes(path: str) -> bytes:
-    if _is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path) as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.exists(path)
-    return os.path.exists(path)
 
 
 def _parse_preprocess_config(data: bytes) -> tuple[int, int | None]:
@@ -176,6 +176,7 @@ class StreamingClassifier:
         self.max_tokens = max_tokens
         self.num_classes = weights.num_classes
         self.label_names = list(label_names) if label_names else None
+        self.class_names = class_names(self.label_names, self.num_classes)
         self.model_dir = model_dir
         self.tokenizer = StreamTokenizer(max_pending_chars, max(max_word_chars, vocabulary.max_word_chars))
         self.num_state_arrays = weights.num_layers * rnn_step.num_states_per_layer(weights.cell)
@@ -203,29 +204,26 @@ class StreamingClassifier:
                 damaged or wrong.
         """
         model_dir = os.fspath(model_dir)
-        if not _is_remote(model_dir) and not os.path.isdir(model_dir):
+        if "://" not in model_dir and not os.path.isdir(model_dir):
             raise ModelDirError(f"Model directory {model_dir} does not exist.")
 
         def join(name: str) -> str:
-            return model_dir.rstrip("/") + "/" + name if _is_remote(model_dir) else os.path.join(model_dir, name)
+            return join_path(model_dir, name)
 
         card: dict[str, Any] = {}
-        card_path = join(C.MODEL_CARD_FILE)
         card_error: str | None = None
-        if _exists(card_path):
+        if path_exists(join(C.MODEL_CARD_FILE)):
             try:
-                card = json.loads(_read_bytes(card_path).decode("utf-8"))
-                if not isinstance(card, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError, OSError) as e:
-                card, card_error = {}, f"Unreadable model card {card_path}: {one_line(e)}"
+                card = read_model_card(model_dir)
+            except ModelDirError as e:  # reported after the manifest check, which names a damaged file first
+                card_error = one_line(e)
             # A model of another kind gets its own message (its manifest has no step weights).
             if card.get("kind") not in (None, C.MODEL_LSTM):
                 raise ModelDirError(
                     f"{model_dir} holds a {card.get('kind')!r} model; only the streaming {C.MODEL_LSTM!r} "
                     "model can predict token by token."
                 )
-        if not _exists(join(C.STEP_WEIGHTS_FILE)):
+        if not path_exists(join(C.STEP_WEIGHTS_FILE)):
             raise ModelDirError(
                 f"No {C.STEP_WEIGHTS_FILE} in {model_dir}: not an exported streaming ({C.MODEL_LSTM!r}) model."
             )
@@ -245,15 +243,15 @@ class StreamingClassifier:
             return ModelDirError(f"streaming model {model_dir}: {name} is damaged: {one_line(e)}")
 
         try:
-            weights = rnn_step.StepWeights.from_dict(rnn_step.read_npz(_read_bytes(join(C.STEP_WEIGHTS_FILE))))
+            weights = rnn_step.StepWeights.from_dict(rnn_step.read_npz(read_bytes(join(C.STEP_WEIGHTS_FILE))))
         except (ValueError, OSError, MemoryError) as e:
             raise damaged(C.STEP_WEIGHTS_FILE, e) from e
         try:
-            num_oov_buckets, max_tokens = _parse_preprocess_config(_read_bytes(join(C.PREPROCESS_CONFIG_FILE)))
+            num_oov_buckets, max_tokens = _parse_preprocess_config(read_bytes(join(C.PREPROCESS_CONFIG_FILE)))
         except (ValueError, TypeError, OSError, UnicodeDecodeError) as e:
             raise damaged(C.PREPROCESS_CONFIG_FILE, e) from e
         try:
-            vocabulary = Vocabulary.from_bytes(_read_bytes(join(VOCAB_TEXT_FILE)), num_oov_buckets)
+            vocabulary = Vocabulary.from_bytes(read_bytes(join(VOCAB_TEXT_FILE)), num_oov_buckets)
         except (ValueError, OSError, UnicodeDecodeError) as e:
             raise damaged(VOCAB_TEXT_FILE, e) from e
         classifier = cls(
@@ -265,9 +263,9 @@ class StreamingClassifier:
             max_word_chars=max_word_chars,
             model_dir=model_dir,
         )
-        if _exists(join(spec.GOLDEN_FILE)):  # every export writes one (older ones did not)
+        if path_exists(join(spec.GOLDEN_FILE)):  # every export writes one (older ones did not)
             try:
-                texts, ids = _parse_golden(_read_bytes(join(spec.GOLDEN_FILE)))
+                texts, ids = _parse_golden(read_bytes(join(spec.GOLDEN_FILE)))
             except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as e:
                 raise damaged(spec.GOLDEN_FILE, e) from e
             classifier.replay_golden(texts, ids)
@@ -301,18 +299,18 @@ class StreamingClassifier:
                 )
 
     # --- helpers --------------------------------------------------------------
-    def _probability(self, logits: np.ndarray) -> tuple[float | list[float], int]:
-        probs = rnn_step.probabilities(logits, self.num_classes)
+    def _outcome(self, logits: np.ndarray, probs: np.ndarray | None = None) -> dict[str, Any]:
+        """``{predicted_label, predicted_label_name, probabilities}`` of one row of logits."""
+        probs = rnn_step.probabilities(logits, self.num_classes) if probs is None else probs
         if self.num_classes == 2:
-            return float(probs[0]), int(logits[0] > 0.0)
-        return [float(p) for p in probs], int(np.argmax(logits))
+            return prediction_fields(float(probs[0]), int(logits[0] > 0.0), self.class_names)
+        return prediction_fields([float(p) for p in probs], int(np.argmax(logits)), self.class_names)
 
     def _advance(self, state: StreamState, token: str | None, token_id: int) -> tuple[Prediction, StreamState]:
         logits, rnn = rnn_step.step(self.weights, token_id, state.rnn)
         seen = state.tokens_seen + 1
-        probability, label = self._probability(logits)
         new = dataclasses.replace(state, rnn=tuple(rnn), logits=logits, tokens_seen=seen)
-        return Prediction(token, int(token_id), probability, label, seen), new
+        return Prediction(token=token, token_id=int(token_id), tokens_seen=seen, **self._outcome(logits)), new
 
     def _words(self, state: StreamState, words: list[str], tokenizer: TokenizerState) -> tuple[list[Prediction], StreamState]:
         state = dataclasses.replace(state, tokenizer=tokenizer)
@@ -396,12 +394,8 @@ class StreamingClassifier:
         predictions, new_states = [], []
         for i, state in enumerate(states):
             seen = state.tokens_seen + (1 if ids[i] != 0 else 0)
-            if self.num_classes == 2:
-                probability: float | list[float] = float(probs[i, 0])
-                label = int(logits[i, 0] > 0.0)
-            else:
-                probability, label = [float(p) for p in probs[i]], int(np.argmax(logits[i]))
-            predictions.append(Prediction(words[i], int(ids[i]), probability, label, seen))
+            predictions.append(Prediction(token=words[i], token_id=int(ids[i]), tokens_seen=seen,
+                                          **self._outcome(logits[i], probs[i])))
             new_states.append(
                 dataclasses.replace(state, rnn=tuple(a[i] for a in new), logits=logits[i], tokens_seen=seen)
             )
@@ -412,9 +406,8 @@ class StreamingClassifier:
         return rnn_step.step_batch(self.weights, np.asarray(ids, dtype=np.int64), batch_state)
 
     def current(self, state: StreamState) -> dict[str, Any]:
-        """The prediction for everything consumed so far: probability, label, tokens_seen."""
-        probability, label = self._probability(state.logits)
-        return {"probability": probability, "label": label, "tokens_seen": state.tokens_seen}
+        """The prediction for everything consumed so far (`beam_rnn.core.outputs` names, and tokens_seen)."""
+        return {**self._outcome(state.logits), "tokens_seen": state.tokens_seen}
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of a complete text (the non-streaming mirror of the ``tokenize`` signature)."""
@@ -426,8 +419,7 @@ class StreamingClassifier:
         logits = self._zero_logits
         for token_id in ids:
             logits, state = rnn_step.step(self.weights, int(token_id), state)
-        probability, label = self._probability(logits)
-        return {"probability": probability, "label": label}
+        return self._outcome(logits)
 
     def predict_text(self, text: str) -> dict[str, Any]:
         """Full-pass prediction of one complete text (equals ``serving_default`` to float32 rounding)."""

@@ -6,7 +6,7 @@ command line, its ``--help`` and the library cannot disagree.  No Beam, no TF.
 
 import dataclasses
 
-from beam_rnn.cli.flags import option
+from beam_rnn.cli.flags import check_options, option
 from beam_rnn.stream.tokenizer import DEFAULT_MAX_PENDING_CHARS
 
 DEFAULT_TTL_SECONDS = 3600.0
@@ -50,39 +50,31 @@ class StreamConfig:
         "Expire a stream idle for this many seconds of event time.",
         flag="stream-ttl",
         show_default=f"{DEFAULT_TTL_SECONDS:g}",
+        greater_than=0.0,
+        maximum=MAX_TTL_SECONDS,
     )
-    first_seq: int = option(0, "Sequence number of a stream's first event.")
+    first_seq: int = option(0, "Sequence number of a stream's first event.", minimum=0, maximum=MAX_SEQ)
     max_buffered_events: int = option(
-        DEFAULT_MAX_BUFFERED_EVENTS, "Out-of-order events kept per stream; more go to the dead letters."
+        DEFAULT_MAX_BUFFERED_EVENTS, "Out-of-order events kept per stream; more go to the dead letters.", minimum=0
     )
-    max_buffered_chars: int = option(DEFAULT_MAX_BUFFERED_CHARS, "Text kept in those events per stream.")
+    max_buffered_chars: int = option(DEFAULT_MAX_BUFFERED_CHARS, "Text kept in those events per stream.", minimum=0)
     max_pending_chars: int = option(
-        DEFAULT_MAX_PENDING_CHARS, "Text held after an unclosed '<' before it is taken as punctuation."
+        DEFAULT_MAX_PENDING_CHARS, "Text held after an unclosed '<' before it is taken as punctuation.", minimum=1
     )
     max_event_chars: int = option(
         DEFAULT_MAX_EVENT_CHARS,
         "Longest text/token of one event; longer events go to the dead letters (event_too_large).",
+        minimum=1,
     )
     conflict_window: int = option(
         DEFAULT_CONFLICT_WINDOW,
         "Applied events per stream whose content hash is kept to tell a redelivery from a "
         "conflicting duplicate (8 bytes each).",
+        minimum=0,
     )
 
     def __post_init__(self) -> None:
-        if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
-            raise ValueError(f"ttl_seconds must be in (0, {MAX_TTL_SECONDS:g}], got {self.ttl_seconds}")
-        if not 0 <= self.first_seq <= MAX_SEQ:
-            raise ValueError(f"first_seq must be in [0, 2**63), got {self.first_seq}")
-        for name in ("max_buffered_events", "max_buffered_chars"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_pending_chars < 1:
-            raise ValueError(f"max_pending_chars must be >= 1, got {self.max_pending_chars}")
-        if self.max_event_chars < 1:
-            raise ValueError(f"max_event_chars must be >= 1, got {self.max_event_chars}")
-        if self.conflict_window < 0:
-            raise ValueError(f"conflict_window must be >= 0, got {self.conflict_window}")
+        check_options(self)
 
     @property
     def max_raw_event_chars(self) -> int:

@@ -11,17 +11,16 @@ import os
 import sys
 from typing import Any, TextIO
 
+from beam_rnn.core import constants as C
 from beam_rnn.stream.classifier import Prediction, StreamingClassifier, StreamState
 
 
 def _format(classifier: StreamingClassifier, record: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json.dumps(record, ensure_ascii=False)
-    probability = record["probability"]
-    shown = f"p={probability:.4f}" if isinstance(probability, float) else "p=[" + ", ".join(f"{p:.3f}" for p in probability) + "]"
-    label = record["label"]
-    if classifier.label_names and 0 <= label < len(classifier.label_names):
-        label = f"{label} ({classifier.label_names[label]})"
+    probabilities = record[C.PROBABILITIES_KEY]
+    shown = " ".join(f"{name}={p:.3f}" for name, p in probabilities.items())
+    label = record[C.PREDICTED_LABEL_NAME_KEY]
     if record.get("final"):
         return f"{'final':>6}  {'(' + str(record['tokens_seen']) + ' tokens)':<24} {shown}  label={label}"
     return f"{record['tokens_seen']:>6}  {str(record['token'])[:24]:<24} {shown}  label={label}"

@@ -18,6 +18,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from beam_rnn.core import constants as C
 from beam_rnn.stream.classifier import Prediction, StreamingClassifier, StreamState
 from beam_rnn.stream.config import StreamConfig
 from beam_rnn.stream.events import (
@@ -189,8 +190,9 @@ class _StreamFn(beam.DoFn):
                 SEQ: seq,
                 "token": p.token,
                 "token_id": p.token_id,
-                "probability": p.probability,
-                "label": p.label,
+                C.PREDICTED_LABEL_KEY: p.predicted_label,
+                C.PREDICTED_LABEL_NAME_KEY: p.predicted_label_name,
+                C.PROBABILITIES_KEY: p.probabilities,
                 "tokens_seen": p.tokens_seen,
             }
             for p in predictions
@@ -458,9 +460,10 @@ class StreamPredictions(beam.PTransform):
     ``"ts"`` (seconds since the epoch) sets the event time when `use_event_ts`.
 
     Output (``expand`` returns a dict):
-      ``predictions``: ``{stream_id, seq, token, token_id, probability, label,
-      tokens_seen}`` per token, and per stream one ``{stream_id, seq, final: true,
-      probability, label, tokens_seen, reason}`` record (``expired: true`` when
+      ``predictions``: ``{stream_id, seq, token, token_id, predicted_label,
+      predicted_label_name, probabilities, tokens_seen}`` per token (the names of
+      `beam_rnn.core.outputs`), and per stream one ``{stream_id, seq, final: true,
+      predicted_label, predicted_label_name, probabilities, tokens_seen, reason}`` record (``expired: true`` when
       the stream was idle for `ttl_seconds`).
       ``dead_letter``: ``{source, row, reason, stage}``.
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from beam_rnn.cli.flags import int_list, option
+from beam_rnn.cli.flags import check_options, int_list, option
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import InputError
 from beam_rnn.stream.step import CELL_LSTM, CELLS
 
 KIND_BILSTM = C.MODEL_BILSTM
@@ -36,11 +37,9 @@ DEFAULT_LEARNING_RATES = {KIND_BILSTM: 5e-4, KIND_LSTM: 5e-4}
 MONITORS = ("val_loss", "val_accuracy", "val_auc")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+        raise InputError(f"{name} must be an int, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,24 +60,21 @@ class ModelSettings:
             (training also seeds the global random state and the shuffle with it).
     """
 
-    embedding_dim: int = option(64, "Embedding width.")
-    units: int = option(64, "Recurrent units.")
-    layers: int = option(1, "Recurrent layers.")
+    embedding_dim: int = option(64, "Embedding width.", minimum=1)
+    units: int = option(64, "Recurrent units.", minimum=1)
+    layers: int = option(1, "Recurrent layers.", minimum=1)
     cell: str = option(CELL_LSTM, "Recurrent cell.", choices=CELLS)
-    dense_units: int = option(64, "Hidden dense width.")
-    dropout: float = option(0.0, "Dropout before the logits.")
+    dense_units: int = option(64, "Hidden dense width.", minimum=1)
+    dropout: float = option(0.0, "Dropout before the logits.", minimum=0.0, less_than=1.0)
     stacked_tutorial: bool = option(False, "bilstm: the tutorial's stacked two-layer variant.", flag="stacked")
-    seed: int = option(42, "Seed.")
+    seed: int = option(42, "Seed of initialisers, Dropout and shuffles: seeded runs are bit-identical on CPU, also "
+                       "across a kill and resume.", minimum=0)
 
     def __post_init__(self) -> None:
         """Validates the fields so a bad config fails before any model is built."""
-        if self.cell not in CELLS:
-            raise ValueError(f"Unknown cell {self.cell!r}; expected one of {CELLS}.")
-        for name in ("embedding_dim", "units", "layers", "dense_units"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("seed", self.seed, 0)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("embedding_dim", "units", "layers", "dense_units", "seed"):
+            _check_int(name, getattr(self, name))
+        check_options(self)
 
     def settings(self) -> "ModelSettings":
         """Just the `ModelSettings` fields (of a `ModelConfig` too)."""
@@ -96,27 +92,22 @@ class ModelConfig(ModelSettings):
         (and every `ModelSettings` field)
     """
 
-    kind: str = option(cli=False)
-    vocab_size: int = option(cli=False)
-    num_classes: int = option(2, cli=False)
+    kind: str = option(cli=False, choices=KINDS)
+    # 0 = padding and 1 = OOV are always present, so a usable vocabulary has at least one real word after them.
+    vocab_size: int = option(cli=False, minimum=3)
+    num_classes: int = option(2, cli=False, minimum=2)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
+        _check_int("vocab_size", self.vocab_size)
+        _check_int("num_classes", self.num_classes)
         super().__post_init__()
-        _check_int("vocab_size", self.vocab_size, 0)
-        _check_int("num_classes", self.num_classes, 2)
-        # 0 = padding and 1 = OOV are always present, so a usable vocabulary
-        # has at least one real word after them.
-        if self.vocab_size < 3:
-            raise ValueError(f"vocab_size must be >= 3 (padding, OOV, one word), got {self.vocab_size}.")
         if self.stacked_tutorial:
             if self.kind != KIND_BILSTM:
-                raise ValueError("stacked_tutorial only applies to kind 'bilstm'.")
+                raise InputError("stacked_tutorial only applies to kind 'bilstm'.")
             if self.layers != 1:
-                raise ValueError("stacked_tutorial fixes the depth at two layers; leave layers=1.")
+                raise InputError("stacked_tutorial fixes the depth at two layers; leave layers=1.")
             if self.units < 2:
-                raise ValueError("stacked_tutorial needs units >= 2 (the second layer has units // 2).")
+                raise InputError("stacked_tutorial needs units >= 2 (the second layer has units // 2).")
 
     @property
     def num_outputs(self) -> int:
@@ -143,7 +134,7 @@ class ModelConfig(ModelSettings):
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown ModelConfig keys {unknown}; expected a subset of {sorted(known)}.")
+            raise InputError(f"Unknown ModelConfig keys {unknown}; expected a subset of {sorted(known)}.")
         return cls(**dict(values))
 
 
@@ -192,21 +183,23 @@ class TrainConfig:
     train_config.json and the resume signature have always had; `from_dict` reads it.
     """
 
-    kinds: tuple[str, ...] = option(KINDS, cli=False)
-    epochs: int = option(5, "Maximum epochs.")
-    batch_size: int = option(64, "Batch size.")
+    kinds: tuple[str, ...] = option(KINDS, cli=False, choices=KINDS)
+    epochs: int = option(5, "Maximum epochs (early stopping on --monitor; the best epoch's weights are kept).", minimum=1)
+    batch_size: int = option(64, "Documents per batch; batches are bucketed by length and padded to their own longest document.",
+                             minimum=1)
     learning_rate: float | None = option(
         None, "Adam learning rate.",
-        show_default=", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()))
-    clipnorm: float | None = option(1.0, cli=False)
+        show_default=", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()), greater_than=0.0)
+    clipnorm: float | None = option(1.0, cli=False, greater_than=0.0)
     max_length: int | None = option(None, "Keep the first N token ids of each document.", metavar="N",
-                                    show_default="all")
+                                    show_default="all", minimum=1)
     bucket_boundaries: tuple[int, ...] | None = option(
         None, "Comma-separated fixed length-bucket boundaries (overrides --num-buckets).", parse=_boundaries)
-    num_buckets: int = option(10, "Length buckets from training-length quantiles.")
+    num_buckets: int = option(10, "Length buckets from training-length quantiles.", minimum=1)
     shuffle_seed: int | None = option(None, cli=False)
     # 2, not 1: one worse epoch of val_loss on IMDB is often noise before a better one.
-    early_stopping_patience: int = option(2, "Early-stopping patience in epochs.", flag="patience")
+    early_stopping_patience: int = option(2, "Early-stopping patience in epochs.", flag="patience",
+                                         minimum=0)
     monitor: str = option("val_loss", "Early stopping / kept epoch metric.", choices=MONITORS)
     model: ModelSettings = option(default_factory=ModelSettings)  # noqa: RUF009  its fields are flags too
     pretrained_embeddings: str | None = option(
@@ -221,28 +214,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
         object.__setattr__(self, "kinds", kinds)
-        if not kinds or any(k not in KINDS for k in kinds):
-            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
+        if not kinds:
+            raise InputError(f"kinds must be a non-empty subset of {KINDS}, got none")
         if not isinstance(self.model, ModelSettings):
-            raise ValueError(f"model must be a ModelSettings, got {self.model!r}")
+            raise InputError(f"model must be a ModelSettings, got {self.model!r}")
         object.__setattr__(self, "model", self.model.settings())
-        for name in ("epochs", "batch_size", "num_buckets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.clipnorm is not None and not self.clipnorm > 0:
-            raise ValueError(f"clipnorm must be > 0 or None, got {self.clipnorm}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1 or None, got {self.max_length}")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        check_options(self)
         if self.bucket_boundaries is not None:
             b = tuple(int(x) for x in self.bucket_boundaries)
             if any(x < 1 for x in b) or list(b) != sorted(set(b)):
-                raise ValueError(f"bucket_boundaries must be strictly increasing positive ints, got {b}")
+                raise InputError(f"bucket_boundaries must be strictly increasing positive ints, got {b}")
             object.__setattr__(self, "bucket_boundaries", b)
 
     @property

@@ -35,11 +35,17 @@ def shard_files(file_pattern: str) -> list[str]:
 
 
 
+# Kept by hand rather than TFTransformOutput.transformed_feature_spec(): that gives token_ids as a
+# VarLenFeature (sparse, then converted), this parses straight to ragged, and it needs no TFT import;
+# tests/test_trainer.py checks the two specs name the same features and dtypes.
+FEATURE_SPEC = {
+    C.TOKEN_IDS_KEY: tf.io.RaggedFeature(tf.int64),
+    C.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
 def _parse_fn(num_classes: int, max_length: int | None):
-    spec = {
-        C.TOKEN_IDS_KEY: tf.io.RaggedFeature(tf.int64),
-        C.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-    }
+    spec = FEATURE_SPEC
 
     def parse(serialized: tf.Tensor):
         parsed = tf.io.parse_example(serialized, spec)
