@@ -13,6 +13,7 @@ one that loads model.keras the way Beam's stock TFModelHandlerNumpy does.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,11 +28,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
-from beam_rnn.train import export
-from beam_rnn.train import keras_text
-from beam_rnn.train import models
 from beam_rnn.preprocess import tft_graph as preprocessing
 from beam_rnn.stream import step as rnn_step
+from beam_rnn.train import export, keras_text, models
 from tests.helpers import preprocess_docs as _preprocess
 from tests.helpers import randomize_weights as _randomize
 from tests.helpers import synthetic_docs as _docs
@@ -92,7 +91,10 @@ _TF_ONLY_SCRIPT = textwrap.dedent(
         serve = sigs["serving_default"]
         served = serve(text=tf.constant(texts))
         for key, value in served.items():
-            out["serve." + key] = value.numpy()
+            value = value.numpy()
+            if value.dtype == object:  # tf.string: unicode, so np.load needs no pickle
+                value = np.char.decode(value.astype(bytes), "utf-8")
+            out["serve." + key] = value
         tok = sigs["tokenize"](text=tf.constant(texts))
         ids = tok["token_ids"].numpy()
         out["tokenize.token_ids"] = ids
@@ -164,6 +166,30 @@ def _run(script: str, spec_path: Path, *, cwd: Path, pythonpath: str | None) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _export_cases(cases: dict, root: Path, out: dict) -> None:
+    """Exports each (prep, stats, config) case with random weights; reference outputs into `out`."""
+    for i, (name, (prep, stats, cfg)) in enumerate(cases.items()):
+        model = models.build_classifier(cfg)
+        _randomize(model, seed=10 + i)
+        model_dir = str(root / "models" / name)
+        metrics = {"accuracy": np.float32(0.75), "loss": 0.5, "train_seconds": 1.25, "epochs": np.int64(2)}
+        # Built-in verification on one export (it is covered by the checks below for all).
+        card = export.export_model(model, cfg, prep, model_dir, metrics, verify=(name == "lstm"))
+        ids = _tft_ids(prep, TEXTS)
+        with open(os.path.join(prep, C.TRANSFORM_FN_DIR, "assets", C.VOCAB_FILENAME)) as f:
+            vocab = [line.rstrip("\n") for line in f]
+        out["cases"][name] = {
+            "config": cfg,
+            "model_dir": model_dir,
+            "card": card,
+            "stats": stats,
+            "prep": prep,
+            "tft_ids": ids,
+            "reference": _reference_probs(model, cfg.num_classes, ids),
+            "vocab": vocab,
+        }
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
@@ -198,27 +224,20 @@ def exported(tmp_path_factory):
             models.ModelConfig(kind="lstm", vocab_size=v_multi, num_classes=3, cell="gru", layers=2, seed=3, **small),
         ),
     }
-    out = {"root": root, "cases": {}}
-    for i, (name, (prep, stats, cfg)) in enumerate(cases.items()):
-        model = models.build_classifier(cfg)
-        _randomize(model, seed=10 + i)
-        model_dir = str(root / "models" / name)
-        metrics = {"accuracy": np.float32(0.75), "loss": 0.5, "train_seconds": 1.25, "epochs": np.int64(2)}
-        # Built-in verification on one export (it is covered by the checks below for all).
-        card = export.export_model(model, cfg, prep, model_dir, metrics, verify=(name == "lstm"))
-        ids = _tft_ids(prep, TEXTS)
-        with open(os.path.join(prep, C.TRANSFORM_FN_DIR, "assets", C.VOCAB_FILENAME)) as f:
-            vocab = [line.rstrip("\n") for line in f]
-        out["cases"][name] = {
-            "config": cfg,
-            "model_dir": model_dir,
-            "card": card,
-            "stats": stats,
-            "preprocess_config": cfg_binary if prep == prep_binary else cfg_multi,
-            "tft_ids": ids,
-            "reference": _reference_probs(model, cfg.num_classes, ids),
-            "vocab": vocab,
-        }
+    out = {"root": root, "cases": {}, "log": []}
+    log_handler = logging.Handler(level=logging.INFO)
+    log_handler.emit = lambda record: out["log"].append(record.getMessage())
+    export_logger = logging.getLogger(export.__name__)
+    export_logger.addHandler(log_handler)
+    old_level = export_logger.level
+    export_logger.setLevel(logging.INFO)
+    try:
+        _export_cases(cases, root, out)
+    finally:
+        export_logger.removeHandler(log_handler)
+        export_logger.setLevel(old_level)
+    for name, c in out["cases"].items():
+        c["preprocess_config"] = cfg_binary if c["prep"] == prep_binary else cfg_multi
     # Everything below must work without the preprocessing outputs.
     shutil.rmtree(prep_binary)
     shutil.rmtree(prep_multi)
@@ -278,7 +297,9 @@ def test_signatures(exported, name):
     assert set(sigs) == expected
     # Only `text` is fed: TFT pruned the id/label inputs of the preprocessing_fn.
     assert sigs["serving_default"]["inputs"] == ["text"]
-    assert sigs["serving_default"]["outputs"] == ["label", "logits", "probabilities"]
+    named = ["class_names", "class_probabilities", "predicted_label", "predicted_label_name"]
+    assert sigs["serving_default"]["outputs"] == sorted(["label", "logits", "probabilities"] + named)
+    assert sigs["classify_ids"]["outputs"] == sigs["serving_default"]["outputs"]
     assert sigs["classify_ids"]["inputs"] == ["token_ids"]
     assert sigs["tokenize"]["outputs"] == ["lengths", "token_ids"]
     if name in STREAMING:
@@ -311,6 +332,47 @@ def test_serving_default_matches_in_process_model(exported, name):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     # A batch of only empty texts (no time step at all) works and equals the "" row.
     np.testing.assert_allclose(case["tf"]["serve_empty.probabilities"][0], probs[0], atol=SERVE_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_serving_default_named_outputs(exported, name):
+    """predicted_label[_name], class_probabilities [N, K] and class_names [N, K], read by a TF-only process."""
+    case = exported["cases"][name]
+    tf_out = case["tf"]
+    n, k = len(TEXTS), case["config"].num_classes
+    names = ["neg", "neu", "pos"] if name == "gru3" else ["0", "1"]
+    ref = case["reference"]
+    by_class = np.stack([1 - ref, ref], axis=1) if k == 2 else ref
+    assert tf_out["serve.class_probabilities"].dtype == np.float32
+    assert tf_out["serve.class_probabilities"].shape == (n, k)
+    np.testing.assert_allclose(tf_out["serve.class_probabilities"], by_class, atol=SERVE_TOL, rtol=0)
+    np.testing.assert_allclose(tf_out["serve.class_probabilities"].sum(axis=1), 1.0, atol=1e-6)
+    predicted = tf_out["serve.predicted_label"]
+    assert predicted.dtype == np.int64 and predicted.shape == (n,)
+    np.testing.assert_array_equal(predicted, by_class.argmax(axis=1))
+    np.testing.assert_array_equal(predicted, tf_out["serve.label"])
+    assert tf_out["serve.predicted_label_name"].tolist() == [names[i] for i in predicted]
+    assert tf_out["serve.class_names"].shape == (n, k)
+    assert tf_out["serve.class_names"].tolist() == [names] * n
+    # The model card describes them with the batch dimension first (TF Serving's row format).
+    card_outputs = case["card"]["signatures"][0]["outputs"]
+    assert card_outputs["class_names"] == {"dtype": "string", "shape": [None, k]}
+    assert card_outputs["class_probabilities"] == {"dtype": "float32", "shape": [None, k]}
+    assert card_outputs["predicted_label"] == {"dtype": "int64", "shape": [None]}
+    assert card_outputs["predicted_label_name"] == {"dtype": "string", "shape": [None]}
+
+
+def test_serving_handler_reads_the_export(exported):
+    """beam_rnn.serve.handler's check and batch call work on the new signature (binary P(1) unchanged)."""
+    from beam_rnn.core.artifacts import resolve_models
+    from beam_rnn.serve.handler import ClassifierModels, check_model_loads
+
+    case = exported["cases"]["bilstm"]
+    (info,) = resolve_models(case["model_dir"])
+    check_model_loads(info)
+    ((probs, labels),) = ClassifierModels([info]).full_pass(TEXTS)
+    np.testing.assert_allclose(probs, case["tf"]["serve.probabilities"], atol=SERVE_TOL, rtol=0)
+    np.testing.assert_array_equal(labels, case["tf"]["serve.label"])
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -537,3 +599,49 @@ def test_export_error_vocab_size_mismatch(tmp_path):
     prep = _fake_prep(tmp_path, ["a", "b", "c"])
     with pytest.raises(export.ExportError, match="vocab_size=7 does not match .* id space 5"):
         export.export_model(model, cfg, prep, str(tmp_path / "out"), {})
+
+
+# --- Named steps and the export's own checks ---------------------------------------
+
+EXPORT_STEPS = ["input checks", "SavedModel", "model.keras", "step weights and vocabulary", "SavedModel reload",
+                "SavedModel check", "model.keras check", "golden check", "model card and manifest", "publish"]
+
+
+def test_export_logs_each_named_step_with_its_time(exported):
+    step_line = re.compile(r"^export (lstm|bilstm): (.+) (\d+\.\d) s$")
+    logged = [m.groups() for m in map(step_line.match, exported["log"]) if m]
+    checked = [kind_step for kind_step in logged if kind_step[0] == "lstm"]
+    # The first export (lstm, verified): every step once, in order; the others skip the checks.
+    assert [step for _, step, _ in checked[: len(EXPORT_STEPS)]] == EXPORT_STEPS
+    unverified = [step for kind, step, _ in logged if kind == "bilstm"]
+    assert unverified == [s for s in EXPORT_STEPS if not s.endswith(" check") or s == "golden check"]
+    assert sum(line.startswith("export lstm: done in ") for line in exported["log"]) == 2  # lstm and gru3
+
+
+class _FakeLoaded:
+    """A reloaded SavedModel whose serving_default returns fixed outputs."""
+
+    def __init__(self, outputs: dict):
+        self.signatures = {"serving_default": lambda text: {k: tf.constant(v) for k, v in outputs.items()}}
+
+
+def _served(probs, labels, names, row_names):
+    by_class = np.stack([1 - np.asarray(probs), probs], axis=1).astype(np.float32)
+    return {"probabilities": np.asarray(probs, np.float32), "label": np.asarray(labels, np.int64),
+            "predicted_label": np.asarray(labels, np.int64), "predicted_label_name": np.array(names),
+            "class_probabilities": by_class, "class_names": np.array(row_names)}
+
+
+def test_saved_model_check_catches_inconsistent_named_outputs():
+    cfg = models.ModelConfig(kind="lstm", vocab_size=5)
+    texts, expected = ["a", "b"], np.array([0.2, 0.9], np.float32)
+    good = _served([0.2, 0.9], [0, 1], ["neg", "pos"], [["neg", "pos"]] * 2)
+    assert export._check_saved_model(_FakeLoaded(good), texts, expected, cfg, ["neg", "pos"]) < 1e-6
+    for damaged in (
+        dict(good, predicted_label_name=np.array(["pos", "pos"])),
+        dict(good, class_names=np.array([["pos", "neg"]] * 2)),
+        dict(good, predicted_label=np.array([1, 1], np.int64)),
+        dict(good, class_probabilities=good["class_probabilities"][:, ::-1].copy()),
+    ):
+        with pytest.raises(export.ExportError, match="disagree with each other"):
+            export._check_saved_model(_FakeLoaded(damaged), texts, expected, cfg, ["neg", "pos"])

@@ -9,36 +9,27 @@
     preprocess_config.json  the PreprocessConfig that produced the ids
     model_card.json       config, data statistics, metrics, versions, signatures
 
-SavedModel signatures (all inputs and outputs are flat, named tensors):
+The SavedModel's signatures are described in `beam_rnn.train.serving` (``serving_default``,
+``classify_ids``, ``tokenize``; ``initial_state`` and ``step`` for the streaming model).
 
-* ``serving_default``: ``text`` string[None] -> ``probabilities`` float32 ([None]
-  = P(label 1) for binary, [None, K] for K classes), ``label`` int64[None],
-  ``logits`` float32[None, out] (out = 1 for binary, K otherwise).
-* ``classify_ids``: ``token_ids`` int64[None, None] (right-padded with 0) -> the
-  same outputs as ``serving_default``.
-* ``tokenize``: ``text`` string[None] -> ``token_ids`` int64[None, None]
-  (right-padded with 0, exactly the TFT transform's ids) and ``lengths`` int64[None].
-* streaming model ("lstm") only:
-
-  - ``initial_state``: ``batch_size`` int32 scalar -> one float32[batch, units]
-    zero tensor per state, named as `models.state_spec` (``h_0``, ``c_0``, ``h_1``...).
-  - ``step``: ``token_ids`` int64[None] plus the named states -> ``logits``,
-    ``probabilities``, ``label`` and the new states under the same names.
-    A token id 0 (padding) leaves a row's state unchanged.
+Each named step is logged at INFO with its duration (``export lstm: SavedModel 3.2 s``).
+What the steps cost: the "Export time" section of benchmarks/RESULTS.md (benchmarks/export.py).
 
 Loading ``model.keras`` needs ``import beam_rnn.train.export`` (or `beam_rnn.train.keras_text`)
 first: see `beam_rnn.train.keras_text`, which builds that model.
 """
 
+import contextlib
 import datetime
 import json
+import logging
 import math
 import os
 import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,27 +40,34 @@ from beam_rnn.core import constants as C
 from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
 from beam_rnn.train import models
 from beam_rnn.train.errors import ExportError
-from beam_rnn.train.keras_text import (  # noqa: F401  the last three: documented as export's (model card, README)
+from beam_rnn.train.keras_text import (  # noqa: F401  KERAS_3_WARNING, load_keras_model, tf_keras_flavour: documented as export's
+    KERAS_3_WARNING,
     PROBABILITIES,
     TEXT_INPUT,
     build_keras_text_model,
-    KERAS_3_WARNING,
     load_keras_model,
     tf_keras_flavour,
 )
+from beam_rnn.train.serving import (  # noqa: F401  the signature and output names, importable from here as before
+    BATCH_SIZE,
+    CLASS_PROBABILITIES,
+    CLASSIFY_IDS_SIGNATURE,
+    INITIAL_STATE_SIGNATURE,
+    LABEL,
+    LENGTHS,
+    LOGITS,
+    SERVING_SIGNATURE,
+    STEP_SIGNATURE,
+    TOKEN_IDS,
+    TOKENIZE_SIGNATURE,
+    ServingModule,
+    at_least_one_step,
+    class_names_for,
+    describe_signatures,
+    probabilities,
+)
 
-# --- Names of the SavedModel signatures, inputs and outputs -------------------
-SERVING_SIGNATURE = "serving_default"
-CLASSIFY_IDS_SIGNATURE = "classify_ids"
-TOKENIZE_SIGNATURE = "tokenize"
-INITIAL_STATE_SIGNATURE = "initial_state"
-STEP_SIGNATURE = "step"
-
-TOKEN_IDS = C.TOKEN_IDS_KEY  # "token_ids"
-LENGTHS = "lengths"
-BATCH_SIZE = "batch_size"
-LABEL = "label"
-LOGITS = "logits"
+logger = logging.getLogger(__name__)
 
 VOCAB_TEXT_FILE = "vocab.txt"
 CARD_FORMAT_VERSION = 1
@@ -82,132 +80,6 @@ _CHECK_TEXTS = (
     "a",
     "<b>bad</b> awful ... terrible; plot-holes & 'acting'",
 )
-
-
-# --- The SavedModel ---------------------------------------------------------------
-
-
-def _probabilities(logits: tf.Tensor, num_classes: int) -> tf.Tensor:
-    if num_classes == 2:
-        return tf.sigmoid(logits[:, 0])
-    return tf.nn.softmax(logits, axis=-1)
-
-
-def _labels(logits: tf.Tensor, num_classes: int) -> tf.Tensor:
-    if num_classes == 2:
-        return tf.cast(logits[:, 0] > 0.0, tf.int64)
-    return tf.argmax(logits, axis=-1, output_type=tf.int64)
-
-
-def _at_least_one_step(ids: tf.Tensor) -> tf.Tensor:
-    """Right-pads [batch, time] ids with 0 to one column if time == 0 (all texts empty)."""
-    extra = tf.maximum(1 - tf.shape(ids)[1], 0)
-    return tf.pad(ids, [[0, 0], [0, extra]])
-
-
-class ServingModule(tf.Module):
-    """The exported tf.Module: TFT transform layer + classifier + signature functions."""
-
-    def __init__(self, model: keras.Model, model_config: models.ModelConfig, tft_layer: Any) -> None:
-        super().__init__(name="beam_rnn_serving")
-        # The classifier's variables are tracked, not the tf_keras model itself:
-        # tracking the model would make tf.saved_model.save also run Keras's own
-        # (slow, unused here) per-layer SavedModel serialisation.
-        self.model_variables = list(model.variables)
-        # The TFT transform layer owns the vocabulary table and its asset.
-        self.tft_layer = tft_layer
-        num_classes = model_config.num_classes
-
-        def outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {
-                PROBABILITIES: _probabilities(logits, num_classes),
-                LABEL: _labels(logits, num_classes),
-                LOGITS: logits,
-            }
-
-        def text_to_ids(text: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            transformed = self.tft_layer({TEXT_INPUT: text})
-            ids = transformed[TOKEN_IDS]
-            if isinstance(ids, tf.SparseTensor):
-                lengths = tf.math.bincount(
-                    tf.cast(ids.indices[:, 0], tf.int32), minlength=tf.size(text), dtype=tf.int64
-                )
-                ids = tf.sparse.to_dense(ids, default_value=0)
-            else:  # RaggedTensor (newer TFT output representations)
-                lengths = tf.cast(ids.row_lengths(), tf.int64)
-                ids = ids.to_tensor(default_value=0)
-            return tf.cast(ids, tf.int64), lengths
-
-        def classify(ids: tf.Tensor) -> dict[str, tf.Tensor]:
-            logits = model(_at_least_one_step(ids), training=False)
-            return outputs(tf.cast(logits, tf.float32))
-
-        text_spec = tf.TensorSpec([None], tf.string, name=TEXT_INPUT)
-
-        @tf.function(input_signature=[text_spec])
-        def serve(text: tf.Tensor) -> dict[str, tf.Tensor]:
-            ids, _ = text_to_ids(text)
-            return classify(ids)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name=TOKEN_IDS)])
-        def classify_ids(token_ids: tf.Tensor) -> dict[str, tf.Tensor]:
-            return classify(token_ids)
-
-        @tf.function(input_signature=[text_spec])
-        def tokenize(text: tf.Tensor) -> dict[str, tf.Tensor]:
-            ids, lengths = text_to_ids(text)
-            return {TOKEN_IDS: ids, LENGTHS: lengths}
-
-        self.serve = serve
-        self.classify_ids = classify_ids
-        self.tokenize = tokenize
-        self.signature_functions = {
-            SERVING_SIGNATURE: serve,
-            CLASSIFY_IDS_SIGNATURE: classify_ids,
-            TOKENIZE_SIGNATURE: tokenize,
-        }
-
-        if model_config.kind == models.KIND_LSTM:
-            spec = models.state_spec(model_config)
-            names = [name for name, _ in spec]
-            tf_step = models.make_tf_step(model, model_config)
-
-            @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name=BATCH_SIZE)])
-            def initial_state(batch_size: tf.Tensor) -> dict[str, tf.Tensor]:
-                return dict(zip(names, models.initial_states(model_config, batch_size)))
-
-            step_signature = [tf.TensorSpec([None], tf.int64, name=TOKEN_IDS)] + [
-                tf.TensorSpec([None, units], tf.float32, name=name) for name, units in spec
-            ]
-
-            def step_fn(token_ids: tf.Tensor, *states: tf.Tensor) -> dict[str, tf.Tensor]:
-                logits, new_states = tf_step(token_ids, list(states))
-                result = outputs(tf.cast(logits, tf.float32))
-                result.update(zip(names, new_states))
-                return result
-
-            step = tf.function(step_fn, input_signature=step_signature)
-            self.initial_state = initial_state
-            self.step = step
-            self.signature_functions[INITIAL_STATE_SIGNATURE] = initial_state
-            self.signature_functions[STEP_SIGNATURE] = step
-
-
-def _describe_signatures(functions: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Names, inputs and outputs (dtype, shape) of each signature, for the model card."""
-
-    def spec_dict(spec: Any) -> dict[str, Any]:
-        shape = None if spec.shape.rank is None else [d for d in spec.shape.as_list()]
-        return {"dtype": spec.dtype.name, "shape": shape}
-
-    described = []
-    for name, function in functions.items():
-        concrete = function.get_concrete_function()
-        args, kwargs = concrete.structured_input_signature
-        inputs = {spec.name: spec_dict(spec) for spec in list(args) + list(kwargs.values())}
-        outputs = {key: spec_dict(spec) for key, spec in sorted(concrete.structured_outputs.items())}
-        described.append({"name": name, "inputs": inputs, "outputs": outputs})
-    return described
 
 
 def load_exported(model_dir: str) -> Any:
@@ -363,43 +235,61 @@ def _reference_probabilities(
     """In-process probabilities: TFT transform -> dense ids -> model -> sigmoid/softmax."""
     ids = tft_layer({TEXT_INPUT: tf.constant(list(texts))})[TOKEN_IDS]
     ids = tf.sparse.to_dense(ids) if isinstance(ids, tf.SparseTensor) else ids.to_tensor()
-    logits = model(_at_least_one_step(tf.cast(ids, tf.int64)), training=False)
-    return _probabilities(tf.cast(logits, tf.float32), model_config.num_classes).numpy()
+    logits = model(at_least_one_step(tf.cast(ids, tf.int64)), training=False)
+    return probabilities(tf.cast(logits, tf.float32), model_config.num_classes).numpy()
 
 
-def _verify(
-    staging: str,
-    model: keras.Model,
-    model_config: models.ModelConfig,
-    tft_layer: Any,
-    tolerance: float,
-) -> dict[str, float]:
-    """Reloads what was written and checks it reproduces the in-process model."""
-    texts = list(_CHECK_TEXTS)
-    expected = _reference_probabilities(model, model_config, tft_layer, texts)
-    loaded = tf.saved_model.load(os.path.join(staging, C.SAVED_MODEL_DIR))
-    served = loaded.signatures[SERVING_SIGNATURE](text=tf.constant(texts))[PROBABILITIES].numpy()
-    keras_model = keras.models.load_model(os.path.join(staging, C.KERAS_FILE))
-    from_keras = keras_model(tf.constant(texts), training=False).numpy().reshape(expected.shape)
-    diffs = {
-        "saved_model_vs_in_process": float(np.max(np.abs(served - expected))),
-        "keras_vs_in_process": float(np.max(np.abs(from_keras - expected))),
-    }
-    if model_config.kind == models.KIND_LSTM:
-        from beam_rnn.stream import step as rnn_step
+def _check_saved_model(loaded: Any, texts: Sequence[str], expected: np.ndarray, model_config: models.ModelConfig,
+                       class_names: Sequence[str]) -> float:
+    """Max |served - expected| of the reloaded ``serving_default``; its named outputs must agree with it."""
+    out = {k: v.numpy() for k, v in loaded.signatures[SERVING_SIGNATURE](text=tf.constant(list(texts))).items()}
+    served = out[PROBABILITIES]
+    by_class = out[CLASS_PROBABILITIES]
+    expected_by_class = np.stack([1.0 - served, served], axis=1) if model_config.num_classes == 2 else served
+    names = np.array([n.encode() for n in class_names], dtype=object)
+    consistent = (
+        by_class.shape == (len(texts), model_config.num_classes)
+        and np.allclose(by_class, expected_by_class, atol=1e-6, rtol=0)
+        and np.array_equal(out[C.PREDICTED_LABEL_KEY], out[LABEL])
+        and np.array_equal(out[C.PREDICTED_LABEL_NAME_KEY], names[out[LABEL]])
+        and np.array_equal(out[C.CLASS_NAMES_KEY], np.tile(names, (len(texts), 1)))
+    )
+    if not consistent:
+        raise ExportError(f"The exported {SERVING_SIGNATURE} outputs disagree with each other: {out}")
+    return float(np.max(np.abs(served - expected)))
 
-        weights = rnn_step.StepWeights.load(os.path.join(staging, C.STEP_WEIGHTS_FILE))
-        ids = loaded.signatures[TOKENIZE_SIGNATURE](text=tf.constant(texts))[TOKEN_IDS].numpy()
-        state = rnn_step.initial_state(weights, batch=len(texts))
-        logits = rnn_step.step_batch(weights, np.zeros(len(texts), np.int64), state)[0]
-        for t in range(ids.shape[1]):
-            logits, state = rnn_step.step_batch(weights, ids[:, t], state)
-        numpy_probs = rnn_step.probabilities(logits, model_config.num_classes)
-        diffs["step_weights_vs_in_process"] = float(np.max(np.abs(numpy_probs.reshape(expected.shape) - expected)))
+
+def _step_weights_probabilities(staging: str, token_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """Probabilities of the written step_weights.npz replayed with the NumPy step over `token_ids`."""
+    from beam_rnn.stream import step as rnn_step
+
+    weights = rnn_step.StepWeights.load(os.path.join(staging, C.STEP_WEIGHTS_FILE))
+    batch = token_ids.shape[0]
+    state = rnn_step.initial_state(weights, batch=batch)
+    logits = rnn_step.step_batch(weights, np.zeros(batch, np.int64), state)[0]
+    for t in range(token_ids.shape[1]):
+        logits, state = rnn_step.step_batch(weights, token_ids[:, t], state)
+    return rnn_step.probabilities(logits, num_classes)
+
+
+def _check_differences(diffs: Mapping[str, float], tolerance: float) -> dict[str, float]:
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise ExportError(f"Exported artefacts disagree with the trained model beyond {tolerance}: {bad}")
-    return diffs
+    return dict(diffs)
+
+
+class _Steps:
+    """Times the named steps of one export; logs each at INFO as ``export <kind>: <step> <s> s``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        logger.info("export %s: %s %.1f s", self.kind, name, time.perf_counter() - start)
 
 
 def _model_card(model_config: models.ModelConfig, preprocess_config: Any, vocabulary: Sequence[str],
@@ -482,27 +372,32 @@ def export_model(
     """
     import tensorflow_transform as tft
 
+    from beam_rnn.train.golden import (
+        write_tokenizer_golden,  # texts -> ids of the graph just saved
+    )
+
     started = time.time()
-    stats, preprocess_config, vocabulary = _check_inputs(model, model_config, transformed_dir)
-    tft_output = tft.TFTransformOutput(transformed_dir)
-    tft_layer = tft_output.transform_features_layer()
+    steps = _Steps(model_config.kind)
     streaming = model_config.kind == models.KIND_LSTM
+    with steps("input checks"):
+        stats, preprocess_config, vocabulary = _check_inputs(model, model_config, transformed_dir)
+        class_names = class_names_for(stats.get("label_names"), model_config.num_classes)
+        if len(class_names) != model_config.num_classes:
+            raise ExportError(f"The data's label names {class_names} do not name the model's "
+                              f"{model_config.num_classes} classes.")
+        tft_layer = tft.TFTransformOutput(transformed_dir).transform_features_layer()
 
     staging = tempfile.mkdtemp(prefix="beam_rnn_export_")
     try:
-        module = ServingModule(model, model_config, tft_layer)
-        signatures = {name: fn.get_concrete_function() for name, fn in module.signature_functions.items()}
-        tf.saved_model.save(module, os.path.join(staging, C.SAVED_MODEL_DIR), signatures=signatures)
-
-        keras_model = build_keras_text_model(
-            model,
-            model_config,
-            vocabulary,
-            num_oov_buckets=preprocess_config.num_oov_buckets,
-            max_tokens=preprocess_config.max_tokens,
-        )
-        keras_model.save(os.path.join(staging, C.KERAS_FILE))
-
+        with steps("SavedModel"):
+            module = ServingModule(model, model_config, tft_layer, class_names)
+            signatures = module.signature_functions
+            tf.saved_model.save(module, os.path.join(staging, C.SAVED_MODEL_DIR), signatures=signatures)
+        with steps("model.keras"):
+            keras_model = build_keras_text_model(model, model_config, vocabulary,
+                                                 num_oov_buckets=preprocess_config.num_oov_buckets,
+                                                 max_tokens=preprocess_config.max_tokens)
+            keras_model.save(os.path.join(staging, C.KERAS_FILE))
         files = {
             "saved_model": C.SAVED_MODEL_DIR,
             "keras": C.KERAS_FILE,
@@ -510,29 +405,52 @@ def export_model(
             "preprocess_config": C.PREPROCESS_CONFIG_FILE,
             "model_card": C.MODEL_CARD_FILE,
         }
-        if streaming:
-            np.savez(os.path.join(staging, C.STEP_WEIGHTS_FILE), **models.extract_step_weights(model, model_config))
-            files["step_weights"] = C.STEP_WEIGHTS_FILE
-        with open(os.path.join(staging, VOCAB_TEXT_FILE), "w", encoding="utf-8") as f:
-            f.write("".join(word + "\n" for word in vocabulary))
-        with open(os.path.join(staging, C.PREPROCESS_CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(preprocess_config.to_json())
+        with steps("step weights and vocabulary"):
+            if streaming:
+                np.savez(os.path.join(staging, C.STEP_WEIGHTS_FILE), **models.extract_step_weights(model, model_config))
+                files["step_weights"] = C.STEP_WEIGHTS_FILE
+            with open(os.path.join(staging, VOCAB_TEXT_FILE), "w", encoding="utf-8") as f:
+                f.write("".join(word + "\n" for word in vocabulary))
+            with open(os.path.join(staging, C.PREPROCESS_CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(preprocess_config.to_json())
 
-        verification = _verify(staging, model, model_config, tft_layer, tolerance) if verify else None
-        from beam_rnn.train.golden import write_tokenizer_golden  # texts -> ids of the graph just saved
+        # The written SavedModel is loaded once: for the checks and for the golden file.
+        with steps("SavedModel reload"):
+            loaded = tf.saved_model.load(os.path.join(staging, C.SAVED_MODEL_DIR))
+        verification = None
+        if verify:
+            texts = list(_CHECK_TEXTS)
+            with steps("SavedModel check"):
+                expected = _reference_probabilities(model, model_config, tft_layer, texts)
+                diffs = {"saved_model_vs_in_process": _check_saved_model(loaded, texts, expected, model_config,
+                                                                         class_names)}
+                if streaming:
+                    ids = loaded.signatures[TOKENIZE_SIGNATURE](text=tf.constant(texts))[TOKEN_IDS].numpy()
+                    numpy_probs = _step_weights_probabilities(staging, ids, model_config.num_classes)
+                    diffs["step_weights_vs_in_process"] = float(
+                        np.max(np.abs(numpy_probs.reshape(expected.shape) - expected)))
+            with steps("model.keras check"):
+                from_keras = load_keras_model(os.path.join(staging, C.KERAS_FILE))(tf.constant(texts), training=False)
+                diffs["keras_vs_in_process"] = float(np.max(np.abs(from_keras.numpy().reshape(expected.shape) - expected)))
+            verification = _check_differences(
+                {k: diffs[k] for k in ("saved_model_vs_in_process", "keras_vs_in_process", "step_weights_vs_in_process")
+                 if k in diffs}, tolerance)
+        with steps("golden check"):
+            files["tokenizer_golden"] = write_tokenizer_golden(
+                staging, vocabulary, loaded.signatures[TOKENIZE_SIGNATURE])
 
-        files["tokenizer_golden"] = write_tokenizer_golden(staging, vocabulary)
-
-        card = _model_card(model_config, preprocess_config, vocabulary, stats, metrics,
-                           signatures=_describe_signatures(module.signature_functions), files=files,
-                           verification=verification, started=started)
-        with open(os.path.join(staging, C.MODEL_CARD_FILE), "w", encoding="utf-8") as f:
-            f.write(json.dumps(card, indent=2, sort_keys=False))
-
-        # The manifest covers exactly the exported files and is copied last: a model
-        # directory without one is an export that did not finish.
-        write_manifest(staging)
-        _publish(staging, model_dir, streaming)
+        with steps("model card and manifest"):
+            card = _model_card(model_config, preprocess_config, vocabulary, stats, metrics,
+                               signatures=describe_signatures(signatures), files=files,
+                               verification=verification, started=started)
+            with open(os.path.join(staging, C.MODEL_CARD_FILE), "w", encoding="utf-8") as f:
+                f.write(json.dumps(card, indent=2, sort_keys=False))
+            # The manifest covers exactly the exported files and is copied last: a model
+            # directory without one is an export that did not finish.
+            write_manifest(staging)
+        with steps("publish"):
+            _publish(staging, model_dir, streaming)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    logger.info("export %s: done in %.1f s -> %s", model_config.kind, time.time() - started, model_dir)
     return dict(card, model_dir=model_dir)

@@ -4,7 +4,7 @@
 adversarial texts (tags split across lines, Unicode spaces that are not separators,
 upper case outside ASCII, punctuation runs, OOV words, empty texts, very long
 words) and texts made of the model's own vocabulary, each with the ids the staged
-SavedModel's ``tokenize`` signature gives it.  `beam_rnn.stream.StreamingClassifier.load`
+SavedModel's ``tokenize`` signature (reloaded from disk) gives it.  `beam_rnn.stream.StreamingClassifier.load`
 replays the file with its NumPy tokenizer and refuses to start on any difference,
 so a model is never served by a tokenizer that disagrees with its own graph.
 
@@ -15,7 +15,8 @@ Format (JSON)::
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -72,11 +73,18 @@ def golden_texts(vocabulary: Sequence[str]) -> list[str]:
     return texts
 
 
-def write_tokenizer_golden(staging: str, vocabulary: Sequence[str]) -> str:
-    """Writes `spec.GOLDEN_FILE` into `staging` from its SavedModel's ``tokenize``; returns the file name."""
+def write_tokenizer_golden(staging: str, vocabulary: Sequence[str], tokenize: Callable[..., Any]) -> str:
+    """Writes `spec.GOLDEN_FILE` into `staging`; returns the file name.
+
+    Args:
+        staging: The export's staging directory.
+        vocabulary: The model's words (for the in-vocabulary texts).
+        tokenize: The ``tokenize`` signature of the SavedModel written in `staging`,
+            reloaded from disk (``text`` -> ``token_ids``, ``lengths``): every text
+            goes through it in one batch.
+    """
     texts = golden_texts(vocabulary)
-    loaded = tf.saved_model.load(os.path.join(staging, C.SAVED_MODEL_DIR))
-    out = loaded.signatures["tokenize"](text=tf.constant(texts))
+    out = tokenize(text=tf.constant(texts))
     ids, lengths = out[C.TOKEN_IDS_KEY].numpy(), out["lengths"].numpy()
     record = {
         "format_version": GOLDEN_FORMAT_VERSION,

@@ -147,10 +147,11 @@ def build_keras_text_model(
     num_oov_buckets: int = C.DEFAULT_NUM_OOV_BUCKETS,
     max_tokens: int | None = None,
 ) -> keras.Model:
-    """A tf_keras model on raw strings: tokeniser -> copy of `model` -> sigmoid/softmax.
+    """A tf_keras model on raw strings: tokeniser -> `model` -> sigmoid/softmax.
 
     Args:
-        model: The trained classifier (token ids -> logits); its weights are copied.
+        model: The trained classifier (token ids -> logits), used as the nested
+            classifier layer (its variables are shared, not copied).
         model_config: Its config.
         vocabulary: The words, most frequent first (as in the TFT vocabulary file).
         num_oov_buckets: The preprocessing's OOV buckets (ids 1..k).
@@ -181,9 +182,10 @@ def build_keras_text_model(
             vocabulary=words, mask_token="", num_oov_indices=num_oov_buckets, name="string_lookup"
         )
         ids = lookup(tokens)
-    classifier = keras.models.clone_model(model)
-    classifier.set_weights(model.get_weights())
-    logits = classifier(ids)
+    # The trained model itself is the nested classifier (its weights are saved with
+    # this model): a clone would trace every layer once more (seconds per LSTM) for
+    # nothing, and calling `model` here adds a node but changes none of its outputs.
+    logits = model(ids)
     activation = "sigmoid" if model_config.num_classes == 2 else "softmax"
     probabilities = keras.layers.Activation(activation, name=PROBABILITIES)(logits)
     return keras.Model(text, probabilities, name=f"{model_config.kind}_text_classifier")
