@@ -99,3 +99,10 @@ def test_quantile_boundaries():
     b1, b2 = metrics.quantile_boundaries(counts, (1 / 3, 2 / 3))
     assert abs(np.mean(lengths < b1) - 1 / 3) < 0.01 and abs(np.mean(lengths < b2) - 2 / 3) < 0.01
     assert math.isclose(b1, np.quantile(lengths, 1 / 3), abs_tol=3)
+
+
+def test_wilson_interval_always_holds_the_proportion():
+    for n in range(1, 80):
+        for k in range(n + 1):
+            low, high = metrics.wilson_interval(k, n, 0.95)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)

@@ -409,3 +409,31 @@ def test_report_names_classes_warns_and_says_whether_the_difference_is_significa
     assert "[[" not in html  # the confusion matrix is a heatmap, not a nested list
     for key in ("confusion_bilstm", "confusion_lstm", "early", "length", "calibration"):
         assert open(paths[key], "rb").read().startswith(b"\x89PNG")
+
+
+def test_length_boundaries_default_to_the_data_and_an_override_is_checked():
+    from beam_rnn.core.errors import InputError
+    from beam_rnn.serve.config import EvaluateConfig
+
+    assert EvaluateConfig().length_boundaries is None
+    assert EvaluateConfig(length_boundaries=(40,)).length_boundaries == (40,)
+    for bad in ((100, 50), (0, 10), ()):
+        with pytest.raises(InputError, match="--length-boundaries"):
+            EvaluateConfig(length_boundaries=bad)
+    with pytest.raises(InputError, match="confidence_level"):
+        EvaluateConfig(confidence_level=1.0)
+
+
+@pytest.mark.parametrize("k", [2, 50])
+def test_confusion_heatmap_gives_each_class_room(k):
+    import struct
+
+    from beam_rnn.serve import plots
+
+    names = [f"class_{i}" for i in range(k)]
+    confusion = (np.eye(k, dtype=int) * 20 + 1).tolist()
+    png = plots.confusion_plot({"documents": k * (k + 19), "split": "eval", "class_names": names,
+                                "models": {"lstm": {"confusion_matrix": confusion}}}, "lstm")
+    width, height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR
+    assert width / k >= 20 and height / k >= 20  # at least 20 pixels a class at 100 dpi
+    assert k > 2 or width < 800  # and a binary matrix stays small

@@ -121,7 +121,8 @@ def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, f
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # It always holds p: clamp the rounding of centre +- half at p = 0 and p = 1.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def mcnemar(b: int, c: int, exact_below: int) -> dict[str, float | int | str]:

@@ -67,8 +67,8 @@ def _png(plt, fig) -> bytes:
 
 def _errors(values: Sequence[float | None], intervals: Sequence[Sequence[float] | None]) -> np.ndarray:
     """Asymmetric error bars (2 x N) from values and [low, high] intervals (0 where undefined)."""
-    lo = [v - ci[0] if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
-    hi = [ci[1] - v if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    lo = [max(0.0, v - ci[0]) if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    hi = [max(0.0, ci[1] - v) if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
     return np.array([lo, hi])
 
 
