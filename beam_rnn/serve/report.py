@@ -232,17 +232,20 @@ _STYLE = """body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}
 td:first-child,th:first-child,td.name{text-align:left}th.group{text-align:center;border-left:1px solid #ccc}
 .warnings{background:#fff4d6;border:1px solid #e0b64a;padding:.5em 1em;border-radius:4px}
-td.warn{background:#fde2e1;font-weight:bold}.note{color:#555;font-size:.9em}
+td.warn{background:#fde2e1;font-weight:bold}.note,figcaption{color:#555;font-size:.9em}
 figure{display:inline-block;margin:.5em 0;vertical-align:top}figure.small{width:49.5%}figure.small img{width:100%}
-figure.wide{display:block;overflow-x:auto;max-width:100%}figure.wide img{max-width:none}td{white-space:nowrap}"""
+figure.wide{display:block;width:96vw;max-width:none;position:relative;left:50%;transform:translateX(-50%);text-align:center}
+figure.wide img{max-width:100%}td{white-space:nowrap}"""
 
 
 def render_html(metrics: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
     """A self-contained HTML report: warnings, conclusion, tables and the plots inline (base64)."""
     def figure(key: str, png: bytes) -> str:
         kind = "wide" if key.startswith(CONFUSION_PREFIX) and len(metrics["class_names"]) > _SMALL_CONFUSION else "small"
-        return (f'<figure class={kind}><img alt="{html.escape(plot_file(key))}" '
-                f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/></figure>')
+        name = html.escape(plot_file(key))
+        caption = f'<figcaption>full size: <a href="{name}">{name}</a></figcaption>' if kind == "wide" else ""
+        return (f'<figure class={kind}><img alt="{name}" '
+                f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/>{caption}</figure>')
 
     warnings = metrics.get("warnings", [])
     warning_box = ("<div class=warnings><strong>Warnings</strong><ul>"
