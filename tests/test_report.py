@@ -42,7 +42,7 @@ def evaluated(tmp_path_factory):
     preprocess.run(corpus_args + ["--output", str(root / "prep"), "--min-frequency", "1", "--runner", "DirectRunner"])
     train.run(["--transformed", str(root / "prep"), "--output", str(root / "models"), "--model", "both",
                "--epochs", "4", "--learning-rate", "0.01", "--patience", "4", "--units", "16", "--embedding-dim", "16", "--dense-units", "16"])
-    metrics = evaluate.run(corpus_args + ["--models", str(root / "models"), "--output", str(root / "report"),
+    metrics = evaluate.run(corpus_args + ["--model", str(root / "models"), "--output", str(root / "report"),
                                           "--length-boundaries", "40,100", "--runner", "DirectRunner"])
     records = list(report.read_records(str(root / "report" / "records-*")))
     return root / "report", metrics, records
@@ -147,10 +147,10 @@ def test_missing_models_dir_exits_2(tmp_path):
 
     corpus = tmp_path / "c.csv"
     corpus.write_text("label,text\n1,a\n")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--models", str(tmp_path / "none"),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--model", str(tmp_path / "none"),
                            "--input", str(corpus), "--output", str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=str(ROOT), timeout=120)
-    assert proc.returncode == 2 and "holds no exported model" in proc.stderr
+    assert proc.returncode == 2 and "none does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -176,7 +176,7 @@ def test_damaged_model_exits_2_before_the_pipeline(evaluated, tmp_path, damage):
     corpus = tmp_path / "c.csv"
     corpus.write_text("label,text\n1,a fine film\n0,an awful film\n")
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--models", str(models),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--model", str(models),
                            "--input", str(corpus), "--output", str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=str(ROOT), timeout=300)
     errors = [line for line in proc.stderr.splitlines() if "evaluate: error:" in line]
