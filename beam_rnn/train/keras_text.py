@@ -14,9 +14,10 @@ directly) still works with a custom model handler.  The stock handler also needs
 the ``tensorflow-hub`` package, which beam_rnn does not depend on.
 """
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -139,6 +140,40 @@ class TokenizeText(keras.layers.Layer):
         return config
 
 
+@contextlib.contextmanager
+def generic_rnn_path(model: keras.Model) -> Iterator[None]:
+    """While tracing inference graphs: the model's LSTM/GRU layers take Keras's generic RNN path.
+
+    In a graph, a tf_keras LSTM/GRU layer whose cuDNN kernel could be used wraps its
+    loop in a backend-selection function and builds that function's gradients (for
+    training) on every trace: seconds per layer, for graphs that only ever run
+    inference.  Inside this context those layers run the generic ``backend.rnn``
+    loop over their cell instead, the same computation (the cell and the standard
+    kernel both compute ``x·W + h·U + b`` and then the gates) with the same masking
+    semantics; the export's checks compare the results with the eager model.  A
+    tf_keras without the ``_could_use_gpu_kernel`` attribute just keeps its path.
+    """
+    switched = [layer for layer in model.submodules if getattr(layer, "_could_use_gpu_kernel", False) is True]
+    for layer in switched:
+        layer._could_use_gpu_kernel = False
+    try:
+        yield
+    finally:
+        for layer in switched:
+            layer._could_use_gpu_kernel = True
+
+
+def _layer_chain(model: keras.Model) -> list[Any]:
+    """The layers after the input of a model that is one chain (`models.build_classifier`'s are);
+    ``[model]`` itself for any other graph."""
+    layers = model.get_config()["layers"]
+    for previous, layer in zip(layers, layers[1:]):
+        nodes = layer["inbound_nodes"]
+        if len(nodes) != 1 or len(nodes[0]) != 1 or nodes[0][0][0] != previous["name"]:
+            return [model]
+    return [model.get_layer(layer["name"]) for layer in layers[1:]]
+
+
 def build_keras_text_model(
     model: keras.Model,
     model_config: models.ModelConfig,
@@ -147,11 +182,11 @@ def build_keras_text_model(
     num_oov_buckets: int = C.DEFAULT_NUM_OOV_BUCKETS,
     max_tokens: int | None = None,
 ) -> keras.Model:
-    """A tf_keras model on raw strings: tokeniser -> `model` -> sigmoid/softmax.
+    """A tf_keras model on raw strings: tokeniser -> `model`'s layers -> sigmoid/softmax.
 
     Args:
-        model: The trained classifier (token ids -> logits), used as the nested
-            classifier layer (its variables are shared, not copied).
+        model: The trained classifier (token ids -> logits); its layers (and so
+            its variables) are shared, not copied.
         model_config: Its config.
         vocabulary: The words, most frequent first (as in the TFT vocabulary file).
         num_oov_buckets: The preprocessing's OOV buckets (ids 1..k).
@@ -182,10 +217,14 @@ def build_keras_text_model(
             vocabulary=words, mask_token="", num_oov_indices=num_oov_buckets, name="string_lookup"
         )
         ids = lookup(tokens)
-    # The trained model itself is the nested classifier (its weights are saved with
-    # this model): a clone would trace every layer once more (seconds per LSTM) for
-    # nothing, and calling `model` here adds a node but changes none of its outputs.
-    logits = model(ids)
+    # The trained model's own layers, applied in a flat chain (weights shared, not
+    # copied): a clone, or the model nested as one layer, would make building and
+    # every load of model.keras trace each recurrent layer once more (seconds per
+    # LSTM) for the same outputs.  Calling them adds nodes but changes no output.
+    with generic_rnn_path(model):  # the functional construction traces each layer once
+        logits = ids
+        for layer in _layer_chain(model):
+            logits = layer(logits)
     activation = "sigmoid" if model_config.num_classes == 2 else "softmax"
     probabilities = keras.layers.Activation(activation, name=PROBABILITIES)(logits)
     return keras.Model(text, probabilities, name=f"{model_config.kind}_text_classifier")

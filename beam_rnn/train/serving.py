@@ -43,7 +43,7 @@ import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.train import models
-from beam_rnn.train.keras_text import PROBABILITIES, TEXT_INPUT
+from beam_rnn.train.keras_text import PROBABILITIES, TEXT_INPUT, generic_rnn_path
 
 # --- Names of the SavedModel signatures, inputs and outputs -------------------
 SERVING_SIGNATURE = "serving_default"
@@ -126,13 +126,17 @@ class ServingModule(tf.Module):
         # tracking the model would make tf.saved_model.save also run Keras's own
         # (slow, unused here) per-layer SavedModel serialisation.
         self.model_variables = list(model.variables)
-        # The TFT transform layer owns the vocabulary table and its asset.
-        self.tft_layer = tft_layer
+        # The TFT transform layer's loaded graph owns the vocabulary table and its asset.
+        # The layer exposes it for tracking as this dict; tracking the dict rather than
+        # the tf_keras layer keeps Keras's legacy per-layer SavedModel serialisation
+        # (which traces the layer once more, with AutoGraph) out of the save.
+        tracked = getattr(tft_layer, "_saved_model_loader_tracked_dict", None)
+        self.tft_graph = tft_layer if tracked is None else tracked
         names = list(class_names)
         text_spec = tf.TensorSpec([None], tf.string, name=TEXT_INPUT)
 
         def tokenize(text: tf.Tensor) -> dict[str, tf.Tensor]:
-            ids = self.tft_layer({TEXT_INPUT: text})[TOKEN_IDS]
+            ids = tft_layer({TEXT_INPUT: text})[TOKEN_IDS]
             if isinstance(ids, tf.SparseTensor):
                 lengths = tf.math.bincount(
                     tf.cast(ids.indices[:, 0], tf.int32), minlength=tf.size(text), dtype=tf.int64
@@ -148,9 +152,10 @@ class ServingModule(tf.Module):
             return _named_outputs(tf.cast(logits, tf.float32), num_classes, names)
 
         self.tokenize = tf.function(tokenize, input_signature=[text_spec], autograph=False).get_concrete_function()
-        self.classify_ids = tf.function(
-            classify_ids, input_signature=[tf.TensorSpec([None, None], tf.int64, name=TOKEN_IDS)], autograph=False
-        ).get_concrete_function()
+        with generic_rnn_path(model):
+            self.classify_ids = tf.function(
+                classify_ids, input_signature=[tf.TensorSpec([None, None], tf.int64, name=TOKEN_IDS)], autograph=False
+            ).get_concrete_function()
 
         def serve(text: tf.Tensor) -> dict[str, tf.Tensor]:
             return self.classify_ids(self.tokenize(text)[TOKEN_IDS])
