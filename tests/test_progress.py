@@ -43,6 +43,16 @@ def test_terminal_line_is_rewritten_in_place_with_rate_and_eta(board):
     assert out.getvalue().endswith("\r\x1b[K")  # the live line is cleared, not left half-written
 
 
+def test_a_step_is_named_on_the_line_until_the_next(board):
+    out = io.StringIO()
+    board.enable(out, tty=True)
+    board.open("export lstm")
+    board.set_step("SavedModel")
+    board.clock.now += 3
+    board.set_step("model.keras check")
+    assert out.getvalue().split("\r\x1b[K")[-2:] == ["export lstm 0:00 · SavedModel", "export lstm 0:03 · model.keras check"]
+
+
 def test_off_a_terminal_plain_lines_come_at_an_interval(board, caplog):
     board.enable(io.StringIO(), tty=False)
     with caplog.at_level(logging.INFO, logger="beam_rnn.core.progress"):
@@ -88,6 +98,15 @@ def test_log_records_are_written_above_the_live_line(board, monkeypatch):
     text = out.getvalue()
     # The line is cleared, the record written on a line of its own, then the live line redrawn.
     assert "\r\x1b[Ka project line\n\r\x1b[Kscore 0:00 · scored 5 documents" in text
+
+
+def test_printed_lines_go_above_the_live_line(board, monkeypatch):
+    monkeypatch.setattr(progress, "BOARD", board)
+    out = io.StringIO()
+    board.enable(out, tty=True)
+    board.open("score")
+    print('{"scored": 5}', file=progress.AboveProgress(out))
+    assert out.getvalue() == '\r\x1b[Kscore 0:00\r\x1b[K{"scored": 5}\n\r\x1b[Kscore 0:00'
 
 
 def test_a_task_that_raises_ends_without_a_summary(board, monkeypatch, caplog):

@@ -75,6 +75,7 @@ def run_command(command: str, argv: Sequence[str]) -> int:
 
     args = [arg for arg in argv if arg != VERBOSE_FLAG]
     with console_output(verbose=len(args) < len(argv)):
+        progress.BOARD.open(command)  # the elapsed time shows (or is logged) between the stages' own lines
         module = importlib.import_module(COMMANDS[command])
         try:
             code = module.main(args)

@@ -67,7 +67,7 @@ def _quiet_fd2() -> Iterator[None]:
     """Captures file descriptor 2 (C++ writes too) and writes back what is not `_IMPORT_NOISE`."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    with tempfile.TemporaryFile() as captured, progress.BOARD.paused():  # no live redraws into the capture
         os.dup2(captured.fileno(), 2)
         try:
             yield
@@ -76,9 +76,16 @@ def _quiet_fd2() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = b"".join(line for line in captured if not _IMPORT_NOISE.match(line))
+            kept = b"".join(_kept_output(line) for line in captured)
             if kept:
                 os.write(2, kept)
+
+
+def _kept_output(line: bytes) -> bytes:
+    """`line` without the `_IMPORT_NOISE` in it (parts after a ``\\r`` are checked too)."""
+    kept = [part for part in line.split(b"\r") if not _IMPORT_NOISE.match(part)]
+    text = b"\r".join(kept)
+    return text if text.strip() else b""
 
 
 class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -123,8 +130,9 @@ def console_output(verbose: bool = False) -> Iterator[None]:
     `KNOWN_NOISE` dropped; the project's loggers (`PROJECT_LOGGERS`) at INFO, written
     as plain lines.  Verbose: every logger at INFO in ``LEVEL:name:message`` form,
     TensorFlow's environment untouched.  Both: live progress on stderr
-    (`beam_rnn.core.progress`).  Logging levels, the handler and progress are put back
-    on exit (tests run commands in-process).
+    (`beam_rnn.core.progress`), with stdout's lines written above it on a terminal.
+    Logging levels, the handler, stdout and progress are put back on exit (tests run
+    commands in-process).
     """
     root = logging.getLogger()
     names = ("", *PROJECT_LOGGERS, *LIBRARY_LOGGERS)
@@ -145,11 +153,15 @@ def console_output(verbose: bool = False) -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.INFO)
     root.addHandler(handler)
     progress.enable(sys.stderr)
+    stdout = sys.stdout
+    if stdout.isatty() and sys.stderr.isatty():  # printed lines go above the live line
+        sys.stdout = progress.AboveProgress(stdout)
     try:
         yield
     finally:
         progress.BOARD.close_all()
         progress.BOARD.disable()
+        sys.stdout = stdout
         root.removeHandler(handler)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -190,6 +202,7 @@ def input_matches(patterns: Sequence[str]) -> list[str]:
 
 # --- Choosing the runner ------------------------------------------------------------------
 LOCAL_RUNNER = "beam_rnn.cli.runtime.LocalRunner"
+_ANNOUNCED: set[str] = set()  # runner lines already logged
 
 
 def _local_runner_class():
@@ -228,7 +241,7 @@ def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -
 
     Without ``--runner`` the pipeline runs on `LocalRunner` (in-process, nothing
     downloaded, nothing listening on the network); ``--runner`` overrides.  The
-    choice is logged as one line.
+    choice is logged as one line, once per process.
 
     Args:
       pipeline_args: The leftover command-line flags (Beam's).
@@ -237,8 +250,6 @@ def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -
     Returns:
       A `PipelineOptions`.
     """
-    import logging
-
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     options = PipelineOptions(list(pipeline_args))
@@ -247,11 +258,12 @@ def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -
         standard.streaming = True
     if standard.runner is None:
         standard.runner = LOCAL_RUNNER
-        logging.getLogger("beam_rnn").info(
-            "Runner: LocalRunner (in-process DirectRunner, no Prism; pass --runner to choose another)"
-        )
+        message = "Runner: LocalRunner (in-process DirectRunner, no Prism; pass --runner to choose another)"
     else:
-        logging.getLogger("beam_rnn").info("Runner: %s", standard.runner)
+        message = f"Runner: {standard.runner}"
+    if message not in _ANNOUNCED:  # once per process (run-all runs several pipelines)
+        _ANNOUNCED.add(message)
+        logging.getLogger("beam_rnn").info("%s", message)
     return options
 
 

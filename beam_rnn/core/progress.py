@@ -3,6 +3,7 @@
     with progress.task("preprocess"):          # a stage of a command
         ...                                     # anything calls progress.count("read")
     progress.count("read", 1, unit="documents") # from a DoFn (beam_rnn.io.progress.Progress)
+    progress.step("SavedModel")                 # a named step of a task without counts
 
 A task's line names the task, its elapsed time and its counters::
 
@@ -81,10 +82,11 @@ class Task:
         self.name = name
         self.start = now
         self.counters: dict[str, Counter] = {}
+        self.step = ""  # what the task is doing now, when no counter says it (see `step`)
 
     def line(self, now: float) -> str:
         shown = [c.text(now) for c in self.counters.values()]
-        return " · ".join([f"{self.name} {duration(now - self.start)}", *shown])
+        return " · ".join([f"{self.name} {duration(now - self.start)}", *([self.step] if self.step else []), *shown])
 
     def summary(self, now: float) -> str:
         counts = ", ".join(f"{c.label} {c.done:,} {c.unit}" for c in self.counters.values())
@@ -105,6 +107,7 @@ class Board:
         self._last_draw = 0.0
         self._last_log = 0.0
         self._ticker: threading.Thread | None = None
+        self._paused = 0  # > 0: no drawing (stderr is being captured, see `paused`)
 
     # --- configuration ---------------------------------------------------------------
     def enable(self, stream: TextIO | None = None, *, tty: bool | None = None) -> None:
@@ -117,6 +120,18 @@ class Board:
         with self._lock:
             self._clear_line()
             self._stream = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing is drawn or logged meanwhile (counting goes on)."""
+        with self._lock:
+            self._clear_line()
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
 
     @property
     def enabled(self) -> bool:
@@ -140,7 +155,7 @@ class Board:
             self._tasks.remove(task)
             self._clear_line()
             line = task.summary(self._clock()) if summary and self.enabled else None
-            if self._tasks:
+            if self._tasks and self._tty:
                 self._draw(self._clock(), force=True)
         if line:  # logged outside the lock: a handler's lock is never taken while holding ours
             logger.info("%s", line)
@@ -175,6 +190,16 @@ class Board:
         if line:
             logger.info("%s", line)
 
+    def set_step(self, text: str) -> None:
+        """Names what the innermost task is doing now (``SavedModel``, ``writing the report``)."""
+        with self._lock:
+            line = None
+            if self._tasks:
+                self._tasks[-1].step = text
+                line = self._draw(self._clock(), force=True)
+        if line:
+            logger.info("%s", line)
+
     def remove(self, label: str) -> None:
         """Drops the counter `label` of the innermost task (a finished epoch)."""
         with self._lock:
@@ -187,7 +212,7 @@ class Board:
 
     def _draw(self, now: float, *, force: bool = False, log_now: bool = False) -> str | None:
         """Redraws the live line (terminal); returns the plain line to log when one is due (otherwise)."""
-        if not self.enabled or not self._tasks:
+        if not self.enabled or not self._tasks or self._paused:
             return None
         if self._tty:
             if force or now - self._last_draw >= MIN_REDRAW_SECONDS:
@@ -246,9 +271,15 @@ def task(name: str) -> Iterator[Task]:
     BOARD.close(opened)
 
 
-def count(label: str, n: int = 1, *, unit: str = "documents", total: int | None = None, done: int | None = None) -> None:
+def count(label: str, n: int = 1, *, unit: str = "documents", total: int | None = None,
+          done: int | None = None) -> None:
     """`Board.count` on `BOARD`."""
     BOARD.count(label, n, unit=unit, total=total, done=done)
+
+
+def step(text: str) -> None:
+    """`Board.set_step` on `BOARD`: the live line names the step (e.g. export's) until the next one."""
+    BOARD.set_step(text)
 
 
 def enable(stream: TextIO | None = None, *, tty: bool | None = None) -> None:
@@ -264,3 +295,23 @@ class ConsoleHandler(logging.StreamHandler):
             BOARD.before_log()
             super().emit(record)
             BOARD.after_log()
+
+
+class AboveProgress:
+    """A text stream (stdout on a terminal) whose writes go above the live progress line, not into it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with BOARD._lock:  # pylint: disable=protected-access
+            BOARD.before_log()
+            written = self._stream.write(text)
+            self._stream.flush()
+            if text.endswith("\n"):
+                BOARD.after_log()
+        return written
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
