@@ -24,6 +24,9 @@ COMMANDS = {
     "run-all": "pipelines.run_all",
 }
 
+# Commands that may read what the user types on the terminal: no live line under the typing.
+INTERACTIVE = frozenset({"stream"})
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -75,7 +78,8 @@ def run_command(command: str, argv: Sequence[str]) -> int:
 
     args = [arg for arg in argv if arg != VERBOSE_FLAG]
     with console_output(verbose=len(args) < len(argv)):
-        progress.BOARD.open(command)  # the elapsed time shows (or is logged) between the stages' own lines
+        if command not in INTERACTIVE:  # the elapsed time shows (or is logged) between the stages' own lines
+            progress.BOARD.open(command)
         module = importlib.import_module(COMMANDS[command])
         try:
             code = module.main(args)
