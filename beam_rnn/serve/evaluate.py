@@ -248,7 +248,7 @@ class _MapLabelsFn(beam.DoFn):
 class EvaluationResult(NamedTuple):
     """The outputs of `EvaluateModels`."""
 
-    records: beam.PCollection  # per document: {id, label, length, probability, early}
+    records: beam.PCollection  # per document: {id, true_label[, true_label_name], predicted_label, ...} (`_to_record`)
     metrics: beam.PCollection  # one dict (`ReportCombineFn`)
     dead_letter: beam.PCollection  # labels that are no class, invalid documents, inference failures
 
@@ -283,10 +283,12 @@ class EvaluateModels(beam.PTransform):
             DEAD_LETTER_TAG, main="keyed")
         inferred = checked.keyed | "Infer" >> Infer(self._handler, stage=EVALUATE_STAGE)
         [results] = inferred.results
-        records = results | "ToRecords" >> beam.Map(_to_record)
+        records = results | "ToRecords" >> beam.Map(_to_record, first.label_names)
         metrics = records | "CombineMetrics" >> beam.CombineGlobally(ReportCombineFn(
             [info.name for info in self.infos], first.num_classes,
-            length_boundaries=self._config.length_boundaries, auc_max_bins=self._config.auc_max_bins))
+            length_boundaries=self._config.length_boundaries, auc_max_bins=self._config.auc_max_bins,
+            label_names=first.label_names, confidence_level=self._config.confidence_level,
+            mcnemar_exact_below=self._config.mcnemar_exact_below))
         dead = ((mapped[DEAD_LETTER_TAG], checked[DEAD_LETTER_TAG], *inferred.dead_letter)
                 | "DeadLetters" >> beam.Flatten())
         return EvaluationResult(records, metrics, dead)

@@ -224,7 +224,7 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     wanted = {"eval": SPLIT_EVAL, "train": SPLIT_TRAIN}.get(config.split)
     evaluate = EvaluateModels(models=infos, config=config)
     # Measured on the launcher before the run, so that the report is written once, by the pipeline.
-    extra = {"split": config.split, "models": {info.name: info.model_dir for info in infos},
+    extra = {"split": config.split, "model_dirs": {info.name: info.model_dir for info in infos},
              "latency": measure_latency(infos, latency_texts(infos[0].model_dir))}
     for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
             os.path.join(output, "dead_letter-*")):
