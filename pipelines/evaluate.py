@@ -10,6 +10,7 @@ are Beam pipeline options (e.g. --runner DataflowRunner ...).
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,9 +24,7 @@ from beam_rnn.serve.config import EvaluateConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_flag(parser, " The streaming (lstm) model is also read token by token.", required=False)
-    # The old name, for one release.
-    parser.add_argument("--models", nargs="+", dest="model", metavar="DIR", help=argparse.SUPPRESS)
+    add_model_flag(parser, " The streaming (lstm) model is also read token by token.")
     add_corpus_args(parser, label_type_from_model=True)
     parser.add_argument("--output", required=True, help="Report directory (local or gs://).")
     add_config_flags(parser, EvaluateConfig)
@@ -36,10 +35,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
     """Parse the flags and run `beam_rnn.serve.run.run_evaluate`; returns metrics.json's contents."""
     from beam_rnn.serve.run import run_evaluate
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--models" or a.startswith("--models=") for a in argv):  # the old name, for one release
+        logging.getLogger("beam_rnn.serve").warning("evaluate --models is now --model (as in score and stream)")
+        argv = ["--model" + a[len("--models"):] if a == "--models" or a.startswith("--models=") else a for a in argv]
     parser = build_parser()
     known, pipeline_args = parse_known_flags(parser, argv)
-    if not known.model:
-        parser.error("the following arguments are required: --model")
     if known.unlabelled:
         raise InputError("evaluate needs a labelled corpus")
     config = config_from_flags(EvaluateConfig, known)

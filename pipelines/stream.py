@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     inter.add_argument("--interactive", action="store_true",
                        help="Read text from stdin and print the prediction after every token (the default "
                        "when no Beam source is given).")
-    inter.add_argument("--per-line", action="store_true", help="Each input line is a separate text.")
+    inter.add_argument("--per-line", action="store_true", help="Each input line is a separate text, scored from a fresh state with its own final line; "
+                       "without it all of stdin is ONE text (newlines are whitespace), e.g. a piped document.")
     inter.add_argument("--json", action="store_true", help="Print JSON lines instead of a table.")
     return parser
 
