@@ -112,9 +112,9 @@ def test_printed_lines_go_above_the_live_line(board, monkeypatch):
 def test_a_task_that_raises_ends_without_a_summary(board, monkeypatch, caplog):
     monkeypatch.setattr(progress, "BOARD", board)
     board.enable(io.StringIO(), tty=False)
-    with caplog.at_level(logging.INFO, logger="beam_rnn.core.progress"), pytest.raises(ValueError):
-        with progress.task("preprocess"):
-            raise ValueError("boom")
+    with caplog.at_level(logging.INFO, logger="beam_rnn.core.progress"), pytest.raises(ValueError), \
+            progress.task("preprocess"):
+        raise ValueError("boom")
     assert not caplog.records and not board._tasks  # pylint: disable=protected-access
 
 
@@ -161,6 +161,7 @@ def test_training_names_the_model_the_splits_and_the_kept_epoch(tmp_path, caplog
                                     for e in epochs), epochs
     assert "lstm: early stopping after epoch 2 of up to 4 (val_loss, patience 0)" in lines
     kept = [line for line in lines if line.startswith("lstm: kept epoch ")]
-    assert kept == [f"lstm: kept epoch {metrics['best_epoch']}'s weights (best val_loss): validation "
-                    f"({eval_docs} docs) loss {metrics['loss']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-                    f"AUC {metrics['auc']:.3f}"]
+    expected = (f"lstm: kept epoch {metrics['best_epoch']}'s weights (best val_loss): validation "
+                f"({eval_docs} docs) loss {metrics['loss']:.3f}, accuracy {metrics['accuracy']:.3f}, "
+                f"AUC {metrics['auc']:.3f}")
+    assert kept == [expected]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Subcommand → driver module; each module exposes `main(argv) -> int` and `run(argv)`.
 COMMANDS = {

@@ -9,7 +9,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from beam_rnn.core import progress
 

@@ -175,7 +175,7 @@ def train_cbow(
     read_seconds = 0.0
     cached_pass, cached = None, None  # a pass read as one chunk is kept for its next epoch
     start = time.time()
-    planned = int(round(schedule.planned))
+    planned = round(schedule.planned)
     with progress.task("CBOW training"):
         for epoch in range(config.epochs):
             p = epoch % len(epoch_files)
