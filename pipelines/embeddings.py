@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, config_from_flags, parse_known_flags
 from beam_rnn.embeddings.config import CbowConfig, EmbeddingsConfig
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of `EmbeddingsConfig` and `CbowConfig` (names, help and defaults come from them)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn embeddings", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     add_config_flags(parser, EmbeddingsConfig)
     add_config_flags(parser.add_argument_group("CBOW"), CbowConfig)
     return parser

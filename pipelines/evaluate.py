@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_config_flags, add_model_flag, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import (
+    add_config_flags,
+    add_model_flag,
+    add_verbose_flag,
+    config_from_flags,
+    parse_known_flags,
+)
 from beam_rnn.core.errors import InputError
 from beam_rnn.serve.config import EvaluateConfig
 
@@ -24,6 +30,7 @@ from beam_rnn.serve.config import EvaluateConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     add_model_flag(parser, " The streaming (lstm) model is also read token by token.")
     add_corpus_args(parser, label_type_from_model=True)
     parser.add_argument("--output", required=True, help="Report directory (local or gs://).")

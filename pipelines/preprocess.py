@@ -14,13 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, config_from_flags, parse_known_flags
 from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn preprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     add_corpus_args(parser)
     parser.add_argument("--output", required=True, help="Output directory (local or gs://).")
     add_config_flags(parser, PreprocessConfig)

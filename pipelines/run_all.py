@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import parse_known_flags
+from beam_rnn.cli.flags import add_verbose_flag, parse_known_flags
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import InputError
 from beam_rnn.preprocess.config import PreprocessConfig
@@ -29,6 +29,7 @@ QUICK = {"sample_fraction": 0.08, "epochs": 2, "vocab_size": 5000, "max_length":
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn run-all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     add_corpus_args(parser)
     parser.add_argument("--output", default=os.path.join("runs", "imdb"), help="Run directory (default runs/imdb).")
     parser.add_argument("--quick", action="store_true",

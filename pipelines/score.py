@@ -23,13 +23,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_config_flags, add_model_flag, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import (
+    add_config_flags,
+    add_model_flag,
+    add_verbose_flag,
+    config_from_flags,
+    parse_known_flags,
+)
 from beam_rnn.serve.config import ScoreConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     add_model_flag(parser, " Two or more are scored side by side in one pass (records carry each model's "
                    "outputs and `agreement`).")
     add_corpus_args(parser, label_type_from_model=True)

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, config_from_flags, parse_known_flags
 from beam_rnn.core.errors import InputError
 from beam_rnn.core.manifest import ArtifactError
 from beam_rnn.stream.classifier import StreamingClassifier
@@ -33,6 +33,7 @@ from beam_rnn.stream.config import StreamConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     parser.add_argument("--model", required=True,
                         help="Exported streaming model dir (OUTPUT/lstm of pipelines.train; local or gs://).")
     src = parser.add_argument_group("Beam sources and sinks (none given: interactive stdin mode)")

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_rnn.cli.flags import add_config_flags, config_from_flags, parse_flags
+from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, config_from_flags, parse_flags
 from beam_rnn.core import constants as C
 
 MODEL_BOTH = "both"
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="beam-rnn train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose_flag(parser)
     parser.add_argument("--transformed", required=True,
                         help="A `beam-rnn preprocess` output. Missing, incomplete, without manifest.json or not "
                         "matching it: one error line naming the file, exit 2, before any model is built.")

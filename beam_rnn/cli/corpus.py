@@ -68,7 +68,7 @@ def resolve_corpus(known: argparse.Namespace) -> Corpus:
         known.input = [source.pattern]
         if known.format is None:
             known.format = source.format
-        logging.info("Corpus: %s", source.description)
+        logging.getLogger(__name__).info("Corpus: %s", source.description)
     if known.format is None:
         known.format = C.FORMAT_CSV
     if known.format == C.FORMAT_TEXT:

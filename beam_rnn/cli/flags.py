@@ -340,6 +340,12 @@ def unknown_pipeline_flags(args: Sequence[str]) -> list[str]:
     return unknown
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: every library's log lines (`beam_rnn.cli.run_command` handles it before parsing)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show every library's log lines (TensorFlow, Beam, Keras) instead of only the project's.")
+
+
 def add_model_flag(parser: argparse.ArgumentParser, help_tail: str = "", *, required: bool = True) -> None:
     """``--model DIR [DIR ...]``: exported models, the same flag wherever a model directory is meant."""
     parser.add_argument(

@@ -218,7 +218,7 @@ class MakeCbowExamples(beam.PTransform):
         }
         self._output_dir = output_dir
 
-    def expand(self, serialized: beam.PCollection) -> CbowExamples:
+    def expand(self, serialized: beam.PCollection):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
         s = self._settings
         docs = serialized | "ParseDocuments" >> beam.Map(parse_transformed_example)
         counts = (

@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from apache_beam.io.filesystems import FileSystems
-
 from beam_rnn.cli.flags import check_options, option
 from beam_rnn.core.constants import (
     DEAD_REASON_KEY,
@@ -166,6 +164,8 @@ def relative_path(path: str, root: str) -> str:
     Returns:
       The path below `root`; the base name if `path` is not below `root`.
     """
+    from apache_beam.io.filesystems import FileSystems  # here: the corpus flags import this module before Beam
+
     if not root:
         return path.lstrip("/") if "://" not in path else FileSystems.split(path)[1]
     prefix = root.rstrip("/") + "/"

@@ -96,7 +96,8 @@ def make_preprocessing_fn(config: PreprocessConfig, *, weighted_counts: bool = T
             tokens,
             top_k=config.vocab_size,
             weights=unit_weights(tokens) if weighted_counts else None,
-            frequency_threshold=config.min_frequency,
+            # TFT warns that a threshold <= 1 is a no-op and asks for None (same vocabulary).
+            frequency_threshold=config.min_frequency if config.min_frequency > 1 else None,
             num_oov_buckets=config.num_oov_buckets,
             vocab_filename=C.VOCAB_FILENAME,
         )

@@ -275,7 +275,7 @@ class EvaluateModels(beam.PTransform):
     def infos(self) -> tuple[ModelInfo, ...]:
         return self._handler.infos
 
-    def expand(self, documents: beam.PCollection) -> EvaluationResult:
+    def expand(self, documents: beam.PCollection):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
         first = self.infos[0]
         mapped = documents | "MapLabels" >> beam.ParDo(
             _MapLabelsFn(first.num_classes, first.label_names)).with_outputs(DEAD_LETTER_TAG, main="docs")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_rnn.core import constants as C
+from beam_rnn.core import progress
 from beam_rnn.core.artifacts import (
     ModelInfo,
     expand_model_dirs,
@@ -118,6 +119,7 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
+    from beam_rnn.io.progress import Progress  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.score import ScoreCorpus  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.write import (  # pylint: disable=import-outside-toplevel
         WriteScores,
@@ -140,8 +142,9 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
     if parent and "://" not in parent:
         tf.io.gfile.makedirs(parent)
     delete_stale_outputs(output, config.output_format)
-    with _pipeline(pipeline_args, save_main_session) as p:
+    with progress.task("score"), _pipeline(pipeline_args, save_main_session) as p:
         result = p | "ScoreCorpus" >> score
+        _ = result.scores | "ProgressScored" >> Progress("scored")
         _ = result.scores | "WriteScores" >> WriteScores(
             output, output_format=config.output_format, columns=score.columns, num_shards=config.num_shards
         )
@@ -205,6 +208,7 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
+    from beam_rnn.io.progress import Progress  # pylint: disable=import-outside-toplevel
     from beam_rnn.preprocess.pipeline import maybe_sample  # pylint: disable=import-outside-toplevel
     from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id  # pylint: disable=C0415
     from beam_rnn.serve.evaluate import EvaluateModels  # pylint: disable=import-outside-toplevel
@@ -229,13 +233,14 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     for stale in tf.io.gfile.glob(os.path.join(output, "records-*")) + tf.io.gfile.glob(
             os.path.join(output, "dead_letter-*")):
         tf.io.gfile.remove(stale)
-    with _pipeline(pipeline_args, save_main_session) as p:
+    with progress.task("evaluate"), _pipeline(pipeline_args, save_main_session) as p:
         read, read_dead = p | "ReadCorpus" >> corpus.read()
         docs = read
         if wanted is not None:
             docs = docs | "KeepSplit" >> beam.Filter(lambda d: split_for_id(d[C.ID_KEY], eval_fraction) == wanted)
         docs = maybe_sample(docs, corpus.sample_fraction)
         result = docs | "EvaluateModels" >> evaluate
+        _ = result.records | "ProgressEvaluated" >> Progress("evaluated")
         _ = result.records | "WriteRecords" >> WriteJsonLines(os.path.join(output, "records"))
         dead = (read_dead, result.dead_letter) | "AllDeadLetters" >> beam.Flatten()
         _ = dead | "WriteDeadLetters" >> WriteJsonLines(os.path.join(output, "dead_letter"))

@@ -225,7 +225,7 @@ class Infer(beam.PTransform):
             KeyedModelHandler(handler), model_identifier=self._handler.model_identifier()
         ).with_exception_handling()
 
-    def expand(self, keyed: beam.PCollection) -> InferResult:
+    def expand(self, keyed: beam.PCollection):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
         results, dlq = self._run_inference(keyed, self._handler, "RunInference")
         failed = dlq.failed_inferences | "FailedBatches" >> beam.ParDo(
             _FailedBatchFn(self._retry, self._stage)
@@ -383,7 +383,7 @@ class ScoreCorpus(beam.PTransform):
         """The score records' ``(column, kind)`` schema (for `WriteScores`)."""
         return score_columns(self.infos, labelled=self._labelled)
 
-    def expand(self, pvalue: Any) -> ScoreResult:
+    def expand(self, pvalue: Any):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
         read_dead = None
         if isinstance(pvalue, beam.pvalue.PBegin):
             if self._corpus is None:
