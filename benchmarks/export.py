@@ -94,13 +94,15 @@ def train_and_export(kind: str, prep: Path, models_dir: Path, epochs: int | None
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger(export.__name__).addHandler(handler)
+    export_logger = logging.getLogger(export.__name__)
+    export_logger.addHandler(handler)
+    export_logger.setLevel(logging.INFO)
     try:
         start = time.perf_counter()
         export.export_model(result["model"], result["model_config"], str(prep), result["model_dir"], result["metrics"])
         export_seconds = time.perf_counter() - start
     finally:
-        logging.getLogger(export.__name__).removeHandler(handler)
+        export_logger.removeHandler(handler)
     return {"train_seconds": round(train_seconds, 1), "fit_seconds": result["metrics"]["train_seconds"],
             "epochs_run": result["metrics"]["epochs_run"], "export_seconds": round(export_seconds, 1),
             "ratio": round(export_seconds / train_seconds, 3), "steps": _step_times(lines)}

@@ -15,6 +15,7 @@ the ``tensorflow-hub`` package, which beam_rnn does not depend on.
 """
 
 import contextlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -167,7 +168,7 @@ def _layer_chain(model: keras.Model) -> list[Any]:
     """The layers after the input of a model that is one chain (`models.build_classifier`'s are);
     ``[model]`` itself for any other graph."""
     layers = model.get_config()["layers"]
-    for previous, layer in zip(layers, layers[1:]):
+    for previous, layer in itertools.pairwise(layers):
         nodes = layer["inbound_nodes"]
         if len(nodes) != 1 or len(nodes[0]) != 1 or nodes[0][0][0] != previous["name"]:
             return [model]
