@@ -829,3 +829,17 @@ def test_the_parse_spec_matches_the_transform_output(binary_dir):
         assert key in declared and declared[key].dtype == feature.dtype, (key, declared)
     assert isinstance(declared[C.TOKEN_IDS_KEY], tf.io.VarLenFeature)  # a ragged list in the examples
     assert list(declared[C.TRANSFORMED_LABEL_KEY].shape) == list(FEATURE_SPEC[C.TRANSFORMED_LABEL_KEY].shape) == []
+
+
+def test_run_training_checks_the_inputs_once_for_every_kind(binary_dir, tmp_path, monkeypatch):
+    calls = []
+    real = trainer.check_training_inputs
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "check_training_inputs", counting)
+    results = trainer.run_training(binary_dir, str(tmp_path / "out"), TrainConfig(**{**SMALL, "epochs": 1}),
+                                   export=False)
+    assert sorted(results) == ["bilstm", "lstm"] and len(calls) == 1

@@ -30,31 +30,14 @@ def check_transformed(transformed: str, splits: Sequence[str]) -> tuple[list[str
         InputError: The directory is missing or incomplete (one line naming what is missing).
         ArtifactError: A file was altered after preprocessing (one line naming it).
     """
-    import tensorflow as tf
-
-    from beam_rnn.core.manifest import verify_manifest
+    from beam_rnn.preprocess.check import check_preprocess_output
     from beam_rnn.preprocess.transform import vocabulary_path
 
-    if not transformed or not tf.io.gfile.isdir(transformed):
-        raise InputError(f"--transformed {transformed!r} does not exist (run pipelines.preprocess first)")
-    missing, files = [], []
-    for split in splits:
-        matched = tf.io.gfile.glob(os.path.join(transformed, C.TRANSFORMED_DIR, f"{split}-*"))
-        if not matched:
-            missing.append(f"{C.TRANSFORMED_DIR}/{split}-* shards")
-        files.extend(sorted(matched))
-    if not tf.io.gfile.exists(vocabulary_path(transformed)):
-        missing.append(f"the vocabulary {os.path.relpath(vocabulary_path(transformed), transformed)}")
-    stats: dict[str, Any] = {}
-    stats_path = os.path.join(transformed, C.STATS_FILE)
-    if tf.io.gfile.exists(stats_path):
-        with tf.io.gfile.GFile(stats_path) as f:
-            stats = json.loads(f.read())
-    if missing:
-        raise InputError(f"--transformed {transformed!r} is incomplete (run pipelines.preprocess to completion); "
-                         f"missing: {'; '.join(missing)}")
-    verify_manifest(transformed, prefixes=[C.TRANSFORMED_DIR + "/", C.TRANSFORM_FN_DIR + "/assets/", C.STATS_FILE],
-                    required=[C.STATS_FILE], what="preprocess output")
+    vocab = vocabulary_path("")  # relative to the output dir
+    shards, stats = check_preprocess_output(
+        transformed, splits=splits, need=[(vocab, f"the vocabulary {vocab}")],
+        verify=[C.TRANSFORMED_DIR + "/", C.TRANSFORM_FN_DIR + "/assets/", C.STATS_FILE])
+    files = [path for split in splits for path in shards[split]]
     return files, stats
 
 

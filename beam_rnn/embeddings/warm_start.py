@@ -109,13 +109,15 @@ def warm_start_embedding(model, matrix: np.ndarray, freeze: bool = False):
 
 
 def warm_start_from_file(
-    model, vectors_path: str, transformed_dir: str, *, freeze: bool = False, rescale: bool = True
+    model, vectors_path: str, transformed_dir: str, *, freeze: bool = False, rescale: bool = True,
+    vectors: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Warm-start a classifier built for a preprocessing output from pretrained vectors.
 
     Reads the vocabulary and num_oov_buckets of `transformed_dir`, keeps the
     model's current rows for unmatched ids (see `pretrained_embedding_matrix` for
-    `rescale`), and calls `warm_start_embedding`.
+    `rescale`), and calls `warm_start_embedding`.  `vectors`: the file's vectors
+    when the caller already read it (training's input checks do), else it is read here.
 
     Returns:
         {"matched": words with a pretrained vector, "vocabulary_words", "coverage", "frozen"}.
@@ -128,7 +130,8 @@ def warm_start_from_file(
     layer = model.get_layer(EMBEDDING_LAYER)
     [current] = layer.get_weights()
     matrix, matched = pretrained_embedding_matrix(
-        vectors_path, vocab, num_oov, current.shape[1], initial=current, rescale=rescale
+        vectors_path if vectors is None else vectors, vocab, num_oov, current.shape[1], initial=current,
+        rescale=rescale
     )
     warm_start_embedding(model, matrix, freeze)
     info = {"matched": matched, "vocabulary_words": len(vocab),

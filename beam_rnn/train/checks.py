@@ -4,13 +4,13 @@ Each raises `TrainerInputError` (an `InputError`: exit 2) or
 `beam_rnn.core.manifest`'s `ArtifactError` with one line naming what is wrong.
 """
 
-import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from beam_rnn.core import constants as C
+from beam_rnn.preprocess.check import check_preprocess_output
 from beam_rnn.train.config import TrainConfig
 from beam_rnn.train.data import eval_pattern, shard_files, train_pattern
 from beam_rnn.train.errors import TrainerInputError
@@ -22,36 +22,10 @@ def validate_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     Raises:
         TrainerInputError: With one message naming everything that is missing or unusable.
     """
-    if not transformed_dir or not tf.io.gfile.isdir(transformed_dir):
-        raise TrainerInputError(
-            f"transformed dir {transformed_dir!r} does not exist (run pipelines.preprocess first)"
-        )
-    missing = []
-    if not tf.io.gfile.exists(os.path.join(transformed_dir, C.TRANSFORM_FN_DIR, "saved_model.pb")):
-        missing.append(f"{C.TRANSFORM_FN_DIR}/ (the TFT transform graph)")
-    for split, pattern in (("train", train_pattern(transformed_dir)), ("eval", eval_pattern(transformed_dir))):
-        if not tf.io.gfile.glob(pattern):
-            missing.append(f"{split} shards {os.path.relpath(pattern, transformed_dir)}")
-    stats_path = os.path.join(transformed_dir, C.STATS_FILE)
-    stats: dict[str, Any] | None = None
-    if not tf.io.gfile.exists(stats_path):
-        missing.append(C.STATS_FILE)
-    else:
-        try:
-            with tf.io.gfile.GFile(stats_path) as f:
-                stats = json.loads(f.read())
-        except (ValueError, OSError) as e:
-            missing.append(f"a readable {C.STATS_FILE} ({e})")
-        else:
-            absent = [k for k in ("vocab_size_with_reserved", "num_classes", "splits") if k not in stats]
-            if absent:
-                missing.append(f"{C.STATS_FILE} keys {absent}")
-    if missing:
-        raise TrainerInputError(
-            f"transformed dir {transformed_dir!r} is incomplete (run pipelines.preprocess to completion); "
-            f"missing: {'; '.join(missing)}"
-        )
-    assert stats is not None
+    _, stats = check_preprocess_output(
+        transformed_dir, splits=(C.TRAIN_PREFIX, C.EVAL_PREFIX), verify=None, error=TrainerInputError,
+        need=[(f"{C.TRANSFORM_FN_DIR}/saved_model.pb", f"{C.TRANSFORM_FN_DIR}/ (the TFT transform graph)")],
+        stats_keys=("vocab_size_with_reserved", "num_classes", "splits"))
     problems = []
     if int(stats["num_classes"]) < 2:
         problems.append(f"num_classes is {stats['num_classes']} (training needs labelled data with >= 2 classes)")
@@ -119,8 +93,23 @@ def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     return stats
 
 
-def check_pretrained(config: TrainConfig) -> None:
-    """Refuses unusable warm-start settings, before any training.
+class TrainingInputs(NamedTuple):
+    """What the input checks read, handed to training so nothing is read twice."""
+
+    stats: dict[str, Any]  # the preprocess output's stats.json
+    vectors: dict[str, Any] | None  # the warm-start vectors, or None
+
+
+def check_training_inputs(transformed_dir: str, config: TrainConfig) -> TrainingInputs:
+    """Every input check of training, once for all kinds: the preprocess output, the monitor, the vectors."""
+    stats = check_transformed_dir(transformed_dir)
+    if config.monitor == "val_auc" and int(stats["num_classes"]) != 2:
+        raise TrainerInputError("monitor 'val_auc' needs a binary task")
+    return TrainingInputs(stats, check_pretrained(config))
+
+
+def check_pretrained(config: TrainConfig) -> dict[str, Any] | None:
+    """Refuses unusable warm-start settings, before any training; returns the vectors read (None: none given).
 
     The vectors file is read whole here (every line parses, every vector has the
     same width, and as many vectors as its "<count> <dim>" header announces), so a
@@ -131,7 +120,7 @@ def check_pretrained(config: TrainConfig) -> None:
         raise TrainerInputError("--freeze-embeddings needs --pretrained-embeddings")
     path = config.pretrained_embeddings
     if not path:
-        return
+        return None
     if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise TrainerInputError(f"--pretrained-embeddings {path!r} does not exist or is not a file")
     from beam_rnn.embeddings import load_word2vec_text, read_word2vec_dim
@@ -153,3 +142,4 @@ def check_pretrained(config: TrainConfig) -> None:
     if dim != config.model.embedding_dim:
         raise TrainerInputError(f"--pretrained-embeddings has {dim}-dimensional vectors but --embedding-dim is "
                                 f"{config.model.embedding_dim}; pass --embedding-dim {dim}")
+    return vectors

@@ -64,9 +64,8 @@ from beam_rnn.train.callbacks import (
     TrainingState,
     metrics_text,
 )
-from beam_rnn.train.checks import check_pretrained, check_transformed_dir
+from beam_rnn.train.checks import TrainingInputs, check_training_inputs
 from beam_rnn.train.config import ModelConfig, TrainConfig
-from beam_rnn.train.errors import TrainerInputError
 
 # --- Output layout under OUTPUT/<kind>/ ---------------------------------------
 WEIGHTS_DIR = "weights"
@@ -235,7 +234,8 @@ def _length_buckets(train_files: str, config: TrainConfig):
     return lengths, data.quantile_boundaries(lengths, config.num_buckets)
 
 
-def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str) -> tuple[keras.Model, Any]:
+def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str,
+           vectors: Any = None) -> tuple[keras.Model, Any]:
     """The compiled model (warm-started when configured) and the warm start's report."""
     model = models.build_classifier(model_config)
     warm_start = None
@@ -245,7 +245,8 @@ def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str)
         # Before compile (freezing changes the trainable set); on resume, the
         # restored training state replaces this initialisation.
         warm_start = warm_start_from_file(model, config.pretrained_embeddings, transformed_dir,
-                                          freeze=config.freeze_embeddings, rescale=config.rescale_pretrained)
+                                          freeze=config.freeze_embeddings, rescale=config.rescale_pretrained,
+                                          vectors=vectors)
     _compile(model, config, model_config.kind, model_config.num_classes)
     return model, warm_start
 
@@ -320,6 +321,7 @@ def train(
     kind: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     position: tuple[int, int] | None = None,
+    inputs: TrainingInputs | None = None,
 ) -> dict[str, Any]:
     """Train one model kind on a preprocessing output, resuming an interrupted run exactly.
 
@@ -338,6 +340,8 @@ def train(
         callbacks: Extra Keras callbacks, run after the built-in ones (so after
             the epoch's state is committed); also how tests inject faults.
         position: (i, n): this is the i-th of n models trained in a row (named in the log).
+        inputs: What `checks.check_training_inputs` returned for these arguments
+            (`run_training` checks once for every kind); None: check here.
 
     Returns:
         A dict with:
@@ -360,12 +364,10 @@ def train(
     kind = kind or config.kinds[0]
     if kind not in models.KINDS:
         raise ValueError(f"Unknown model kind {kind!r}; expected one of {models.KINDS}")
-    stats = check_transformed_dir(transformed_dir)
+    inputs = inputs or check_training_inputs(transformed_dir, config)
+    stats = inputs.stats
     num_classes = int(stats["num_classes"])
     vocab_size = int(stats["vocab_size_with_reserved"])
-    if config.monitor == "val_auc" and num_classes != 2:
-        raise TrainerInputError("monitor 'val_auc' needs a binary task")
-    check_pretrained(config)
     model_dir = os.path.join(output_dir, kind)
     model_config = config.model_config(kind, vocab_size=vocab_size, num_classes=num_classes)
 
@@ -381,7 +383,7 @@ def train(
 
     signature = _run_signature(model_config, config, data.shard_files(train_files))
     resumed = _prepare_model_dir(model_dir, model_config, config, signature)
-    model, warm_start = _build(model_config, config, transformed_dir)
+    model, warm_start = _build(model_config, config, transformed_dir, inputs.vectors)
     start_epoch, early_stopping, epoch_log, all_callbacks = _restore(model, model_dir, config, resumed, callbacks)
 
     eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
@@ -435,8 +437,8 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
                  export: bool = True) -> dict[str, dict[str, Any]]:
     """Trains (and exports) every kind of `config.kinds`: what ``beam-rnn train`` runs.
 
-    Every kind's model config is validated before the first one trains; each
-    `train` checks the inputs before it writes anything.  After a model is
+    Every kind's model config is validated and the inputs are checked (once, for
+    every kind) before the first one trains or anything is written.  After a model is
     trained it is exported (`beam_rnn.train.export.export_model`) into its
     directory, then its metrics.json is written (again, with what the export added).
 
@@ -445,9 +447,11 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
     """
     for kind in config.kinds:
         config.model_config(kind, vocab_size=3, num_classes=2)
+    inputs = check_training_inputs(transformed_dir, config)
     results: dict[str, dict[str, Any]] = {}
     for number, kind in enumerate(config.kinds, 1):
-        result = train(transformed_dir, output_dir, config, kind=kind, position=(number, len(config.kinds)))
+        result = train(transformed_dir, output_dir, config, kind=kind, position=(number, len(config.kinds)),
+                       inputs=inputs)
         metrics = result["metrics"]
         if export:
             from beam_rnn.train.export import export_model
