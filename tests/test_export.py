@@ -225,12 +225,12 @@ def exported(tmp_path_factory):
         ),
     }
     out = {"root": root, "cases": {}, "log": []}
-    log_handler = logging.Handler(level=logging.INFO)
+    log_handler = logging.Handler(level=logging.DEBUG)  # the step lines are DEBUG, the "done" line INFO
     log_handler.emit = lambda record: out["log"].append(record.getMessage())
     export_logger = logging.getLogger(export.__name__)
     export_logger.addHandler(log_handler)
     old_level = export_logger.level
-    export_logger.setLevel(logging.INFO)
+    export_logger.setLevel(logging.DEBUG)
     try:
         _export_cases(cases, root, out)
     finally:
@@ -616,6 +616,8 @@ def test_export_logs_each_named_step_with_its_time(exported):
     unverified = [step for kind, step, _ in logged if kind == "bilstm"]
     assert unverified == [s for s in EXPORT_STEPS if not s.endswith(" check") or s == "golden check"]
     assert sum(line.startswith("export lstm: done in ") for line in exported["log"]) == 2  # lstm and gru3
+    assert all(re.search(r"done in \d+\.\d s \(slowest: .+ \d+\.\d s, .+ \d+\.\d s\) -> ", line)
+               for line in exported["log"] if " done in " in line)
 
 
 class _FakeLoaded:

@@ -37,7 +37,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
+from beam_rnn.core import progress
 from beam_rnn.core.manifest import MANIFEST_FILE, write_manifest
+from beam_rnn.core.outputs import class_names as class_names_of
 from beam_rnn.train import models
 from beam_rnn.train.errors import ExportError
 from beam_rnn.train.keras_text import (  # noqa: F401  KERAS_3_WARNING, load_keras_model, tf_keras_flavour: documented as export's
@@ -62,7 +64,6 @@ from beam_rnn.train.serving import (  # noqa: F401  the signature and output nam
     TOKENIZE_SIGNATURE,
     ServingModule,
     at_least_one_step,
-    class_names_for,
     describe_signatures,
     probabilities,
 )
@@ -280,16 +281,28 @@ def _check_differences(diffs: Mapping[str, float], tolerance: float) -> dict[str
 
 
 class _Steps:
-    """Times the named steps of one export; logs each at INFO as ``export <kind>: <step> <s> s``."""
+    """Times the named steps of one export.
+
+    Each step is named on the live progress line while it runs and logged at DEBUG
+    as ``export <kind>: <step> <s> s`` (``--verbose`` shows them); `slowest` feeds the
+    one INFO line an export prints, so the console stays short.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        progress.step(f"export {self.kind}: {name}")
         start = time.perf_counter()
         yield
-        logger.info("export %s: %s %.1f s", self.kind, name, time.perf_counter() - start)
+        self.seconds[name] = time.perf_counter() - start
+        logger.debug("export %s: %s %.1f s", self.kind, name, self.seconds[name])
+
+    def slowest(self, n: int = 2) -> str:
+        top = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in top)
 
 
 def _model_card(model_config: models.ModelConfig, preprocess_config: Any, vocabulary: Sequence[str],
@@ -381,7 +394,7 @@ def export_model(
     streaming = model_config.kind == models.KIND_LSTM
     with steps("input checks"):
         stats, preprocess_config, vocabulary = _check_inputs(model, model_config, transformed_dir)
-        class_names = class_names_for(stats.get("label_names"), model_config.num_classes)
+        class_names = list(class_names_of(stats.get("label_names"), model_config.num_classes))
         if len(class_names) != model_config.num_classes:
             raise ExportError(f"The data's label names {class_names} do not name the model's "
                               f"{model_config.num_classes} classes.")
@@ -452,5 +465,6 @@ def export_model(
             _publish(staging, model_dir, streaming)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("export %s: done in %.1f s -> %s", model_config.kind, time.time() - started, model_dir)
+    logger.info("export %s: done in %.1f s (slowest: %s) -> %s", model_config.kind, time.time() - started,
+                steps.slowest(), model_dir)
     return dict(card, model_dir=model_dir)

@@ -79,13 +79,6 @@ def at_least_one_step(ids: tf.Tensor) -> tf.Tensor:
     return tf.pad(ids, [[0, 0], [0, extra]])
 
 
-def class_names_for(label_names: Sequence[str] | None, num_classes: int) -> list[str]:
-    """The class names in id order: the label names, or str(id) for int labels."""
-    if label_names is None:
-        return [str(i) for i in range(num_classes)]
-    return [str(name) for name in label_names]
-
-
 def _outputs(logits: tf.Tensor, num_classes: int) -> dict[str, tf.Tensor]:
     """``probabilities``, ``label``, ``logits`` (the outputs of every classifying signature)."""
     return {
