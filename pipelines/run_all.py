@@ -94,9 +94,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{s['vocabulary_words']} words -> {prep}")
     results["train"] = _stage(
         2, total, "train (bilstm + lstm)", lambda: trainer.run_training(prep, models, train_config),
-        lambda r: "validation accuracy " + ", ".join(
-            f"{k} {m['accuracy']:.3f}" for k, m in r.items()) + f" on {next(iter(r.values()))['eval_examples']:,} "
-        f"held-out documents -> {models}")
+        lambda r: "validation accuracy " + ", ".join(f"{k} {m['accuracy']:.3f}" for k, m in r.items())
+        + _on_documents(next(iter(r.values())).get("eval_examples")) + f" -> {models}")
     model_dirs = [os.path.join(models, k) for k in C.MODEL_NAMES]
     # Scoring covers the whole corpus (even with --quick): it is the batch job users run
     # on large collections, and its counts reconcile against every row read.
@@ -109,9 +108,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         4, total, "evaluate (held-out split)",
         lambda: serve.run_evaluate(models, corpus, EvaluateConfig(split="eval"), report, beam_args),
         lambda m: "accuracy " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["models"].items())
-        + f" on {m['documents']:,} held-out documents (eval split)")
+        + _on_documents(m.get("documents")) + " (eval split)")
     print(f"Report: {results['evaluate']['report']}", flush=True)
     return results
+
+
+def _on_documents(n: int | None) -> str:
+    return "" if n is None else f" on {n:,} held-out documents"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

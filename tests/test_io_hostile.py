@@ -275,8 +275,10 @@ def test_a_line_past_the_read_bound_is_skipped_unread(tmp_path, fmt):
 
 
 def test_max_document_chars_must_be_positive():
-    with pytest.raises(ValueError, match="max_document_chars must be a positive integer"):
+    with pytest.raises(ValueError, match="--max-document-chars must be >= 1, got 0"):
         ReadCorpus("x", format=FORMAT_CSV, max_document_chars=0)
+    with pytest.raises(ValueError, match="max_document_chars must be a positive integer"):
+        ReadCorpus("x", format=FORMAT_CSV, max_document_chars=True)
     assert ReadCorpus("x", format=FORMAT_CSV).config.max_document_chars == corpus_io.DEFAULT_MAX_DOCUMENT_CHARS
 
 

@@ -298,7 +298,7 @@ def test_preprocess_flags_come_from_the_configs_with_the_documented_defaults(tmp
     parser = preprocess.build_parser()
     known, beam_args = parse_known_flags(parser, ["--input", str(corpus_file), "--output", "o", "--runner=X"])
     assert beam_args == ["--runner=X"]
-    corpus = resolve_corpus(known, parser)
+    corpus = resolve_corpus(known)
     config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
     # The README table's defaults.
     assert (config.vocab_size, config.min_frequency, config.num_oov_buckets, config.max_tokens,
@@ -311,7 +311,7 @@ def test_preprocess_flags_come_from_the_configs_with_the_documented_defaults(tmp
     known, _ = parse_known_flags(parser, [
         "--input", str(corpus_file), "--output", "o", "--vocab_size", "7", "--max-tokens", "9",
         "--keep-tmp", "--batch-size", "5", "--label-type", "string", "--labels", "b,a", "--sample-fraction", "0.5"])
-    corpus = resolve_corpus(known, parser)
+    corpus = resolve_corpus(known)
     config = config_from_flags(PreprocessConfig, known, **corpus.label_settings())
     assert (config.vocab_size, config.max_tokens, config.label_type, config.label_set) == (7, 9, "string", ("b", "a"))
     assert config_from_flags(PreprocessJob, known) == PreprocessJob(batch_size=5, keep_tmp=True)

@@ -77,7 +77,8 @@ def test_run_all_hands_each_stage_its_config(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(preprocess, "run_preprocess", record("preprocess", {
         "documents_out": 2, "dead_lettered": 0, "vocabulary_words": 3}))
-    monkeypatch.setattr(trainer, "run_training", record("train", {"bilstm": {"accuracy": 0.5}, "lstm": {"accuracy": 0.5}}))
+    monkeypatch.setattr(trainer, "run_training", record("train", {"bilstm": {"accuracy": 0.5, "eval_examples": 3},
+                                                                  "lstm": {"accuracy": 0.5, "eval_examples": 3}}))
     monkeypatch.setattr(serve, "run_score", record("score", {"scored": 2, "dead_lettered": 0}))
     monkeypatch.setattr(serve, "run_evaluate", record("evaluate", {
         "models": {"bilstm": {"accuracy": 0.5}}, "report": str(tmp_path / "run" / "report" / "report.html")}))
@@ -98,7 +99,7 @@ def test_run_all_hands_each_stage_its_config(tmp_path, monkeypatch, capsys):
     from pipelines import train as train_driver
 
     train_flags, _ = parse_known_flags(train_driver.build_parser(), [
-        "--transformed", "p", "--output", "m", "--model", "both", "--epochs", "2", "--max-length", "200"])
+        "--transformed", "p", "--output", "m", "--kind", "both", "--epochs", "2", "--max-length", "200"])
     assert train_config == train_driver.config_from_args(train_flags)
     (model_dirs, score_corpus, score_config, prefix, beam_args), _ = calls["score"]
     assert model_dirs == [str(out / "models" / k) for k in ("bilstm", "lstm")]

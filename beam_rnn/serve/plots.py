@@ -173,7 +173,7 @@ def calibration_plot(metrics: Mapping[str, Any]) -> bytes:
     ax.set_title(f"Calibration: accuracy per confidence bin\n{measured_on(metrics)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     bars.set_yscale("symlog", linthresh=10)
-    bars.set_ylim(0, 3 * max((c["count"] for m in models.values() for c in m["calibration"]), default=1))
+    bars.set_ylim(0, 3 * max([c["count"] for m in models.values() for c in m["calibration"]] + [1]))
     bars.set_ylabel("documents (n)")
     bars.set_xlabel(f"confidence (probability of the predicted class); error bars: Wilson "
                     f"{metrics.get('confidence_level', 0.95):.0%}")
