@@ -73,16 +73,16 @@ class EvaluateConfig:
         "as preprocess did).",
         choices=SPLITS,
     )
-    batch_size: int = option(64, "Documents per model call.")
+    batch_size: int = option(64, "Documents per model call.", minimum=1)
     length_boundaries: tuple[int, ...] | None = option(
         None,
         "Token counts separating the report's length buckets (e.g. 100,300: short < 100 <= medium < 300 <= long).",
         parse=int_list, show_default="the tertiles of the evaluated documents' own token counts",
     )
-    auc_max_bins: int = option(1 << 16, "Distinct scores per model kept exactly for the AUC.", cli=False)
+    auc_max_bins: int = option(1 << 16, "Distinct scores per model kept exactly for the AUC.", cli=False, minimum=2)
     confidence_level: float = option(
         0.95, "Of the Wilson intervals in the report; the models differ significantly when McNemar's p < 1 - this.",
-        cli=False,
+        cli=False, greater_than=0.0, less_than=1.0,
     )
     mcnemar_exact_below: int = option(
         25, "McNemar's test is the exact binomial test below this many discordant documents, "
@@ -90,13 +90,8 @@ class EvaluateConfig:
     )
 
     def __post_init__(self) -> None:
+        check_options(self)
         if self.length_boundaries is not None:
             b = tuple(self.length_boundaries)
             if not b or b[0] < 1 or any(x >= y for x, y in zip(b, b[1:])):
                 raise InputError(f"--length-boundaries {','.join(map(str, b))}: need increasing positive token counts")
-        if not 0 < self.confidence_level < 1:
-            raise InputError(f"confidence_level must be in (0, 1), got {self.confidence_level}.")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}.")
-        if self.auc_max_bins < 2:
-            raise InputError(f"auc_max_bins must be >= 2, got {self.auc_max_bins}.")

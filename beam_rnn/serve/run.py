@@ -70,8 +70,9 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
     A corpus whose ``--label-type`` was not given takes the model's (string labels
     when the card names the classes); one that was given and differs, or declared
     ``--labels`` that are not classes of the model, is an `InputError` before any
-    work.  Rows whose label is no class of the model are still dead letters
-    (``label_not_in_model``), and the dead-letter limit fails a run made mostly of them.
+    work.  Rows whose label is no class of the model are scored with a null
+    ``true_label`` by `run_score`, and dead-lettered (``label_not_in_model``) by
+    `run_evaluate`, where the dead-letter limit fails a run made mostly of them.
     """
     import dataclasses  # pylint: disable=import-outside-toplevel
 
