@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from beam_rnn.cli.corpus import add_corpus_args, resolve_corpus
-from beam_rnn.cli.flags import add_verbose_flag, parse_known_flags
+from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, parse_known_flags
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import InputError
 from beam_rnn.preprocess.config import PreprocessConfig
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="Training epochs (default: the trainer's, or quick's).")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help=f"Vocabulary size (default {PreprocessConfig.vocab_size}, quick {QUICK['vocab_size']}).")
+    add_config_flags(parser, PreprocessConfig, exclude=[f.name for f in dataclasses.fields(PreprocessConfig)
+                                                        if f.name != "group_column"])
     return parser
 
 
@@ -74,7 +76,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])
     vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else PreprocessConfig.vocab_size)
     epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
-    prep_config = PreprocessConfig(vocab_size=vocab, **corpus.label_settings())
+    prep_config = PreprocessConfig(vocab_size=vocab, group_column=known.group_column, **corpus.label_settings())
     train_config = TrainConfig(kinds=C.MODEL_NAMES, **({"epochs": epochs} if epochs else {}),
                                **({"max_length": QUICK["max_length"]} if known.quick else {}))
     out = known.output

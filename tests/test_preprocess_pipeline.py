@@ -126,7 +126,7 @@ def test_cli_run_exits_zero_in_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary == {"rows_in": 6, "documents_out": 5, "dead_lettered": 1, "reconciled": True,
-                       "vocabulary_words": summary["vocabulary_words"]}
+                       "vocabulary_words": summary["vocabulary_words"], "split_by": "id"}
     assert summary["vocabulary_words"] >= 2
 
 

@@ -7,6 +7,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -114,3 +116,26 @@ def test_run_all_hands_each_stage_its_config(tmp_path, monkeypatch, capsys):
     assert [line.split(" ...")[0] for line in printed if line.endswith(" ...")] == [
         "[1/4] preprocess", "[2/4] train (bilstm + lstm)", "[3/4] score (both models, whole corpus)",
         "[4/4] evaluate (held-out split)"]
+
+
+@pytest.mark.parametrize("extra, expected", [([], "movie"), (["--group-column", "critic"], "critic")])
+def test_run_all_on_the_imdb_copy_splits_by_film(tmp_path, monkeypatch, extra, expected):
+    """IMDB holds up to 30 reviews of a film: run-all's validation split keeps each film on one side."""
+    from beam_rnn.preprocess import pipeline as preprocess
+    from pipelines import run_all
+
+    imdb = tmp_path / "train.csv"
+    imdb.write_text("id,label,text,movie,critic\n1,1,good film,tt1,c1\n2,0,bad film,tt2,c2\n")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_preprocess(corpus, config, prep, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(preprocess, "run_preprocess", fake_preprocess)
+    with pytest.raises(Stop):
+        run_all.run(["--imdb", str(imdb), "--output", str(tmp_path / "run"), *extra])
+    assert seen["config"].group_column == expected

@@ -69,6 +69,12 @@ def resolve_corpus(known: argparse.Namespace) -> Corpus:
         if known.format is None:
             known.format = source.format
         logging.getLogger(__name__).info("Corpus: %s", source.description)
+        # The IMDB copy names each review's film: split by it unless told otherwise (a split by review
+        # puts a film's reviews on both sides and overstates validation accuracy).
+        if getattr(known, "group_column", False) is None and source.group_column is not None:
+            known.group_column = source.group_column
+            logging.getLogger(__name__).info("Split: by %s (the reviews of one film stay on one side)",
+                                             source.group_column)
     if known.format is None:
         known.format = C.FORMAT_CSV
     if known.format == C.FORMAT_TEXT:

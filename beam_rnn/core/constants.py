@@ -9,6 +9,11 @@ layout of an output directory.
 ID_KEY = "id"
 TEXT_KEY = "text"
 LABEL_KEY = "label"
+# The value documents are grouped by for the train/eval split (`--group-column`, e.g. IMDB's
+# film): documents of one group land on the same side; also a transformed feature then.
+GROUP_KEY = "group"
+# The aclImdb tree names each review's film in urls_{pos,neg}.txt: its one group column.
+ACLIMDB_GROUP_COLUMN = "movie"
 
 # --- Output vocabulary (score files, summaries, evaluate records, stream outputs,
 # `Prediction` objects, extra serving_default outputs): one set of names everywhere.

@@ -6,7 +6,9 @@ or TFX's example gen: a row that cannot be parsed is a dead letter of its own
 CSV / TSV live in `beam_rnn.io.delimited`.
 """
 
+import functools
 import json
+import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
@@ -111,7 +113,39 @@ def read_aclimdb_file(path: str, config: CorpusConfig) -> Iterator[RawRecord]:
             return
         text, replaced = decode_bytes(data, config.encoding)
     label = FileSystems.split(FileSystems.split(path)[0])[1]  # .../pos/0_9.txt -> pos
-    yield RawRecord(None, text, fields={TEXT_KEY: text, LABEL_KEY: label}, replaced_chars=replaced)
+    fields = {TEXT_KEY: text, LABEL_KEY: label}
+    if config.group_column is not None:
+        fields[C.GROUP_KEY] = aclimdb_film(path)
+    yield RawRecord(None, text, fields=fields, replaced_chars=replaced)
+
+
+_FILM_IN_URL = re.compile(r"/title/(tt\d+)")
+
+
+@functools.lru_cache(maxsize=16)  # one urls file per split and polarity: 12,500 short strings each
+def _aclimdb_films(urls_path: str) -> tuple[str, ...]:
+    """The film of each line of an aclImdb ``urls_{pos,neg}.txt`` (its IMDb title id); () if unreadable."""
+    try:
+        with FileSystems.open(urls_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except Exception:  # pylint: disable=broad-except  # absent or unreadable (any filesystem): no films
+        return ()
+    return tuple(match.group(1) if (match := _FILM_IN_URL.search(line)) else line.strip() for line in lines)
+
+
+def aclimdb_film(path: str) -> str | None:
+    """The film of the aclImdb review at `path` (``.../train/pos/200_8.txt``): line 200 of ``train/urls_pos.txt``.
+
+    None when the urls file or its line is missing (the document is then split by its id).
+    """
+    directory, name = FileSystems.split(path)
+    split_dir, polarity = FileSystems.split(directory)
+    number = name.split("_", 1)[0]
+    if not number.isdigit():
+        return None
+    films = _aclimdb_films(FileSystems.join(split_dir, f"urls_{polarity}.txt"))
+    index = int(number)
+    return (films[index] or None) if index < len(films) else None
 
 
 def _masked_crc32c(data: bytes) -> int:

@@ -22,6 +22,7 @@ from beam_rnn.core.constants import (
     FORMAT_PARQUET,
     FORMAT_TFRECORD,
     FORMAT_TSV,
+    GROUP_KEY,
 )
 from beam_rnn.io import records
 from beam_rnn.io.compressed import CorruptFileError
@@ -180,6 +181,7 @@ class _ReadFileFn(beam.DoFn):
         self._rows_with_replaced = _counter(records.COUNTER_ROWS_WITH_REPLACED_BYTES)
         self._files_truncated = _counter(records.COUNTER_FILES_TRUNCATED)
         self._files_unreadable = _counter(records.COUNTER_FILES_UNREADABLE)
+        self._without_group = _counter(records.COUNTER_DOCUMENTS_WITHOUT_GROUP)
 
     def process(self, element: FileRange) -> Iterator[Any]:
         id_root, path, start, end, first_line = element
@@ -194,6 +196,8 @@ class _ReadFileFn(beam.DoFn):
                 self._rows_with_replaced.inc()
             if outcome.document is not None:
                 self._documents_out.inc()
+                if self._config.group_column is not None and GROUP_KEY not in outcome.document:
+                    self._without_group.inc()
                 yield outcome.document
             else:
                 self._dead_letter.inc()
@@ -252,7 +256,7 @@ class ReadCorpusResult(NamedTuple):
 
 
 class ReadCorpus(beam.PTransform):
-    """Reads a text corpus into ``{"id", "text", "label"}`` documents and dead letters.
+    """Reads a text corpus into ``{"id", "text", "label"[, "group"]}`` documents and dead letters.
 
     Example::
 
@@ -294,7 +298,7 @@ class ReadCorpus(beam.PTransform):
             root(s) instead.
           **settings: The fields of `CorpusConfig` (their defaults and meaning are
             there): ``format`` (required), ``text_column``, ``label_column``,
-            ``id_column``, ``labelled``, ``label_type``, ``label_set``,
+            ``id_column``, ``group_column``, ``labelled``, ``label_type``, ``label_set``,
             ``encoding`` and ``max_document_chars``, the one document-size limit
             of every format (a document whose text has more characters is a
             `document_too_large` dead letter; lines longer than

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from beam_rnn.cli.flags import check_options, option
 from beam_rnn.core.constants import (
+    ACLIMDB_GROUP_COLUMN,
     DEAD_REASON_KEY,
     DEAD_ROW_KEY,
     DEAD_SOURCE_KEY,
@@ -27,6 +28,7 @@ from beam_rnn.core.constants import (
     FORMAT_TFRECORD,
     FORMAT_TSV,
     FORMATS,
+    GROUP_KEY,
     ID_KEY,
     LABEL_KEY,
     LABEL_TYPE_INT,
@@ -76,6 +78,7 @@ COUNTER_REPLACED_CHARS = "replaced_chars"
 COUNTER_ROWS_WITH_REPLACED_BYTES = "rows_with_replaced_bytes"
 COUNTER_FILES_TRUNCATED = "files_truncated"
 COUNTER_FILES_UNREADABLE = "files_unreadable"
+COUNTER_DOCUMENTS_WITHOUT_GROUP = "documents_without_group"
 
 # Polarity directory / extension names of the IMDB and MR corpora, accepted as int
 # labels only for the formats whose label *is* such a name.
@@ -279,6 +282,10 @@ class CorpusConfig:
       text_column: Column / field / feature holding the text.
       label_column: Column / field / feature holding the label.
       id_column: Column / field / feature holding the id, or None to derive ids.
+      group_column: Column / field / feature whose value groups documents (kept as
+        the document's ``group``; the preprocessing split keeps a group on one side),
+        or None.  For aclimdb the one group column is ``movie``: the film, read from
+        the tree's ``urls_{pos,neg}.txt``.  Documents without a value have no ``group``.
       labelled: Whether documents carry a label.
       label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
       label_set: Declared labels (already parsed to `label_type`), or None.
@@ -298,6 +305,8 @@ class CorpusConfig:
     text_column: str = option(TEXT_KEY, "Text column/field (csv, tsv, jsonl, tfrecord, parquet).")
     label_column: str = option(LABEL_KEY, "Label column/field.")
     id_column: str | None = option(None, "Id column/field.", show_default="derived from file and position")
+    # Set by the preprocessing job from its --group-column (`PreprocessConfig.group_column`).
+    group_column: str | None = option(None, cli=False)
     labelled: bool = option(True, "Whether documents carry a label.", cli=False)
     label_type: str = option(
         LABEL_TYPE_INT,
@@ -338,8 +347,15 @@ class CorpusConfig:
                 f"id_column is only meaningful for the column formats {_COLUMN_FORMATS}, "
                 f"not {self.format!r} (its ids are derived from file and line)."
             )
-        if not self.text_column or not self.label_column or self.id_column == "":
-            raise ValueError("text_column, label_column and id_column must be non-empty names.")
+        if not self.text_column or not self.label_column or self.id_column == "" or self.group_column == "":
+            raise ValueError("text_column, label_column, id_column and group_column must be non-empty names.")
+        if self.group_column is not None and self.format not in _COLUMN_FORMATS:
+            if self.format != FORMAT_ACLIMDB:
+                raise ValueError(f"a group column needs a column format {_COLUMN_FORMATS} or aclimdb, "
+                                 f"not {self.format!r}")
+            if self.group_column != ACLIMDB_GROUP_COLUMN:
+                raise ValueError(f"the aclimdb format has one group column, {ACLIMDB_GROUP_COLUMN!r} (the film, "
+                                 f"from urls_pos.txt / urls_neg.txt), not {self.group_column!r}")
         try:
             codecs.lookup(self.encoding)
         except LookupError as e:
@@ -388,19 +404,22 @@ class CorpusConfig:
         return frozenset(normalised)
 
     def wanted_columns(self) -> dict[str, str]:
-        """The columns / fields / features to read: `TEXT_KEY`, `LABEL_KEY` (if labelled), `ID_KEY` (if set)."""
+        """The columns / fields / features to read: `TEXT_KEY`, `LABEL_KEY` (if labelled), `ID_KEY` and `GROUP_KEY` (if set)."""
         wanted = {TEXT_KEY: self.text_column}
         if self.labelled:
             wanted[LABEL_KEY] = self.label_column
         if self.id_column is not None:
             wanted[ID_KEY] = self.id_column
+        if self.group_column is not None:
+            wanted[GROUP_KEY] = self.group_column
         return wanted
 
     def field_name(self, key: str) -> str:
         """Returns how the field for `key` is called in messages about this format."""
         if self.format not in _COLUMN_FORMATS:
             return key
-        return {TEXT_KEY: self.text_column, LABEL_KEY: self.label_column}.get(key, self.id_column or key)
+        names = {TEXT_KEY: self.text_column, LABEL_KEY: self.label_column, GROUP_KEY: self.group_column}
+        return names.get(key) or self.id_column or key
 
 
 def _normalise_id(value: Any) -> str | None:
@@ -439,6 +458,9 @@ def build_document(
     if not text.strip():
         return None, make_reason(REASON_EMPTY_TEXT, f"{config.field_name(TEXT_KEY)!r} is empty or whitespace")
     document: dict[str, Any] = {ID_KEY: _normalise_id(fields.get(ID_KEY)) or default_id, TEXT_KEY: text}
+    group = _normalise_id(fields.get(GROUP_KEY)) if config.group_column is not None else None
+    if group is not None:  # a document without one is split by its id (counted by the reader)
+        document[GROUP_KEY] = group
     if not config.labelled:
         return document, None
 

@@ -32,7 +32,14 @@ class PreprocessConfig:
         labelled: Whether documents carry labels.
         label_type: "int" (labels are already 0..K-1) or "string" (a label vocabulary is built).
         label_set: Declared labels; for string labels their order defines the ids.
-        eval_fraction: Fraction of documents (by hash of the id) held out for evaluation.
+        eval_fraction: Fraction held out for evaluation, by hash of the id, or of the
+            group with `group_column`.
+        group_column: Column whose value groups documents (IMDB: ``movie``): every
+            document of a group lands on the same side of the split, so validation
+            measures other groups, as a test set of other films would.  Documents
+            without a value are split by their id (counted: ``documents_without_group``).
+            The share held out is then `eval_fraction` of the groups, not exactly of
+            the documents.
     """
 
     vocab_size: int = option(20000, "Keep the top-k words.", minimum=1)
@@ -44,8 +51,12 @@ class PreprocessConfig:
     labelled: bool = option(True, "Whether documents carry labels.", cli=False)
     label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False, choices=C.LABEL_TYPES)
     label_set: tuple[str, ...] | None = option(None, "Declared labels, in id order.", cli=False)
-    eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id.", minimum=0.0,
-                                  less_than=1.0)
+    eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id (or of the group).",
+                                  minimum=0.0, less_than=1.0)
+    group_column: str | None = option(
+        None, "Split by this column's value instead of the id: documents sharing it (e.g. reviews of one film) "
+        "land on the same side of the train/eval split. aclimdb: 'movie' (from urls_*.txt).", metavar="COL",
+        show_default="by id; 'movie' for the IMDB copy")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -114,14 +125,28 @@ class Corpus:
         if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
             raise InputError(f"--max-dead-letter-fraction must be in [0, 1], got {self.max_dead_letter_fraction}")
 
-    def read(self) -> ReadCorpus:
-        """The `ReadCorpus` transform of this corpus (sampling is `SampleDocuments`)."""
+    def read(self, *, group_column: str | None = None) -> ReadCorpus:
+        """The `ReadCorpus` transform of this corpus (sampling is `SampleDocuments`).
+
+        Args:
+            group_column: Also read this column as each document's group (the split's).
+        """
         from beam_rnn.io import ReadCorpus
 
         settings = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
         settings["label_set"] = self.labels
+        settings["group_column"] = group_column
         pattern = self.patterns[0] if len(self.patterns) == 1 else list(self.patterns)
         return ReadCorpus(pattern, **settings)
+
+    def check_group_column(self, group_column: str | None) -> None:
+        """Raises InputError (one line, before work) when this corpus cannot be grouped by `group_column`."""
+        if group_column is None:
+            return
+        try:
+            dataclasses.replace(self.config, group_column=group_column)
+        except ValueError as e:
+            raise InputError(f"--group-column {group_column}: {e}") from e
 
     def label_settings(self) -> dict[str, Any]:
         """The `PreprocessConfig` fields this corpus decides: ``PreprocessConfig(**corpus.label_settings())``."""

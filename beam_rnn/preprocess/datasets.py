@@ -33,6 +33,7 @@ import urllib.request
 import zlib
 
 from beam_rnn.core.constants import (
+    ACLIMDB_GROUP_COLUMN,
     CACHE_ENV_VAR,
     FORMAT_ACLIMDB,
     FORMAT_CSV,
@@ -81,11 +82,20 @@ class ImdbSource:
             `beam_rnn.core.constants.FORMAT_ACLIMDB`.
         description: One human-readable line saying where the data came from, for
             logs and the model card.
+        group_column: What to split by so that the reviews of one film stay on one
+            side (``movie``: the CSV's column, or the film from an aclImdb tree's
+            ``urls_*.txt``), or None when the copy does not name films.
     """
 
     pattern: str
     format: str
     description: str
+    group_column: str | None = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.group_column is None and self.format == FORMAT_ACLIMDB and all(
+                os.path.isfile(os.path.join(self.pattern, f"urls_{p}.txt")) for p in ("pos", "neg")):
+            object.__setattr__(self, "group_column", ACLIMDB_GROUP_COLUMN)
 
 
 def default_cache_dir() -> str:
@@ -312,8 +322,8 @@ def _find_train_dir(directory: str) -> str | None:
     return None
 
 
-def _check_csv_header(path: str, origin: str) -> None:
-    """Fails early if the CSV cannot be read or lacks the label/text columns.
+def _check_csv_header(path: str, origin: str) -> list[str]:
+    """Fails early if the CSV cannot be read or lacks the label/text columns; returns its columns.
 
     Raises:
         DatasetError: If the file is unreadable or a required column is missing.
@@ -332,6 +342,7 @@ def _check_csv_header(path: str, origin: str) -> None:
             f"its header is {columns!r}, expected id,label,text columns "
             "(e.g. id,label,rating,dlwp_subdir,text)."
         )
+    return columns
 
 
 def _resolve_local(path: str, origin: str) -> ImdbSource:
@@ -357,8 +368,9 @@ def _resolve_local(path: str, origin: str) -> ImdbSource:
                 f"IMDB path from {origin} is a file but not a .csv file: {path!r}. "
                 + _local_hint()
             )
-        _check_csv_header(full, origin)
-        return ImdbSource(full, FORMAT_CSV, f"IMDB CSV from {origin}: {full}")
+        columns = _check_csv_header(full, origin)
+        group = ACLIMDB_GROUP_COLUMN if ACLIMDB_GROUP_COLUMN in columns else None
+        return ImdbSource(full, FORMAT_CSV, f"IMDB CSV from {origin}: {full}", group_column=group)
     if os.path.isdir(full):
         train_dir = _find_train_dir(full)
         if train_dir is None:

@@ -15,6 +15,7 @@
 `pipelines.run_all` call it.
 """
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -110,9 +111,10 @@ class PreprocessCorpus(beam.PTransform):
         corpus, output = self._corpus, self._output_dir
         tmp_dir = os.path.join(output, C.TMP_DIR)
         with tft_beam.Context(temp_dir=tmp_dir):
-            docs, dead = root | READ_STEP >> corpus.read()
+            group = self._config.group_column
+            docs, dead = root | READ_STEP >> corpus.read(group_column=group)
             docs = maybe_sample(docs, corpus.sample_fraction) | "ProgressTokenised" >> Progress("tokenised")
-            to_analyze, _ = root | ANALYZE_READ_STEPS[0] >> corpus.read()
+            to_analyze, _ = root | ANALYZE_READ_STEPS[0] >> corpus.read(group_column=group)
             to_analyze = (maybe_sample(to_analyze, corpus.sample_fraction, label=ANALYZE_READ_STEPS[1])
                           | "ProgressVocabulary" >> Progress("vocabulary pass"))
             result = (to_analyze, docs) | "AnalyzeAndTransform" >> AnalyzeAndTransform(
@@ -187,6 +189,7 @@ def run_preprocess(
 
     from beam_rnn.cli.runtime import pipeline_options as options_from_flags
 
+    corpus.check_group_column(config.group_column)
     options = pipeline_options
     if not isinstance(options, PipelineOptions):
         options = options_from_flags(list(options or ()))
@@ -222,6 +225,11 @@ def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[s
     from beam_rnn.preprocess.transform import finalize_stats, output_problem
 
     stats = finalize_stats(output, config=config, counters=counters)
+    without = stats.get("documents_without_group", 0)
+    if 0 < without < stats["documents_out"]:
+        logging.getLogger(__name__).warning(
+            "%s of %s documents had no value in the group column %r: each of them is split by its id",
+            f"{without:,}", f"{stats['documents_out']:,}", config.group_column)
     with tf.io.gfile.GFile(os.path.join(output, C.PREPROCESS_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     if not keep_tmp:
@@ -236,4 +244,6 @@ def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[s
 
 def summary_line(stats: Mapping[str, Any]) -> dict[str, Any]:
     """The counts `pipelines.preprocess` prints (one JSON line)."""
-    return {k: stats[k] for k in ("rows_in", "documents_out", "dead_lettered", "reconciled", "vocabulary_words")}
+    keys = ("rows_in", "documents_out", "dead_lettered", "reconciled", "vocabulary_words", "split_by",
+            "documents_without_group")
+    return {k: stats[k] for k in keys if k in stats}

@@ -31,6 +31,8 @@ def raw_feature_spec(config: PreprocessConfig) -> dict[str, tf.io.FixedLenFeatur
         C.ID_KEY: tf.io.FixedLenFeature([], tf.string),
         C.TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
     }
+    if config.group_column is not None:
+        spec[C.GROUP_KEY] = tf.io.FixedLenFeature([], tf.string)
     if config.labelled:
         dtype = tf.int64 if config.label_type == C.LABEL_TYPE_INT else tf.string
         spec[C.LABEL_KEY] = tf.io.FixedLenFeature([], dtype)
@@ -86,8 +88,8 @@ def make_preprocessing_fn(config: PreprocessConfig, *, weighted_counts: bool = T
             used as the benchmark baseline.
 
     Returns:
-        A function mapping raw features `{id, text[, label]}` to
-        `{token_ids (sparse int64), id[, label (int64)]}`.
+        A function mapping raw features `{id, text[, group][, label]}` to
+        `{token_ids (sparse int64), id[, group][, label (int64)]}`.
     """
 
     def preprocessing_fn(inputs: dict) -> dict:
@@ -106,6 +108,8 @@ def make_preprocessing_fn(config: PreprocessConfig, *, weighted_counts: bool = T
             C.TOKEN_IDS_KEY: _to_reserved_layout(ids, num_words, config.num_oov_buckets),
             C.TRANSFORMED_ID_KEY: tf.identity(inputs[C.ID_KEY]),
         }
+        if C.GROUP_KEY in inputs:  # the split key (group, else id), for the trainer's folds
+            outputs[C.GROUP_KEY] = tf.identity(inputs[C.GROUP_KEY])
         if config.labelled and C.LABEL_KEY in inputs:
             outputs[C.TRANSFORMED_LABEL_KEY] = _transform_label(inputs[C.LABEL_KEY], config)
         return outputs

@@ -1,6 +1,6 @@
 """The `AnalyzeAndTransform` stage: vocabulary + tokenisation with TFT, at scale.
 
-Documents from `ReadCorpus` are split deterministically (hash of the id) into
+Documents from `ReadCorpus` are split deterministically (hash of the id, or of the group) into
 train and eval, batched into Arrow record batches (TFT's native input; faster
 than instance dicts, see benchmarks/preprocess.py), analysed on train only,
 transformed, and written as gzipped TFRecords of tf.Example next to a hermetic
@@ -45,6 +45,16 @@ def split_for_id(doc_id: str, eval_fraction: float) -> int:
     return SPLIT_EVAL if bucket < eval_fraction else SPLIT_TRAIN
 
 
+def split_key(doc: Mapping[str, Any]) -> str:
+    """What a document's split is drawn from: its group (see `PreprocessConfig.group_column`), else its id."""
+    return doc.get(C.GROUP_KEY) or doc[C.ID_KEY]
+
+
+def split_of(doc: Mapping[str, Any], eval_fraction: float) -> int:
+    """SPLIT_TRAIN or SPLIT_EVAL for a document (`split_for_id` of its `split_key`)."""
+    return split_for_id(split_key(doc), eval_fraction)
+
+
 def in_sample(doc_id: str, fraction: float) -> bool:
     """Deterministic document sample, independent of the train/eval split (salted hash)."""
     digest = hashlib.sha256(b"sample:" + doc_id.encode("utf-8")).digest()
@@ -71,6 +81,8 @@ def raw_arrow_schema(config: PreprocessConfig) -> pa.Schema:
         pa.field(C.ID_KEY, pa.large_list(pa.large_binary())),
         pa.field(C.TEXT_KEY, pa.large_list(pa.large_binary())),
     ]
+    if config.group_column is not None:  # the split key, kept in the examples for `train --folds`
+        fields.append(pa.field(C.GROUP_KEY, pa.large_list(pa.large_binary())))
     if config.labelled:
         value_type = pa.int64() if config.label_type == C.LABEL_TYPE_INT else pa.large_binary()
         fields.append(pa.field(C.LABEL_KEY, pa.large_list(value_type)))
@@ -81,7 +93,10 @@ def documents_to_record_batch(docs: Sequence[Mapping[str, Any]], schema: pa.Sche
     """Columnar form of a batch of `{id, text[, label]}` documents."""
     arrays = []
     for field in schema:
-        values = [d[field.name] for d in docs]
+        if field.name == C.GROUP_KEY:
+            values = [split_key(d) for d in docs]
+        else:
+            values = [d[field.name] for d in docs]
         if pa.types.is_large_binary(field.type.value_type):
             values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
         # Build the flat values once and wrap them as one-element lists (cheaper than
@@ -188,7 +203,7 @@ def histogram_percentiles(hist: Mapping[int, int], percentiles: Sequence[int]) -
 
 
 def _split_fn(doc: Mapping[str, Any], num_partitions: int, eval_fraction: float) -> int:
-    return split_for_id(doc[C.ID_KEY], eval_fraction)
+    return split_of(doc, eval_fraction)
 
 
 class TransformResult(NamedTuple):
@@ -237,7 +252,8 @@ class AnalyzeAndTransform(beam.PTransform):
         arrow_schema = raw_arrow_schema(config)
         adapter_config = tensor_adapter_config(config)
         to_analyze, documents = documents if isinstance(documents, tuple) else (None, documents)
-        train_docs, eval_docs = documents | "SplitByIdHash" >> beam.Partition(_split_fn, 2, config.eval_fraction)
+        split_step = "SplitByIdHash" if config.group_column is None else "SplitByGroupHash"
+        train_docs, eval_docs = documents | split_step >> beam.Partition(_split_fn, 2, config.eval_fraction)
 
         def to_batches(pcoll: beam.PCollection, name: str) -> beam.PCollection:
             return (
@@ -371,8 +387,12 @@ def finalize_stats(
         "label_counts": dict(sorted(label_counts.items(), key=lambda kv: int(kv[0]))),
         "num_classes": (max(int(k) for k in label_counts) + 1) if label_counts else 0,
         "label_names": names,
+        # What the train/eval split was drawn from (see PreprocessConfig.group_column).
+        "split_by": config.group_column or C.ID_KEY,
         "config": config.to_dict(),
     }
+    if config.group_column is not None:
+        stats["documents_without_group"] = int(counters.get("documents_without_group", 0))
     with tf.io.gfile.GFile(os.path.join(output_dir, C.STATS_FILE), "w") as f:
         f.write(json.dumps(stats, indent=2))
     return stats
@@ -388,6 +408,7 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,
       stray ``7`` in a 0/1 corpus would make an 8-class model.  (With a declared
       set the reader already dead-letters other labels.)
     * More than `max_dead_letter_fraction` of the rows dead-lettered.
+    * A group column in which no document had a value (a misspelt column).
 
     Args:
         stats: The statistics `finalize_stats` wrote.
@@ -401,6 +422,9 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,
         reasons = ", ".join(f"{k}: {v}" for k, v in stats["dead_letter_by_reason"].items()) or "none"
         return (f"no documents: {stats['rows_in']} rows read, {stats['dead_lettered']} dead-lettered "
                 f"({reasons}), {stats['sampled_out']} sampled out; nothing to train on")
+    if config.group_column is not None and stats.get("documents_without_group") == stats["documents_out"]:
+        return (f"no document had a value in the group column {config.group_column!r}: check --group-column "
+                "(documents of one group must share a value there)")
     too_many = dead_letter_problem(stats["dead_lettered"], stats["rows_in"], max_dead_letter_fraction,
                                    stats.get("dead_letter_by_reason"))
     if too_many:

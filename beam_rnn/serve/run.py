@@ -21,6 +21,7 @@ from beam_rnn.core.artifacts import (
     verify_model_files,
 )
 from beam_rnn.core.errors import InputError, RunFailed, dead_letter_problem
+from beam_rnn.preprocess.config import PreprocessConfig
 from beam_rnn.serve.config import EvaluateConfig, ScoreConfig
 
 
@@ -211,7 +212,6 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
     from beam_rnn.io.progress import Progress  # pylint: disable=import-outside-toplevel
     from beam_rnn.preprocess.pipeline import maybe_sample  # pylint: disable=import-outside-toplevel
-    from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_for_id  # pylint: disable=C0415
     from beam_rnn.serve.evaluate import EvaluateModels  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.report import (  # pylint: disable=C0415
         REPORT_FILE,
@@ -225,8 +225,12 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     infos = check_models(models, streaming_files=True)
     corpus = fit_corpus_to_models(corpus, infos)
     card = read_model_card(infos[0].model_dir)
-    eval_fraction = float((card.get("preprocess_config") or {}).get("eval_fraction", 0.2))
-    wanted = {"eval": SPLIT_EVAL, "train": SPLIT_TRAIN}.get(config.split)
+    keep, group_column = model_split(card, config.split)
+    if group_column is not None:
+        try:
+            corpus.check_group_column(group_column)
+        except InputError as e:
+            raise InputError(f"--split {config.split} draws the model's split again, by group: {e}") from e
     evaluate = EvaluateModels(models=infos, config=config)
     # Measured on the launcher before the run, so that the report is written once, by the pipeline.
     extra = {"split": config.split, "model_dirs": {info.name: info.model_dir for info in infos},
@@ -235,10 +239,10 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
             os.path.join(output, "dead_letter-*")):
         tf.io.gfile.remove(stale)
     with progress.task("evaluate"), _pipeline(pipeline_args, save_main_session) as p:
-        read, read_dead = p | "ReadCorpus" >> corpus.read()
+        read, read_dead = p | "ReadCorpus" >> corpus.read(group_column=group_column)
         docs = read
-        if wanted is not None:
-            docs = docs | "KeepSplit" >> beam.Filter(lambda d: split_for_id(d[C.ID_KEY], eval_fraction) == wanted)
+        if keep is not None:
+            docs = docs | "KeepSplit" >> beam.Filter(keep)
         docs = maybe_sample(docs, corpus.sample_fraction)
         result = docs | "EvaluateModels" >> evaluate
         _ = result.records | "ProgressEvaluated" >> Progress("evaluated")
@@ -260,6 +264,23 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     if problem:
         raise RunFailed(f"{problem}; {where}")
     return metrics
+
+
+def model_split(card: dict[str, Any], split: str) -> tuple[Any, str | None]:
+    """The documents of `split` ("train", "eval", "all") of a model's preprocessing, drawn again.
+
+    Returns:
+        (predicate on documents or None for "all", the group column the documents must be read with or None):
+        the card's ``preprocess_config`` fraction, of ids or, with its ``group_column``, of groups.
+    """
+    from beam_rnn.preprocess.transform import SPLIT_EVAL, SPLIT_TRAIN, split_of  # pylint: disable=C0415
+
+    wanted = {"eval": SPLIT_EVAL, "train": SPLIT_TRAIN}.get(split)
+    if wanted is None:
+        return None, None
+    preprocess_config = card.get("preprocess_config") or {}
+    eval_fraction = float(preprocess_config.get("eval_fraction", PreprocessConfig.eval_fraction))
+    return (lambda doc: split_of(doc, eval_fraction) == wanted), preprocess_config.get("group_column")
 
 
 def _complete_metrics(metrics: dict[str, Any], rows_read: int, read_dead: int, dead: int, *,
