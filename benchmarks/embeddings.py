@@ -25,6 +25,10 @@ Measured:
   classifier seed s).
 
     python benchmarks/embeddings.py [--epochs 5] [--seeds 1 2 3] [--work runs/bench_embeddings] [--skip-sst2]
+                                    [--backend keras|gensim]
+
+--backend gensim runs ours as `beam-rnn embeddings --backend gensim` (gensim behind our command,
+no Beam stage; its "incl. Beam" figure includes reading the documents and gensim's build_vocab).
 
 Needs the `bench` extra (gensim).  Prints one JSON summary (also WORK/summary.json).
 """
@@ -73,7 +77,8 @@ def run_ours(args, out: str) -> dict:
     argv = ["--transformed", args.prep, "--output", out, "--epochs", str(args.epochs), "--dim", str(args.dim),
             "--window", str(args.window), "--negatives", str(args.negatives), "--sample", str(args.sample),
             "--min-count", str(args.min_count), "--seed", str(args.seed), "--eval-data", args.eval_data,
-            "--splits", *args.splits, "--runner", "DirectRunner", "--delete-examples"]
+            "--splits", *args.splits, "--runner", "DirectRunner", "--delete-examples", "--backend", args.backend,
+            "--workers", str(args.gensim_workers)]
     t0 = time.time()
     metrics = driver.run(argv, save_main_session=False)
     metrics["total_seconds"] = round(time.time() - t0, 3)
@@ -198,7 +203,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sample", type=float, default=cbow.sample)
     parser.add_argument("--min-count", type=int, default=cbow.min_count)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="One full comparison per seed.")
-    parser.add_argument("--gensim-workers", type=int, default=2)
+    parser.add_argument("--gensim-workers", type=int, default=2, help="Threads of gensim (and of --backend gensim).")
+    parser.add_argument("--backend", choices=["keras", "gensim"], default=cbow.backend,
+                        help="Trainer of ours (beam-rnn embeddings --backend).")
     parser.add_argument("--skip-sst2", action="store_true", help="Skip the SST-2 warm-start comparison.")
     parser.add_argument("--sst2-epochs", type=int, default=4)
     args = parser.parse_args(argv)
@@ -234,7 +241,10 @@ def main(argv=None) -> int:
                      "beam_seconds": ours["beam_seconds"], "train_seconds": ours["train_seconds"],
                      "read_seconds": ours["read_seconds"],
                      "words_per_second": round(words_total / ours["train_seconds"]),
-                     "words_per_second_incl_beam": round(words_total / (ours["train_seconds"] + ours["beam_seconds"])),
+                     # keras: reading the examples is inside train_seconds; gensim: reading + build_vocab are not
+                     "words_per_second_incl_beam": round(words_total / (
+                         ours["train_seconds"] + ours["beam_seconds"]
+                         + (ours["read_seconds"] + ours["vocab_seconds"] if args.backend == "gensim" else 0.0))),
                      "exported_words": ours["exported_words"], "corpus_words": ours["corpus_words"]},
             "gensim": {k: gensim_res[k] for k in ("evaluation", "gensim_own_wordsim353_spearman", "words",
                                                   "build_vocab_seconds", "train_seconds", "raw_words_trained")}
@@ -262,7 +272,7 @@ def main(argv=None) -> int:
     summary = {
         "corpus": {"prep": args.prep, "splits": args.splits, "documents": docs, "words_in_vocabulary": corpus_words},
         "settings": {k: getattr(args, k) for k in ("epochs", "dim", "window", "negatives", "sample", "min_count",
-                                                   "seeds", "gensim_workers")},
+                                                   "seeds", "gensim_workers", "backend")},
         "comparison": {
             "wordsim353_spearman": ws,
             "wordsim353_goal_met (mean ours >= mean gensim - 0.02)": ws["ours"]["mean"] >= ws["gensim"]["mean"] - 0.02,

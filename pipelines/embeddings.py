@@ -8,6 +8,9 @@ trains, and writes OUTPUT/vectors.txt (word2vec text), OUTPUT/vectors.tsv +
 metadata.tsv (TensorBoard projector) and OUTPUT/metrics.json (WordSim-353 and
 SimLex-999 Spearman, analogy accuracy when --eval-data is available).
 
+--backend gensim trains gensim's Word2Vec CBOW on the same tokens with the same
+settings instead of the tf_keras reference (no Beam example stage; `gensim` extra).
+
 Unknown flags go to Beam's PipelineOptions (e.g. --runner DataflowRunner ...).
 The vectors warm-start the classifiers: pipelines.train --pretrained-embeddings
 OUTPUT/vectors.txt (same --embedding-dim as --dim here).

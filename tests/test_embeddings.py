@@ -414,13 +414,13 @@ def test_driver_accepts_every_flag_of_the_command_line():
         "--transformed", "p", "--output", "o", "--splits", "train", "eval", "--epochs", "3", "--passes", "2",
         "--dim", "8", "--window", "3", "--negatives", "4", "--sample", "0", "--min_count", "2", "--fixed-window",
         "--batch-size", "16", "--learning-rate", "0.05", "--max-examples-in-memory", "300", "--seed", "7",
-        "--eval-data", "ev", "--no-eval", "--analogy-restrict-vocab", "30", "--delete-examples"])
+        "--backend", "gensim", "--workers", "1", "--eval-data", "ev", "--no-eval", "--analogy-restrict-vocab", "30", "--delete-examples"])
     assert rest == []
     assert config == EmbeddingsConfig(
         "p", "o", splits=("train", "eval"), eval_data="ev", evaluate=False, analogy_restrict_vocab=30,
         delete_examples=True, cbow=CbowConfig(dim=8, window=3, negatives=4, sample=0.0, min_count=2, epochs=3,
                                               passes=2, dynamic_window=False, batch_size=16, learning_rate=0.05,
-                                              max_examples_in_memory=300, seed=7))
+                                              max_examples_in_memory=300, seed=7, backend="gensim", workers=1))
     assert config.eval_dir() is None  # --no-eval
 
 
@@ -429,7 +429,9 @@ def test_driver_rejects_bad_values_with_exit_2(capsys):
 
     for argv, message in ((["--window", "0"], "--window must be >= 1, got 0"),
                           (["--splits", "test"], "argument --splits: invalid choice: 'test'"),
-                          (["--passes", "0"], "--passes must be >= 1, got 0")):
+                          (["--passes", "0"], "--passes must be >= 1, got 0"),
+                          (["--backend", "torch"], "argument --backend: invalid choice: 'torch'"),
+                          (["--workers", "0"], "--workers must be >= 1, got 0")):
         assert run_command("embeddings", ["--transformed", "p", "--output", "o", *argv]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(errors) == 1 and message in errors[0], errors

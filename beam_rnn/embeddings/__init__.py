@@ -30,6 +30,7 @@ Modules (public names are re-exported here and imported on first use, so
     examples     MakeCbowExamples: the Beam stage, block records, cbow.json
     model        CbowModel (tf_keras) and its word2vec SGD step
     training     tf.data reading of the blocks, train_cbow
+    gensim_backend  --backend gensim: gensim's CBOW on the same tokens (optional extra)
     vectors      trained words → word2vec text / projector TSV, and loading them
     evaluation   word-pair Spearman, 3CosAdd analogies
     warm_start   the classifiers' Embedding rows from pretrained vectors
@@ -97,6 +98,7 @@ _EXPORTS = {
     ),
     "warm_start": ("pretrained_embedding_matrix", "warm_start_embedding", "warm_start_from_file"),
     "pipeline": ("run", "check_transformed"),
+    "gensim_backend": ("train_gensim", "require_gensim"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,5 +1,6 @@
 """``beam-rnn embeddings`` as one library call: check the inputs, make the examples with Beam,
-train, write the vectors, evaluate.
+train, write the vectors, evaluate (with ``backend="gensim"``: no Beam stage, gensim trains on
+the same tokens, see `beam_rnn.embeddings.gensim_backend`).
 
     from beam_rnn.embeddings import CbowConfig, EmbeddingsConfig, run
     metrics = run(EmbeddingsConfig("out/prep", "out/vectors", cbow=CbowConfig(epochs=5)))
@@ -53,6 +54,10 @@ def run(config: EmbeddingsConfig, pipeline_args: Sequence[str] = (), *, save_mai
         InputError: Unusable inputs, found before any work.
         RunFailed: The corpus gave no CBOW example.
     """
+    if config.cbow.backend == "gensim":
+        from beam_rnn.embeddings.gensim_backend import require_gensim
+
+        require_gensim()
     files, stats = check_transformed(config.transformed, config.splits)
     eval_dir = config.eval_dir()
     if eval_dir is not None and not os.path.isdir(eval_dir):
@@ -67,20 +72,30 @@ def run(config: EmbeddingsConfig, pipeline_args: Sequence[str] = (), *, save_mai
     vocab = read_vocabulary(config.transformed)
     vocab_size = int(stats.get("vocab_size_with_reserved", len(vocab) + num_oov + 1))
     _prepare_output(config)
-    t0 = time.time()
-    _make_examples(files, cbow, num_oov, output, pipeline_args, save_main_session)
-    beam_seconds = time.time() - t0
-
-    from beam_rnn.embeddings.examples import pass_pattern, read_meta
-    from beam_rnn.embeddings.sampling import trainable_counts
-
-    meta = read_meta(output)
-    counts = trainable_counts(meta["counts"], min_count=cbow.min_count, num_oov_buckets=num_oov)
     examples_dir = os.path.join(output, EXAMPLES_DIR)
-    epoch_files = [tf.io.gfile.glob(pass_pattern(examples_dir, p)) for p in range(cbow.effective_passes)]
-    if sum(meta["examples_per_pass"]) == 0:
-        raise RunFailed(f"no CBOW examples were made from {config.transformed} (corpus too small?)")
-    words, vectors, training = _train_and_export(cbow, vocab, vocab_size, counts, num_oov, epoch_files, meta, output)
+    if cbow.backend == "gensim":
+        from beam_rnn.embeddings.gensim_backend import train_and_export_gensim
+
+        words, vectors, counts, training = train_and_export_gensim(files, cbow, vocab, num_oov, output)
+        if training["examples"] == 0:
+            raise RunFailed(f"gensim trained no word of {config.transformed} (corpus too small?)")
+        stage: dict[str, Any] = {"beam_seconds": 0.0}  # no Beam example stage
+    else:
+        t0 = time.time()
+        _make_examples(files, cbow, num_oov, output, pipeline_args, save_main_session)
+        beam_seconds = time.time() - t0
+
+        from beam_rnn.embeddings.examples import pass_pattern, read_meta
+        from beam_rnn.embeddings.sampling import trainable_counts
+
+        meta = read_meta(output)
+        counts = trainable_counts(meta["counts"], min_count=cbow.min_count, num_oov_buckets=num_oov)
+        epoch_files = [tf.io.gfile.glob(pass_pattern(examples_dir, p)) for p in range(cbow.effective_passes)]
+        if sum(meta["examples_per_pass"]) == 0:
+            raise RunFailed(f"no CBOW examples were made from {config.transformed} (corpus too small?)")
+        words, vectors, training = _train_and_export(cbow, vocab, vocab_size, counts, num_oov, epoch_files, meta,
+                                                     output)
+        stage = {"examples_per_pass": meta["examples_per_pass"], "beam_seconds": round(beam_seconds, 3)}
     corpus_words = int(counts.sum())
     metrics: dict[str, Any] = {
         "config": cbow.to_dict(),
@@ -89,8 +104,7 @@ def run(config: EmbeddingsConfig, pipeline_args: Sequence[str] = (), *, save_mai
         "vocabulary_words": len(vocab),
         "exported_words": len(words),
         "corpus_words": corpus_words,
-        "examples_per_pass": meta["examples_per_pass"],
-        "beam_seconds": round(beam_seconds, 3),
+        **stage,
         **training,
         "words_per_second": round(corpus_words * cbow.epochs / training["train_seconds"], 1)
         if training["train_seconds"] > 0 else None,
@@ -103,7 +117,7 @@ def run(config: EmbeddingsConfig, pipeline_args: Sequence[str] = (), *, save_mai
                                                     restrict_vocab=config.analogy_restrict_vocab)
     with tf.io.gfile.GFile(os.path.join(output, METRICS_FILE), "w") as f:
         f.write(json.dumps(metrics, indent=2))
-    if config.delete_examples:
+    if config.delete_examples and tf.io.gfile.exists(examples_dir):
         tf.io.gfile.rmtree(examples_dir)
     return metrics
 
