@@ -81,9 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(argv)
     keys = ("epochs_run", "best_epoch", "train_seconds", "examples_per_second")
     # accuracy, auc and loss are measured on the held-out eval split of the preprocessing: say so.
-    print(json.dumps({kind: {"validation_documents": m.get("eval_examples"),
-                             **{f"validation_{k}": m.get(k) for k in ("accuracy", "auc", "loss")},
-                             **{k: m.get(k) for k in keys}} for kind, m in results.items()}))
+    printed = {}
+    for kind, m in results.items():
+        line = {}
+        if "accuracy" in m:  # a final model was trained
+            line = {"validation_documents": m.get("eval_examples"),
+                    **{f"validation_{k}": m.get(k) for k in ("accuracy", "auc", "loss")},
+                    **{k: m.get(k) for k in keys}}
+        cv = m.get("cross_validation")
+        if cv:
+            line.update({"cv_folds": cv["folds"], "cv_accuracy_mean": round(cv["accuracy"]["mean"], 4),
+                         "cv_accuracy_sd": round(cv["accuracy"]["sd"], 4)})
+        printed[kind] = line
+    print(json.dumps(printed))
     return 0
 
 

@@ -16,8 +16,10 @@ from beam_rnn.train.data import eval_pattern, shard_files, train_pattern
 from beam_rnn.train.errors import TrainerInputError
 
 
-def validate_transformed_dir(transformed_dir: str) -> dict[str, Any]:
+def validate_transformed_dir(transformed_dir: str, *, need_eval: bool = True) -> dict[str, Any]:
     """Check a preprocessing output is complete and trainable; return its stats.json.
+
+    An empty eval split is accepted without `need_eval` (cross-validation only).
 
     Raises:
         TrainerInputError: With one message naming everything that is missing or unusable.
@@ -31,7 +33,7 @@ def validate_transformed_dir(transformed_dir: str) -> dict[str, Any]:
         problems.append(f"num_classes is {stats['num_classes']} (training needs labelled data with >= 2 classes)")
     if int(stats["vocab_size_with_reserved"]) < 3:
         problems.append(f"vocab_size_with_reserved is {stats['vocab_size_with_reserved']} (the vocabulary is empty)")
-    for split in (C.TRAIN_PREFIX, C.EVAL_PREFIX):
+    for split in (C.TRAIN_PREFIX, C.EVAL_PREFIX) if need_eval else (C.TRAIN_PREFIX,):
         if int(stats["splits"].get(split, {}).get("documents", 0)) < 1:
             problems.append(f"the {split} split has no documents")
     if problems:
@@ -50,7 +52,7 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
+def check_transformed_dir(transformed_dir: str, *, need_eval: bool = True) -> dict[str, Any]:
     """`validate_transformed_dir`, then integrity, before any model is built; returns stats.json.
 
     The files training reads (transform_fn/, transformed_metadata/, the shards,
@@ -65,13 +67,16 @@ def check_transformed_dir(transformed_dir: str) -> dict[str, Any]:
     """
     from beam_rnn.core.manifest import verify_manifest
 
-    stats = validate_transformed_dir(transformed_dir)
+    stats = validate_transformed_dir(transformed_dir, need_eval=need_eval)
     what = "preprocess output"
     manifest = verify_manifest(
         transformed_dir, prefixes=_INPUT_PREFIXES, what=what,
         required=(C.STATS_FILE, C.PREPROCESS_CONFIG_FILE, f"{C.TRANSFORM_FN_DIR}/saved_model.pb"),
     )
-    for pattern in (train_pattern(transformed_dir), eval_pattern(transformed_dir)):
+    patterns = [train_pattern(transformed_dir)]
+    if int(stats["splits"].get(C.EVAL_PREFIX, {}).get("documents", 0)) > 0:
+        patterns.append(eval_pattern(transformed_dir))
+    for pattern in patterns:
         for path in shard_files(pattern):
             rel = f"{C.TRANSFORMED_DIR}/{os.path.basename(path)}"
             if rel not in manifest["files"]:
@@ -102,7 +107,11 @@ class TrainingInputs(NamedTuple):
 
 def check_training_inputs(transformed_dir: str, config: TrainConfig) -> TrainingInputs:
     """Every input check of training, once for all kinds: the preprocess output, the monitor, the vectors."""
-    stats = check_transformed_dir(transformed_dir)
+    stats = check_transformed_dir(transformed_dir, need_eval=not config.folds)
+    if config.folds:
+        from beam_rnn.train.cv import check_folds
+
+        check_folds(transformed_dir, config.folds)
     if config.monitor == "val_auc" and int(stats["num_classes"]) != 2:
         raise TrainerInputError("monitor 'val_auc' needs a binary task")
     return TrainingInputs(stats, check_pretrained(config))

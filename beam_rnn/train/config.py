@@ -177,6 +177,8 @@ class TrainConfig:
             vectors are ~12x larger (RMS) than Keras' initial rows and warm-starting
             with them lowered SST-2 dev accuracy (0.778 vs 0.791 cold, 3 seeds);
             rescaled they raised it (0.801).
+        folds: K-fold cross-validation on the train split before the final model
+            (`beam_rnn.train.cv`); None: none.
         verbose: Keras `fit` verbosity (2 = one line per epoch).
 
     `to_dict` is flat (the model settings beside the training fields), the layout
@@ -209,6 +211,11 @@ class TrainConfig:
     rescale_pretrained: bool = option(
         True, "Scale pretrained vectors to Keras' initial embedding size, similarities unchanged "
         "(unscaled word2vec vectors lowered SST-2 dev accuracy, see benchmarks/RESULTS.md).")
+    folds: int | None = option(
+        None, "Cross-validate first: K models, each validated on one of K folds of the train split (by hash of "
+        "the group, else the id), reported as mean ± sd in cross_validation.json and the model card; then the "
+        "final model as usual (none when the eval split is empty, e.g. preprocess --eval-fraction 0).",
+        metavar="K", minimum=2)
     verbose: int = option(2, cli=False)
 
     def __post_init__(self) -> None:

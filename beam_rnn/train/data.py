@@ -7,7 +7,7 @@ a seed that depends on (seed, e) only, which is what makes a resumed run exact.
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +44,42 @@ FEATURE_SPEC = {
 }
 
 
+class Fold(NamedTuple):
+    """Fold `index` (0-based) of `count` folds of a split; `holdout` keeps only that fold, else every other one.
+
+    An example's fold is the FarmHash fingerprint of its ``group`` (the split key the
+    preprocessing kept with ``--group-column``), else of its ``id``, modulo `count`:
+    deterministic, independent of the train/eval split (sha256), and a group never
+    spans two folds.
+    """
+
+    index: int
+    count: int
+    holdout: bool
+
+
+_FOLD_KEY_SPEC = {
+    C.TRANSFORMED_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+    C.GROUP_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def fold_of_keys(serialized: tf.Tensor, count: int) -> tf.Tensor:
+    """The fold (int64, 0..count-1) of each serialized example of a batch."""
+    keys = tf.io.parse_example(serialized, _FOLD_KEY_SPEC)
+    key = tf.where(keys[C.GROUP_KEY] != "", keys[C.GROUP_KEY], keys[C.TRANSFORMED_ID_KEY])
+    return tf.strings.to_hash_bucket_fast(key, count)
+
+
+def fold_sizes(file_pattern: str, count: int) -> np.ndarray:
+    """How many examples of the files fall in each of `count` folds."""
+    ds = tf.data.TFRecordDataset(shard_files(file_pattern), compression_type="GZIP").batch(4096)
+    sizes = np.zeros([count], np.int64)
+    for batch in ds:
+        sizes += np.bincount(fold_of_keys(batch, count).numpy(), minlength=count)
+    return sizes
+
+
 def _parse_fn(num_classes: int, max_length: int | None):
     spec = FEATURE_SPEC
 
@@ -67,15 +103,22 @@ def _at_least_one(ids: tf.Tensor, label: tf.Tensor):
     return tf.concat([ids, pad], 0), label
 
 
-def _parsed(files: Sequence[str], num_classes: int, max_length: int | None) -> tf.data.Dataset:
-    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-    ds = ds.batch(_PARSE_BATCH).map(_parse_fn(num_classes, max_length)).unbatch()
+def _parsed(files: Sequence[str], num_classes: int, max_length: int | None,
+            fold: Fold | None = None) -> tf.data.Dataset:
+    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(_PARSE_BATCH)
+    if fold is not None:
+        def keep(serialized: tf.Tensor) -> tf.Tensor:
+            in_fold = tf.equal(fold_of_keys(serialized, fold.count), fold.index)
+            return tf.boolean_mask(serialized, in_fold if fold.holdout else tf.logical_not(in_fold))
+
+        ds = ds.map(keep)
+    ds = ds.map(_parse_fn(num_classes, max_length)).unbatch()
     return ds.map(_at_least_one)
 
 
-def sequence_lengths(file_pattern: str, max_length: int | None = None) -> np.ndarray:
-    """Token counts (after truncation, at least 1) of every document in the files."""
-    ds = _parsed(shard_files(file_pattern), 2, max_length).map(lambda ids, _: tf.size(ids)).batch(4096)
+def sequence_lengths(file_pattern: str, max_length: int | None = None, fold: Fold | None = None) -> np.ndarray:
+    """Token counts (after truncation, at least 1) of every document in the files (of `fold`)."""
+    ds = _parsed(shard_files(file_pattern), 2, max_length, fold).map(lambda ids, _: tf.size(ids)).batch(4096)
     parts = [b.numpy() for b in ds]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros([0], np.int64)
 
@@ -125,6 +168,7 @@ def make_dataset(
     num_classes: int = 2,
     shuffle_buffer_size: int | None = None,
     epochs: Sequence[int] = (0,),
+    fold: Fold | None = None,
 ) -> tf.data.Dataset:
     """`(token_ids, label)` batches from gzipped TFRecords of transformed tf.Examples.
 
@@ -147,12 +191,13 @@ def make_dataset(
         epochs: The epochs (0-based) whose batches the dataset yields, one after
             the other (each `batches_per_epoch` long); the default is one pass,
             epoch 0, which iterates the same way every time.
+        fold: Only the examples of this `Fold` (cross-validation); None: all.
 
     Returns:
         A dataset of `(token_ids int64 [batch, time] right-padded with 0, label)`.
         Documents with no tokens appear as a single padding id.
     """
-    ds = _parsed(shard_files(file_pattern), num_classes, max_length).cache()
+    ds = _parsed(shard_files(file_pattern), num_classes, max_length, fold).cache()
     buffer = 0
     if shuffle:
         buffer = shuffle_buffer_size

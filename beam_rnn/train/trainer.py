@@ -226,9 +226,9 @@ def _keras_output_to_logging() -> Iterator[None]:
             keras.utils.enable_interactive_logging()
 
 
-def _length_buckets(train_files: str, config: TrainConfig):
+def _length_buckets(train_files: str, config: TrainConfig, fold: data.Fold | None = None):
     """(training lengths, bucket boundaries): fixed ones, or quantiles of the lengths."""
-    lengths = data.sequence_lengths(train_files, config.max_length)
+    lengths = data.sequence_lengths(train_files, config.max_length, fold)
     if config.bucket_boundaries is not None:
         return lengths, config.bucket_boundaries
     return lengths, data.quantile_boundaries(lengths, config.num_buckets)
@@ -322,6 +322,7 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     position: tuple[int, int] | None = None,
     inputs: TrainingInputs | None = None,
+    fold: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train one model kind on a preprocessing output, resuming an interrupted run exactly.
 
@@ -342,6 +343,9 @@ def train(
         position: (i, n): this is the i-th of n models trained in a row (named in the log).
         inputs: What `checks.check_training_inputs` returned for these arguments
             (`run_training` checks once for every kind); None: check here.
+        fold: (i, K): train on the train split without its fold i of K and validate
+            on fold i (`data.Fold`; cross-validation, `beam_rnn.train.cv`) instead of
+            on the eval split.
 
     Returns:
         A dict with:
@@ -376,18 +380,29 @@ def train(
     tf.config.experimental.enable_op_determinism()
 
     train_files, eval_files = data.train_pattern(transformed_dir), data.eval_pattern(transformed_dir)
-    lengths, boundaries = _length_buckets(train_files, config)
+    train_fold = eval_fold = None
+    if fold is not None:  # validate on fold i of the train split, train on the others
+        train_fold, eval_fold = data.Fold(fold[0], fold[1], False), data.Fold(fold[0], fold[1], True)
+        eval_files = train_files
+    lengths, boundaries = _length_buckets(train_files, config, train_fold)
     dataset = {"batch_size": config.batch_size, "max_length": config.max_length, "bucket_boundaries": boundaries,
                "num_classes": num_classes}
-    eval_ds = data.make_dataset(eval_files, shuffle=False, **dataset)
+    eval_ds = data.make_dataset(eval_files, shuffle=False, fold=eval_fold, **dataset)
 
     signature = _run_signature(model_config, config, data.shard_files(train_files))
+    if fold is not None:
+        signature["fold"] = list(fold)
     resumed = _prepare_model_dir(model_dir, model_config, config, signature)
     model, warm_start = _build(model_config, config, transformed_dir, inputs.vectors)
     start_epoch, early_stopping, epoch_log, all_callbacks = _restore(model, model_dir, config, resumed, callbacks)
 
-    eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
+    if fold is None:
+        eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
+    else:
+        eval_documents = len(data.sequence_lengths(eval_files, config.max_length, eval_fold))
     name = f"{kind} ({position[0]} of {position[1]})" if position else kind
+    if fold is not None:
+        name = f"{kind}, fold {fold[0] + 1} of {fold[1]}"
     logger.info("training %s: %s train / %s validation documents, up to %d epochs%s", name, f"{len(lengths):,}",
                 f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
     logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
@@ -395,7 +410,7 @@ def train(
     if start_epoch < config.epochs and not early_stopping.stopped_epoch:
         train_ds = data.make_dataset(train_files, shuffle=True, seed=config.effective_shuffle_seed,
                                      shuffle_buffer_size=len(lengths), epochs=range(start_epoch, config.epochs),
-                                     **dataset)
+                                     fold=train_fold, **dataset)
         steps = data.batches_per_epoch(lengths, config.batch_size, boundaries)
         shown = TrainingProgress(kind, config.epochs, steps, eval_documents)
         start = time.time()
@@ -442,17 +457,33 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
     trained it is exported (`beam_rnn.train.export.export_model`) into its
     directory, then its metrics.json is written (again, with what the export added).
 
+    With ``config.folds`` each kind is cross-validated first (`beam_rnn.train.cv`),
+    its summary kept in metrics.json (and so the model card) as ``cross_validation``;
+    when the eval split is empty only the cross-validation runs.
+
     Returns:
-        {kind: metrics} — the contents of each OUTPUT/<kind>/metrics.json.
+        {kind: metrics} — the contents of each OUTPUT/<kind>/metrics.json
+        ({"kind", "cross_validation"} for a cross-validation only run).
     """
     for kind in config.kinds:
         config.model_config(kind, vocab_size=3, num_classes=2)
     inputs = check_training_inputs(transformed_dir, config)
+    final = int(inputs.stats["splits"][C.EVAL_PREFIX]["documents"]) > 0  # else cross-validation only
     results: dict[str, dict[str, Any]] = {}
     for number, kind in enumerate(config.kinds, 1):
+        summary = None
+        if config.folds:
+            from beam_rnn.train.cv import cross_validate
+
+            summary = cross_validate(transformed_dir, output_dir, config, kind=kind, inputs=inputs)
+            if not final:
+                results[kind] = {"kind": kind, "cross_validation": summary}
+                continue
         result = train(transformed_dir, output_dir, config, kind=kind, position=(number, len(config.kinds)),
                        inputs=inputs)
         metrics = result["metrics"]
+        if summary is not None:
+            metrics["cross_validation"] = summary
         if export:
             from beam_rnn.train.export import export_model
 
