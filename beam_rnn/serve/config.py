@@ -69,8 +69,8 @@ class EvaluateConfig:
 
     split: str = option(
         SPLIT_ALL,
-        "Evaluate only the documents of this split of the models' preprocessing (by hash of the id, "
-        "as preprocess did).",
+        "Evaluate only the documents of this split of the models' preprocessing (by hash of the id, or of "
+        "the group column the model card names, as preprocess did).",
         choices=SPLITS,
     )
     batch_size: int = option(64, "Documents per model call.", minimum=1)

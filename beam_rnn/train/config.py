@@ -213,7 +213,7 @@ class TrainConfig:
         "(unscaled word2vec vectors lowered SST-2 dev accuracy, see benchmarks/RESULTS.md).")
     folds: int | None = option(
         None, "Cross-validate first: K models, each validated on one of K folds of the train split (by hash of "
-        "the group, else the id), reported as mean ± sd in cross_validation.json and the model card; then the "
+        "the group, else the id), reported as mean ± sd in OUTPUT/cv/<kind>.json and the model card; then the "
         "final model as usual (none when the eval split is empty, e.g. preprocess --eval-fraction 0).",
         metavar="K", minimum=2)
     verbose: int = option(2, cli=False)
