@@ -1,0 +1,109 @@
+"""Held-out accuracy with default settings, beside the published references (issue 14 item 4).
+
+Every corpus runs through the CLI a user would run, with defaults only:
+
+* ``imdb``: `preprocess` on ../shared/data/imdb/train.csv split by film (`--group-column movie`),
+  `train --kind both`; the validation accuracy of the film-disjoint eval split.
+  Reference: Maas et al. 2011, 0.889 (on the official test split, other films).
+* ``sst2`` / ``sst1``: `preprocess` on stsa.{binary,fine}.train (its 20% eval split only drives early
+  stopping), `train --kind both`, then `evaluate` on stsa.{binary,fine}.dev, which training never saw.
+  References: Kim 2014 CNN-rand on the test split, SST-2 0.827, SST-1 0.450.
+* ``mr``: Kim's protocol, 10-fold cross-validation over the whole corpus: `preprocess
+  --eval-fraction 0`, `train --folds 10` (mean ± sd over the folds).  Reference: CNN-rand 0.761.
+
+    python benchmarks/accuracy.py --corpora mr sst2 --work runs/bench_accuracy [--seeds 42 43 44]
+
+Prints one markdown table (mean ± sd over seeds where several are given) and writes
+WORK/summary.json.  The official test splits are not in ../shared/data: these are validation
+numbers, and the references are test numbers (of other models) to stand beside, not equal.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data")
+KINDS = ("bilstm", "lstm")
+
+CORPORA = {
+    "imdb": {"reference": ("Maas et al. 2011 (test)", 0.889),
+             "preprocess": ["--input", os.path.join(DATA, "imdb", "train.csv"), "--format", "csv",
+                            "--id-column", "id", "--group-column", "movie"]},
+    "sst2": {"reference": ("Kim 2014 CNN-rand (test)", 0.827),
+             "preprocess": ["--input", os.path.join(DATA, "sst2", "stsa.binary.train"), "--format", "labeled_lines"],
+             "dev": ["--input", os.path.join(DATA, "sst2", "stsa.binary.dev"), "--format", "labeled_lines"]},
+    "sst1": {"reference": ("Kim 2014 CNN-rand (test)", 0.450),
+             "preprocess": ["--input", os.path.join(DATA, "sst2", "stsa.fine.train"), "--format", "labeled_lines"],
+             "dev": ["--input", os.path.join(DATA, "sst2", "stsa.fine.dev"), "--format", "labeled_lines"]},
+    "mr": {"reference": ("Kim 2014 CNN-rand (10-fold CV)", 0.761),
+           "preprocess": ["--input", os.path.join(DATA, "mr", "rt-polarity.pos"),
+                          os.path.join(DATA, "mr", "rt-polarity.neg"), "--format", "file_per_label",
+                          "--eval-fraction", "0"],
+           "folds": 10},
+}
+
+
+def cli(*args: str) -> str:
+    """Runs `beam-rnn ARGS` in a fresh process; returns its last stdout line (exits on failure)."""
+    proc = subprocess.run([sys.executable, "-m", "beam_rnn.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"beam-rnn {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def run_corpus(name: str, work: str, seed: int) -> dict[str, float]:
+    """Accuracy per model kind for one corpus and seed."""
+    spec = CORPORA[name]
+    prep, models = os.path.join(work, name, "prep"), os.path.join(work, name, f"models_seed{seed}")
+    if not os.path.exists(os.path.join(prep, "manifest.json")):
+        cli("preprocess", *spec["preprocess"], "--output", prep, "--runner", "DirectRunner")
+    train = ["train", "--transformed", prep, "--output", models, "--kind", "both", "--seed", str(seed)]
+    if spec.get("folds"):
+        printed = json.loads(cli(*train, "--folds", str(spec["folds"])))
+        return {kind: printed[kind]["cv_accuracy_mean"] for kind in KINDS}
+    printed = json.loads(cli(*train))
+    if "dev" not in spec:
+        return {kind: printed[kind]["validation_accuracy"] for kind in KINDS}
+    report = os.path.join(work, name, f"dev_seed{seed}")
+    cli("evaluate", "--model", models, *spec["dev"], "--output", report, "--runner", "DirectRunner")
+    with open(os.path.join(report, "metrics.json")) as f:
+        metrics = json.load(f)
+    return {kind: metrics["models"][kind]["accuracy"] for kind in KINDS}
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpora", nargs="+", choices=tuple(CORPORA), default=list(CORPORA))
+    parser.add_argument("--work", default=os.path.join(ROOT, "runs", "bench_accuracy"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="One training run per seed (default 42).")
+    args = parser.parse_args(argv)
+    summary = {}
+    for name in args.corpora:
+        start = time.time()
+        runs = [run_corpus(name, args.work, seed) for seed in args.seeds]
+        summary[name] = {"seeds": args.seeds, "accuracy": {k: [r[k] for r in runs] for k in KINDS},
+                         "reference": CORPORA[name]["reference"], "seconds": round(time.time() - start, 1)}
+        print(f"{name}: " + ", ".join(f"{k} {_cell(summary[name]['accuracy'][k])}" for k in KINDS), flush=True)
+    os.makedirs(args.work, exist_ok=True)
+    with open(os.path.join(args.work, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print("| corpus | BiLSTM | streaming LSTM | reference |\n| --- | --- | --- | --- |")
+    for name, s in summary.items():
+        ref, value = s["reference"]
+        print(f"| {name} | {_cell(s['accuracy']['bilstm'])} | {_cell(s['accuracy']['lstm'])} | {ref}: {value:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
