@@ -125,6 +125,18 @@ def test_cross_validation_then_the_final_model(grouped_dir, tmp_path):
     after = [(tmp_path / "cv" / f"fold_{i + 1:02d}" / "lstm" / "metrics.json").stat().st_mtime_ns for i in range(3)]
     assert before == after
 
+    # Other training data with the same settings: the folds are trained again, not reused.
+    other = str(tmp_path / "other_prep")
+    preprocess_docs(other, _docs(200, groups=30), PreprocessConfig(vocab_size=50, min_frequency=1,
+                                                                    eval_fraction=0.2, group_column="movie"))
+    redone = cv.cross_validate(other, str(tmp_path), config, kind=C.MODEL_LSTM,
+                               inputs=trainer.check_training_inputs(other, config))
+    assert sum(f["train_examples"] + f["eval_examples"] for f in redone["per_fold"]) == 3 * int(
+        data.fold_sizes(data.train_pattern(other), 3).sum())
+    retrained = [(tmp_path / "cv" / f"fold_{i + 1:02d}" / "lstm" / "metrics.json").stat().st_mtime_ns
+                 for i in range(3)]
+    assert all(b != r for b, r in zip(before, retrained))
+
 
 def test_cross_validation_only_when_the_eval_split_is_empty(all_train_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "beam_rnn.cli", "train", "--transformed", all_train_dir,

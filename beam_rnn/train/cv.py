@@ -13,8 +13,8 @@ Folds are drawn by hash of each example's group (``preprocess --group-column``),
 else its id (`beam_rnn.train.data.Fold`): a film never spans two folds.  The
 vocabulary was built on the whole train split, held-out folds included (as Kim's
 was); labels never cross.  A fold whose metrics.json is already written for the
-same settings is not trained again, so a killed cross-validation resumes at its
-first unfinished fold.
+same settings and the same training data (`FOLD_RUN_FILE`) is not trained again, so a
+killed cross-validation resumes at its first unfinished fold.
 """
 
 import json
@@ -32,6 +32,7 @@ from beam_rnn.train.config import TrainConfig
 from beam_rnn.train.errors import TrainerInputError
 
 CV_DIR = "cv"
+FOLD_RUN_FILE = "fold_run.json"  # in a fold's model dir: what it was trained for (reused only for the same)
 FIGURES = ("accuracy", "auc", "loss")
 
 logger = logging.getLogger(__name__)
@@ -67,33 +68,42 @@ def summarize_folds(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _finished_fold(model_dir: str, config: TrainConfig) -> dict[str, Any] | None:
-    """The metrics of a fold already trained with these settings (None: train it)."""
-    from beam_rnn.train.trainer import BACKUP_DIR, METRICS_FILE, TRAIN_CONFIG_FILE
+def _finished_fold(model_dir: str, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metrics of a fold already trained for `run` (settings and data, `FOLD_RUN_FILE`); None: train it."""
+    from beam_rnn.train.trainer import BACKUP_DIR, METRICS_FILE
 
-    paths = [os.path.join(model_dir, name) for name in (METRICS_FILE, TRAIN_CONFIG_FILE)]
+    paths = [os.path.join(model_dir, name) for name in (METRICS_FILE, FOLD_RUN_FILE)]
     if not all(tf.io.gfile.exists(p) for p in paths) or tf.io.gfile.exists(os.path.join(model_dir, BACKUP_DIR)):
         return None
-    metrics, trained_with = (json.loads(tf.io.gfile.GFile(p).read()) for p in paths)
-    return metrics if trained_with == json.loads(json.dumps(config.to_dict())) else None
+    metrics, trained_for = (json.loads(tf.io.gfile.GFile(p).read()) for p in paths)
+    return metrics if trained_for == run else None
 
 
 def cross_validate(transformed_dir: str, output_dir: str, config: TrainConfig, *, kind: str,
                    inputs: TrainingInputs) -> dict[str, Any]:
     """Trains `config.folds` models of `kind` (see the module docstring); returns and writes the summary."""
-    from beam_rnn.train.trainer import CHECKPOINTS_DIR, train
+    from beam_rnn.train.trainer import CHECKPOINTS_DIR, run_signature, train
 
     count = int(config.folds)
+    stats = inputs.stats
+    model_config = config.model_config(kind, vocab_size=int(stats["vocab_size_with_reserved"]),
+                                       num_classes=int(stats["num_classes"]))
+    train_files = data.shard_files(data.train_pattern(transformed_dir))
     results = []
     for index in range(count):
         model_dir = os.path.join(fold_dir(output_dir, index), kind)
-        metrics = _finished_fold(model_dir, config)
+        # The trainer's resume signature (model, settings, the train shards, the fold) and every setting.
+        run = json.loads(json.dumps({"signature": run_signature(model_config, config, train_files, (index, count)),
+                                     "train_config": config.to_dict()}))
+        metrics = _finished_fold(model_dir, run)
         if metrics is None:
             metrics = train(transformed_dir, fold_dir(output_dir, index), config, kind=kind, inputs=inputs,
                             fold=(index, count))["metrics"]
             # Per-epoch checkpoints (with optimizer slots) are what resume and the kept epoch needed;
             # the fold's kept weights stay in weights/.
             tf.io.gfile.rmtree(os.path.join(model_dir, CHECKPOINTS_DIR))
+            with tf.io.gfile.GFile(os.path.join(model_dir, FOLD_RUN_FILE), "w") as f:
+                f.write(json.dumps(run, indent=2))
         results.append({"fold": index + 1, **metrics})
         logger.info("%s fold %d of %d: validation accuracy %.4f (%s documents)", kind, index + 1, count,
                     metrics["accuracy"], f"{metrics['eval_examples']:,}")

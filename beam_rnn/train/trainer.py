@@ -155,17 +155,20 @@ def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: in
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
-def _run_signature(model_config: models.ModelConfig, config: TrainConfig, train_files: Sequence[str]) -> dict[str, Any]:
+def run_signature(model_config: models.ModelConfig, config: TrainConfig, train_files: Sequence[str],
+                  fold: tuple[int, int] | None = None) -> dict[str, Any]:
     """What a backup was made for: a restart may continue it only when all of this is unchanged.
 
     Not included: `epochs` (a rerun may train longer: epoch e's shuffle does not
     depend on the number of epochs), `verbose` and `kinds` (a rerun may train
-    fewer kinds).
+    fewer kinds).  A cross-validation fold (i, K) is part of it.
     """
     train_config = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "verbose", "kinds")}
     shards = {os.path.basename(f): int(tf.io.gfile.stat(f).length) for f in train_files}
-    return json.loads(json.dumps({"model_config": model_config.to_dict(), "train_config": train_config,
-                                  "train_shards": shards}))
+    signature = {"model_config": model_config.to_dict(), "train_config": train_config, "train_shards": shards}
+    if fold is not None:
+        signature["fold"] = list(fold)
+    return json.loads(json.dumps(signature))
 
 
 def _prepare_model_dir(model_dir: str, model_config: models.ModelConfig, config: TrainConfig,
@@ -389,9 +392,7 @@ def train(
                "num_classes": num_classes}
     eval_ds = data.make_dataset(eval_files, shuffle=False, fold=eval_fold, **dataset)
 
-    signature = _run_signature(model_config, config, data.shard_files(train_files))
-    if fold is not None:
-        signature["fold"] = list(fold)
+    signature = run_signature(model_config, config, data.shard_files(train_files), fold)
     resumed = _prepare_model_dir(model_dir, model_config, config, signature)
     model, warm_start = _build(model_config, config, transformed_dir, inputs.vectors)
     start_epoch, early_stopping, epoch_log, all_callbacks = _restore(model, model_dir, config, resumed, callbacks)
