@@ -11,10 +11,13 @@ Every corpus runs through the CLI a user would run, with defaults only:
 * ``mr``: Kim's protocol, 10-fold cross-validation over the whole corpus: `preprocess
   --eval-fraction 0`, `train --folds 10` (mean ± sd over the folds).  Reference: CNN-rand 0.761.
 
-    python benchmarks/accuracy.py --corpora mr sst2 --work runs/bench_accuracy [--seeds 42 43 44]
+    python benchmarks/accuracy.py --corpora mr sst2 --work runs/bench_accuracy [--seeds 42 43 44] [--warm-start]
+
+``--warm-start`` first trains CBOW vectors on the corpus' train split (`beam-rnn embeddings
+--backend gensim`) and warm-starts both classifiers from them (issue 14 item 3).
 
 Prints one markdown table (mean ± sd over seeds where several are given) and writes
-WORK/summary.json.  The official test splits are not in ../shared/data: these are validation
+WORK/summary_{cold,warm}.json.  The official test splits are not in ../shared/data: these are validation
 numbers, and the references are test numbers (of other models) to stand beside, not equal.
 """
 
@@ -29,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
 KINDS = ("bilstm", "lstm")
+EMBEDDING_DIM = 64  # the classifiers' default --embedding-dim
 
 CORPORA = {
     "imdb": {"reference": ("Maas et al. 2011 (test)", 0.889),
@@ -56,20 +60,27 @@ def cli(*args: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def run_corpus(name: str, work: str, seed: int) -> dict[str, float]:
-    """Accuracy per model kind for one corpus and seed."""
+def run_corpus(name: str, work: str, seed: int, warm_start: bool = False) -> dict[str, float]:
+    """Accuracy per model kind for one corpus and seed (warm-started from the corpus' own CBOW vectors)."""
     spec = CORPORA[name]
-    prep, models = os.path.join(work, name, "prep"), os.path.join(work, name, f"models_seed{seed}")
+    arm = "warm" if warm_start else "cold"
+    prep, models = os.path.join(work, name, "prep"), os.path.join(work, name, f"models_{arm}_seed{seed}")
     if not os.path.exists(os.path.join(prep, "manifest.json")):
         cli("preprocess", *spec["preprocess"], "--output", prep, "--runner", "DirectRunner")
     train = ["train", "--transformed", prep, "--output", models, "--kind", "both", "--seed", str(seed)]
+    if warm_start:  # CBOW on the train split only (never the eval split or dev), width of the classifiers' Embedding
+        vectors = os.path.join(work, name, f"vectors_seed{seed}")
+        if not os.path.exists(os.path.join(vectors, "vectors.txt")):
+            cli("embeddings", "--transformed", prep, "--output", vectors, "--dim", str(EMBEDDING_DIM),
+                "--backend", "gensim", "--workers", "1", "--seed", str(seed), "--no-eval", "--runner", "DirectRunner")
+        train += ["--pretrained-embeddings", os.path.join(vectors, "vectors.txt")]
     if spec.get("folds"):
         printed = json.loads(cli(*train, "--folds", str(spec["folds"])))
         return {kind: printed[kind]["cv_accuracy_mean"] for kind in KINDS}
     printed = json.loads(cli(*train))
     if "dev" not in spec:
         return {kind: printed[kind]["validation_accuracy"] for kind in KINDS}
-    report = os.path.join(work, name, f"dev_seed{seed}")
+    report = os.path.join(work, name, f"dev_{arm}_seed{seed}")
     cli("evaluate", "--model", models, *spec["dev"], "--output", report, "--runner", "DirectRunner")
     with open(os.path.join(report, "metrics.json")) as f:
         metrics = json.load(f)
@@ -87,16 +98,19 @@ def main(argv=None) -> int:
     parser.add_argument("--corpora", nargs="+", choices=tuple(CORPORA), default=list(CORPORA))
     parser.add_argument("--work", default=os.path.join(ROOT, "runs", "bench_accuracy"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="One training run per seed (default 42).")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="Warm-start both models from CBOW vectors trained on the corpus' own train split "
+                             "(gensim backend, one worker: deterministic per seed).")
     args = parser.parse_args(argv)
     summary = {}
     for name in args.corpora:
         start = time.time()
-        runs = [run_corpus(name, args.work, seed) for seed in args.seeds]
-        summary[name] = {"seeds": args.seeds, "accuracy": {k: [r[k] for r in runs] for k in KINDS},
+        runs = [run_corpus(name, args.work, seed, args.warm_start) for seed in args.seeds]
+        summary[name] = {"seeds": args.seeds, "warm_start": args.warm_start, "accuracy": {k: [r[k] for r in runs] for k in KINDS},
                          "reference": CORPORA[name]["reference"], "seconds": round(time.time() - start, 1)}
         print(f"{name}: " + ", ".join(f"{k} {_cell(summary[name]['accuracy'][k])}" for k in KINDS), flush=True)
     os.makedirs(args.work, exist_ok=True)
-    with open(os.path.join(args.work, "summary.json"), "w") as f:
+    with open(os.path.join(args.work, f"summary_{'warm' if args.warm_start else 'cold'}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print("| corpus | BiLSTM | streaming LSTM | reference |\n| --- | --- | --- | --- |")
     for name, s in summary.items():

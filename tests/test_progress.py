@@ -151,6 +151,7 @@ def test_training_names_the_model_the_splits_and_the_kept_epoch(tmp_path, caplog
     train_docs, eval_docs = stats["splits"]["train"]["documents"], stats["splits"]["eval"]["documents"]
     # patience 0 stops after the second epoch whatever the losses are.
     config = TrainConfig(kinds=("lstm",), epochs=4, early_stopping_patience=0, batch_size=16, verbose=0,
+                         monitor="val_loss",
                          model=ModelSettings(embedding_dim=4, units=4, dense_units=4))
     with caplog.at_level(logging.INFO, logger="beam_rnn"):
         metrics = trainer.run_training(prep, str(tmp_path / "models"), config, export=False)["lstm"]

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
-from beam_rnn.train import callbacks, checks, data, trainer
+from beam_rnn.train import auto, callbacks, checks, data, trainer
 from beam_rnn.train.config import ModelConfig, ModelSettings, TrainConfig
 from beam_rnn.train.errors import TrainerInputError
 from tests.helpers import preprocess_docs
@@ -96,8 +96,8 @@ def test_training_lowers_loss_and_beats_chance(binary_dir, tmp_path, kind):
     assert metrics["start_epoch"] == 0 and not metrics["resumed"]
     assert metrics["train_examples"] > 200 and metrics["eval_examples"] > 40
     assert metrics["examples_per_second"] > 0 and metrics["train_seconds"] > 0
-    # Reported metrics are those of the kept (best by val_loss) epoch.
-    best = min(history, key=lambda h: h["val_loss"])
+    # Reported metrics are those of the kept epoch: the best by val_accuracy (the default monitor), earliest of ties.
+    best = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
     assert metrics["best_epoch"] == best["epoch"]
     assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     assert metrics["accuracy"] == pytest.approx(best["val_accuracy"], rel=1e-4)
@@ -109,7 +109,14 @@ def test_training_lowers_loss_and_beats_chance(binary_dir, tmp_path, kind):
     assert list((model_dir / trainer.LOGS_DIR / "train").glob("events.out.tfevents.*"))
     assert list((model_dir / trainer.LOGS_DIR / "validation").glob("events.out.tfevents.*"))
     assert not (model_dir / trainer.BACKUP_DIR).exists()  # finished: nothing to resume
-    assert TrainConfig.from_dict(json.loads((model_dir / trainer.TRAIN_CONFIG_FILE).read_text())) == config
+    # train_config.json records the settings used: the auto ones resolved (a small corpus: Dropout 0.5).
+    used = dataclasses.replace(config, model=dataclasses.replace(config.model, dropout=auto.DROPOUT_SMALL))
+    assert TrainConfig.from_dict(json.loads((model_dir / trainer.TRAIN_CONFIG_FILE).read_text())) == used
+    assert result["model_config"].dropout == auto.DROPOUT_SMALL
+    chosen = metrics["hyperparameters"]
+    assert chosen["epochs"] == {"value": 6, "source": auto.GIVEN, "reason": "set explicitly"}
+    assert chosen["dropout"]["value"] == auto.DROPOUT_SMALL and chosen["dropout"]["source"] == auto.AUTO
+    assert f"{metrics['train_examples']:,} training documents" in chosen["dropout"]["reason"]
 
     # The saved weights rebuild the returned model exactly.
     reloaded, model_config = trainer.load_trained_model(str(model_dir))
@@ -452,7 +459,7 @@ def test_train_config_validation_and_round_trip():
 
 
 def test_train_config_nests_the_model_settings_and_reads_flat_files():
-    settings = ModelSettings(units=8, cell="gru", seed=5)
+    settings = ModelSettings(units=8, cell="gru", seed=5, dropout=0.25)
     config = TrainConfig(kinds=("lstm",), model=settings, epochs=3)
     assert config.seed == 5 and config.effective_shuffle_seed == 5
     made = config.model_config("lstm", vocab_size=50, num_classes=3)
@@ -469,7 +476,9 @@ def test_train_config_nests_the_model_settings_and_reads_flat_files():
     assert TrainConfig.from_dict({**nested, "model": dataclasses.asdict(settings)}) == config
     # Defaults are written once: the model card's ModelConfig takes TrainConfig's model defaults.
     default = TrainConfig().model_config("bilstm", vocab_size=10, num_classes=2)
-    assert default.settings() == ModelSettings() == TrainConfig().model
+    assert ModelSettings() == TrainConfig().model
+    # ... except the auto Dropout, which a model built without a corpus to choose from leaves out.
+    assert default.settings() == dataclasses.replace(ModelSettings(), dropout=0.0)
 
 
 def test_cli_flags_are_generated_from_the_config():
@@ -482,13 +491,13 @@ def test_cli_flags_are_generated_from_the_config():
     args = ["--transformed", "t", "--output", "o", "--kind", "lstm", "--epochs", "3", "--batch-size", "8",
             "--learning-rate", "0.01", "--max-length", "50", "--units", "8", "--embedding-dim", "4",
             "--dense-units", "6", "--layers", "2", "--cell", "gru", "--dropout", "0.25", "--seed", "3",
-            "--stacked", "--patience", "4", "--monitor", "val_accuracy", "--num-buckets", "3",
+            "--stacked", "--patience", "4", "--monitor", "val_loss", "--num-buckets", "3",
             "--bucket-boundaries", "5,9", "--pretrained-embeddings", "v.txt", "--freeze-embeddings",
             "--no-rescale-pretrained"]
     config = driver.config_from_args(parser.parse_args(args))
     assert config == TrainConfig(
         kinds=("lstm",), epochs=3, batch_size=8, learning_rate=0.01, max_length=50, early_stopping_patience=4,
-        monitor="val_accuracy", num_buckets=3, bucket_boundaries=(5, 9), pretrained_embeddings="v.txt",
+        monitor="val_loss", num_buckets=3, bucket_boundaries=(5, 9), pretrained_embeddings="v.txt",
         freeze_embeddings=True, rescale_pretrained=False,
         model=ModelSettings(units=8, embedding_dim=4, dense_units=6, layers=2, cell="gru", dropout=0.25, seed=3,
                             stacked_tutorial=True))
@@ -496,7 +505,7 @@ def test_cli_flags_are_generated_from_the_config():
                                                                             "--embedding_dim", "4"]))
     assert underscored.model.embedding_dim == 4
     helptext = " ".join(parser.format_help().split())
-    assert "bilstm 0.0005, lstm 0.0005" in helptext and "(default val_loss)" in helptext
+    assert "bilstm 0.0005, lstm 0.0005" in helptext and "(default val_accuracy)" in helptext
 
 
 def test_config_and_help_import_no_tensorflow():

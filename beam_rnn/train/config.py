@@ -52,7 +52,8 @@ class ModelSettings:
         layers: Number of stacked recurrent layers.
         cell: "lstm", "gru" or "simple_rnn".
         dense_units: Width of the relu hidden layer of the head.
-        dropout: Rate of the Dropout before the logits (0 = no Dropout layer).
+        dropout: Rate of the Dropout before the logits (0 = no Dropout layer; None: chosen
+            from the corpus by `beam_rnn.train.auto` when training, 0 in a bare `ModelConfig`).
         stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
             Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
             Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
@@ -65,7 +66,8 @@ class ModelSettings:
     layers: int = option(1, "Recurrent layers.", minimum=1)
     cell: str = option(CELL_LSTM, "Recurrent cell.", choices=CELLS)
     dense_units: int = option(64, "Hidden dense width.", minimum=1)
-    dropout: float = option(0.0, "Dropout before the logits.", minimum=0.0, less_than=1.0)
+    dropout: float | None = option(None, "Dropout before the logits.", minimum=0.0, less_than=1.0,
+                                   show_default="auto: 0.5 below 10,000 training documents, else 0")
     stacked_tutorial: bool = option(False, "bilstm: the tutorial's stacked two-layer variant.", flag="stacked")
     seed: int = option(42, "Seed of initialisers, Dropout and shuffles: seeded runs are bit-identical on CPU, also "
                        "across a kill and resume.", minimum=0)
@@ -98,6 +100,8 @@ class ModelConfig(ModelSettings):
     num_classes: int = option(2, cli=False, minimum=2)
 
     def __post_init__(self) -> None:
+        if self.dropout is None:  # a built model has a definite rate; training chooses it (train.auto)
+            object.__setattr__(self, "dropout", 0.0)
         _check_int("vocab_size", self.vocab_size)
         _check_int("num_classes", self.num_classes)
         super().__post_init__()
@@ -151,7 +155,10 @@ class TrainConfig:
 
     Attributes:
         kinds: Model kinds to train ("bilstm", "lstm"); `train` trains one of them.
-        epochs: Maximum number of epochs (early stopping usually ends sooner).
+        epochs: Maximum number of epochs (early stopping usually ends sooner).  None, and
+            `early_stopping_patience` and the model's `dropout` when None: chosen from the
+            corpus when training starts (`beam_rnn.train.auto.resolve`, recorded in the
+            model card).
         batch_size: Documents per batch (every length bucket uses this size).
         learning_rate: Adam learning rate (None: the per-kind default of
             DEFAULT_LEARNING_RATES, 5e-4 for both kinds).
@@ -164,8 +171,8 @@ class TrainConfig:
             (1 = no bucketing; batches are still padded only to their own longest).
         shuffle_seed: Seed of the full shuffle (None: use `seed`).
         early_stopping_patience: Epochs without improvement of `monitor` before stopping.
-        monitor: "val_loss", "val_accuracy" or "val_auc" (binary only); also picks
-            the kept epoch.
+        monitor: "val_accuracy" (default), "val_loss" or "val_auc" (binary only);
+            also picks the kept epoch (the earliest of equal ones).
         model: The architecture (`ModelSettings`; its seed is the run's `seed`).
             A `ModelConfig` given here keeps only its settings: kind, vocabulary
             size and classes come from `kinds` and the data.
@@ -186,7 +193,9 @@ class TrainConfig:
     """
 
     kinds: tuple[str, ...] = option(KINDS, cli=False, choices=KINDS)
-    epochs: int = option(5, "Maximum epochs (early stopping on --monitor; the best epoch's weights are kept).", minimum=1)
+    epochs: int | None = option(
+        None, "Maximum epochs (early stopping on --monitor; the best epoch's weights are kept).", minimum=1,
+        show_default="auto: 5 from 10,000 training documents, else 10 (15 with more than 2 classes)")
     batch_size: int = option(64, "Documents per batch; batches are bucketed by length and padded to their own longest document.",
                              minimum=1)
     learning_rate: float | None = option(
@@ -199,10 +208,12 @@ class TrainConfig:
         None, "Comma-separated fixed length-bucket boundaries (overrides --num-buckets).", parse=_boundaries)
     num_buckets: int = option(10, "Length buckets from training-length quantiles.", minimum=1)
     shuffle_seed: int | None = option(None, cli=False)
-    # 2, not 1: one worse epoch of val_loss on IMDB is often noise before a better one.
-    early_stopping_patience: int = option(2, "Early-stopping patience in epochs.", flag="patience",
-                                         minimum=0)
-    monitor: str = option("val_loss", "Early stopping / kept epoch metric.", choices=MONITORS)
+    early_stopping_patience: int | None = option(
+        None, "Early-stopping patience in epochs.", flag="patience", minimum=0,
+        show_default="auto: 2, or 3 below 2,000 validation documents")
+    # val_accuracy, not val_loss: the loss keeps rising from overconfidence while accuracy still improves
+    # (IMDB, streaming LSTM, seed 42: val_loss kept epoch 1 at 0.836, epoch 3 had 0.872; RESULTS.md).
+    monitor: str = option("val_accuracy", "Early stopping / kept epoch metric.", choices=MONITORS)
     model: ModelSettings = option(default_factory=ModelSettings)  # noqa: RUF009  its fields are flags too
     pretrained_embeddings: str | None = option(
         None, "word2vec/GloVe text vectors (e.g. pipelines.embeddings OUTPUT/vectors.txt) that initialise the "

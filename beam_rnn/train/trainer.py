@@ -54,7 +54,7 @@ import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.core import progress
-from beam_rnn.train import data, models
+from beam_rnn.train import auto, data, models
 from beam_rnn.train.callbacks import (
     CommitState,
     EpochLog,
@@ -313,6 +313,7 @@ def _metrics(kind: str, results: Mapping[str, Any], history: list[dict[str, Any]
         "vocab_size": facts["vocab_size"],
         "bucket_boundaries": facts["bucket_boundaries"],
         "warm_start": facts["warm_start"],
+        "hyperparameters": facts["hyperparameters"],
     }
 
 
@@ -376,11 +377,6 @@ def train(
     num_classes = int(stats["num_classes"])
     vocab_size = int(stats["vocab_size_with_reserved"])
     model_dir = os.path.join(output_dir, kind)
-    model_config = config.model_config(kind, vocab_size=vocab_size, num_classes=num_classes)
-
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
 
     train_files, eval_files = data.train_pattern(transformed_dir), data.eval_pattern(transformed_dir)
     train_fold = eval_fold = None
@@ -388,6 +384,17 @@ def train(
         train_fold, eval_fold = data.Fold(fold[0], fold[1], False), data.Fold(fold[0], fold[1], True)
         eval_files = train_files
     lengths, boundaries = _length_buckets(train_files, config, train_fold)
+    if fold is None:
+        eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
+    else:
+        eval_documents = len(data.sequence_lengths(eval_files, config.max_length, eval_fold))
+    config, hyperparameters = auto.resolve(config, train_documents=len(lengths), validation_documents=eval_documents,
+                                           num_classes=num_classes)
+    model_config = config.model_config(kind, vocab_size=vocab_size, num_classes=num_classes)
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
     dataset = {"batch_size": config.batch_size, "max_length": config.max_length, "bucket_boundaries": boundaries,
                "num_classes": num_classes}
     eval_ds = data.make_dataset(eval_files, shuffle=False, fold=eval_fold, **dataset)
@@ -397,16 +404,13 @@ def train(
     model, warm_start = _build(model_config, config, transformed_dir, inputs.vectors)
     start_epoch, early_stopping, epoch_log, all_callbacks = _restore(model, model_dir, config, resumed, callbacks)
 
-    if fold is None:
-        eval_documents = int(stats["splits"][C.EVAL_PREFIX]["documents"])
-    else:
-        eval_documents = len(data.sequence_lengths(eval_files, config.max_length, eval_fold))
     name = f"{kind} ({position[0]} of {position[1]})" if position else kind
     if fold is not None:
         name = f"{kind}, fold {fold[0] + 1} of {fold[1]}"
     logger.info("training %s: %s train / %s validation documents, up to %d epochs%s", name, f"{len(lengths):,}",
                 f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
     logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
+    logger.info("%s: %s", kind, auto.describe(hyperparameters))
     train_seconds = 0.0
     if start_epoch < config.epochs and not early_stopping.stopped_epoch:
         train_ds = data.make_dataset(train_files, shuffle=True, seed=config.effective_shuffle_seed,
@@ -441,7 +445,8 @@ def train(
                        monitor=config.monitor, learning_rate=config.learning_rate_for(kind),
                        stopped_early=early_stopping.stopped_epoch > 0, train_examples=len(lengths),
                        eval_examples=eval_documents, num_classes=num_classes,
-                       vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start)
+                       vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start,
+                       hyperparameters=hyperparameters)
     write_metrics(model_dir, metrics)
     # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
     tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
