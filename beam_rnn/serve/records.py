@@ -28,6 +28,16 @@ def model_prefixes(infos: Sequence[ModelInfo]) -> list[str]:
     return [""] if len(infos) == 1 else [f"{info.name}_" for info in infos]
 
 
+def record_model(info: ModelInfo, model_id: str | None) -> str:
+    """The ``model`` field of a one-model record, from the model that scored it (its ``PredictionResult.model_id``).
+
+    The model's name while it is the configured export; after a model refresh
+    (`ClassifierModelHandler.update_model_path`) replaced it, the export dir that
+    scored the document.
+    """
+    return info.name if model_id in (None, "", info.model_dir) else model_id
+
+
 def score_columns(infos: Sequence[ModelInfo], *, labelled: bool) -> list[tuple[str, str]]:
     """The ``(column, kind)`` schema of score records in column formats (`beam_rnn.core.outputs.flat_record`)."""
     names = class_names(infos[0].label_names, infos[0].num_classes)

@@ -60,7 +60,7 @@ from beam_rnn.io import DEAD_LETTER_TAG, dead_letter
 from beam_rnn.serve.config import ScoreConfig
 from beam_rnn.serve.handler import ClassifierModelHandler
 from beam_rnn.core.outputs import class_names, prediction_fields, truth_fields
-from beam_rnn.serve.records import AGREEMENT, ID, MODEL, model_prefixes, score_columns
+from beam_rnn.serve.records import AGREEMENT, ID, MODEL, model_prefixes, record_model, score_columns
 from beam_rnn.serve.summary import ScoreSummaryFn, summarize
 
 SCORE_STAGE = "score"
@@ -211,18 +211,23 @@ class Infer(beam.PTransform):
       retry_failed_batches: Re-run the documents of a failed batch one at a time
         (a second RunInference with the same `model_identifier`).
       stage: The dead letters' stage.
+      model_metadata: Model refresh: a PCollection of Beam ``ModelMetadata``
+        (RunInference's ``model_metadata_pcoll``, a singleton side input per
+        window); each new ``model_id`` goes to `ClassifierModelHandler.update_model_path`.
     """
 
     def __init__(self, handler: ClassifierModelHandler, *, retry_failed_batches: bool = False,
-                 stage: str = SCORE_STAGE):
+                 stage: str = SCORE_STAGE, model_metadata: beam.PCollection | None = None):
         super().__init__()
         self._handler = handler
         self._retry = retry_failed_batches
         self._stage = stage
+        self._model_metadata = model_metadata
 
     def _run_inference(self, keyed: beam.PCollection, handler: ClassifierModelHandler, name: str):
         return keyed | name >> RunInference(
-            KeyedModelHandler(handler), model_identifier=self._handler.model_identifier()
+            KeyedModelHandler(handler), model_identifier=self._handler.model_identifier(),
+            model_metadata_pcoll=self._model_metadata,
         ).with_exception_handling()
 
     def expand(self, keyed: beam.PCollection):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
@@ -260,7 +265,7 @@ class _ToRecordFn(beam.DoFn):
         scores = result.inference
         record: dict[str, Any] = {ID: doc_id}
         if len(scores) == 1:
-            record[MODEL] = self._first.name
+            record[MODEL] = record_model(self._first, result.model_id)
         for prefix, (probability, predicted) in zip(self._prefixes, scores):
             record.update(prediction_fields(probability, predicted, self._names, prefix))
         if len(scores) > 1:
