@@ -43,7 +43,8 @@ def evaluated(tmp_path_factory):
     train.run(["--transformed", str(root / "prep"), "--output", str(root / "models"), "--model", "both",
                "--epochs", "4", "--learning-rate", "0.01", "--patience", "4", "--units", "16", "--embedding-dim", "16", "--dense-units", "16"])
     metrics = evaluate.run(corpus_args + ["--model", str(root / "models"), "--output", str(root / "report"),
-                                          "--length-boundaries", "40,100", "--runner", "DirectRunner"])
+                                          "--length-boundaries", "40,100", "--incremental-sample", "25",
+                                          "--runner", "DirectRunner"])
     records = list(report.read_records(str(root / "report" / "records-*")))
     return root / "report", metrics, records
 
@@ -102,6 +103,27 @@ def test_every_metric_equals_a_direct_computation(evaluated):
     agree = np.mean([(r["probability"]["bilstm"] > 0.5) == (r["probability"]["lstm"] > 0.5) for r in records])
     assert saved["agreement"] == pytest.approx(agree, abs=1e-12)
     assert metrics["models"]["lstm"]["accuracy"] > 0.6  # the models learned something real
+
+
+def test_incremental_sample_reads_every_token_of_the_same_documents(evaluated):
+    from beam_rnn.serve.incremental import sample_key
+
+    _, metrics, records = evaluated
+    got = metrics["incremental"]
+    by_id = {r["id"]: r for r in records}
+    sampled = sorted(by_id, key=sample_key)[:25]  # the 25 smallest keys among the valid documents
+    assert got["sample_documents"] == 25 and got["documents_without_tokens"] == 0
+    assert got["tokens"] == sum(by_id[i]["length"] for i in sampled)
+    for name in ("bilstm", "lstm"):
+        m = got["models"][name]
+        # After the last token the incremental label is the full pass's: accuracy equals the records'.
+        final = [by_id[i]["predicted_label"][name] == by_id[i]["true_label"] for i in sampled]
+        assert m["accuracy_at_fraction"]["1.0"] == pytest.approx(sum(final) / 25)
+        assert m["documents"] == 25 and m["correct_documents"] == sum(final)
+        assert 0.0 <= m["mean"]["edit_overhead"] < 1.0 and 0.0 < m["mean"]["relative_correctness"] <= 1.0
+        assert m["mode"] == ("incremental" if name == "lstm" else "restart-incremental")
+    # The streaming step is cheaper per token than re-running the BiLSTM on every prefix.
+    assert got["models"]["lstm"]["microseconds_per_token"] < got["models"]["bilstm"]["microseconds_per_token"]
 
 
 def test_early_prefixes_use_the_first_tokens():

@@ -79,6 +79,11 @@ class EvaluateConfig:
         "Token counts separating the report's length buckets (e.g. 100,300: short < 100 <= medium < 300 <= long).",
         parse=int_list, show_default="the tertiles of the evaluated documents' own token counts",
     )
+    incremental_sample: int = option(
+        0, "Also read this many documents (the same ones every run: smallest SHA-256 of the id) incrementally, "
+        "exactly at every token: the streaming LSTM step by step, the other models re-run on every prefix; "
+        "metrics.json 'incremental' gets edit overhead, correction time, relative correctness, reanalysis rate "
+        "and the cost per token of each (0 = off).", metavar="N", minimum=0)
     auc_max_bins: int = option(1 << 16, "Distinct scores per model kept exactly for the AUC.", cli=False, minimum=2)
     confidence_level: float = option(
         0.95, "Of the Wilson intervals in the report; the models differ significantly when McNemar's p < 1 - this.",

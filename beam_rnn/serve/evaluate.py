@@ -259,7 +259,7 @@ class EvaluateModels(beam.PTransform):
     Args:
       models: The exports (see `beam_rnn.core.artifacts.resolve_models`); the one
         named ``lstm`` is the streaming model, read token by token.
-      config: Batch size, length boundaries, AUC bins.
+      config: Batch size, length boundaries, AUC bins, the incremental sample (`beam_rnn.serve.incremental`).
       share_model_across_processes, model_copies: Beam's model sharing, as for scoring.
     """
 
@@ -289,6 +289,13 @@ class EvaluateModels(beam.PTransform):
             length_boundaries=self._config.length_boundaries, auc_max_bins=self._config.auc_max_bins,
             label_names=first.label_names, confidence_level=self._config.confidence_level,
             mcnemar_exact_below=self._config.mcnemar_exact_below))
+        if self._config.incremental_sample:
+            from beam_rnn.serve.incremental import IncrementalMeasures  # pylint: disable=import-outside-toplevel
+
+            measures = checked.keyed | "Incremental" >> IncrementalMeasures(
+                self.infos, sample=self._config.incremental_sample, batch_size=self._config.batch_size)
+            metrics = metrics | "AddIncremental" >> beam.Map(
+                lambda m, extra: dict(m, incremental=extra), beam.pvalue.AsSingleton(measures))
         dead = ((mapped[DEAD_LETTER_TAG], checked[DEAD_LETTER_TAG], *inferred.dead_letter)
                 | "DeadLetters" >> beam.Flatten())
         return EvaluationResult(records, metrics, dead)

@@ -1,0 +1,184 @@
+"""Incremental evaluation: every model's label after every token of a sample of documents (issue 15).
+
+`IncrementalMeasures` takes the evaluation's validated documents
+(``((id, label), text)``), keeps a deterministic sample of them (the `sample`
+documents with the smallest SHA-256 of their id: the same documents on every run
+and runner), and reads each one incrementally, exactly at every token:
+
+* the streaming model (``lstm``) truly incrementally: its per-token NumPy step,
+  one step per token for a whole batch of documents, O(1) a token;
+* every other model (the BiLSTM) *restart-incrementally*: re-run on every prefix
+  ``1..n`` (the prefixes of a batch of documents go through ``classify_ids``
+  together), since it has no per-token state.
+
+Per document and model the prefix labels become the measures of
+`beam_rnn.core.incremental` (edit overhead, correction time, relative
+correctness, reanalysis rate, EO/RC with output delays); the stage outputs one dict:
+per model the corpus means (overall and by correct / incorrect final output), the
+distribution of the position where the label becomes final (deciles of the text),
+accuracy and RC against the fraction of tokens read (deciles), and the measured
+cost per token.  Its combiner keeps the sample's per-document measures: bounded by
+`sample`, not by the corpus.
+"""
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from beam_rnn.core import constants as C
+from beam_rnn.core import incremental as inc
+from beam_rnn.core.artifacts import ModelInfo
+from beam_rnn.core.metrics import predicted_labels
+
+NAMESPACE = "beam_rnn.incremental"
+DECILES = tuple(round(0.1 * i, 1) for i in range(1, 11))
+PREFIX_ROWS = 256  # prefixes per classify_ids call of a restart-incremental model
+
+
+def _labels(probabilities: Any) -> np.ndarray:
+    """Predicted classes of [N] / [N, 1] (binary: P(1)) or [N, K] probabilities."""
+    p = np.asarray(probabilities)
+    return predicted_labels(p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p)
+
+
+def sample_key(doc_id: str) -> str:
+    """What picks the sample: the documents with the smallest keys (stable across runs and runners)."""
+    return hashlib.sha256(str(doc_id).encode("utf-8")).hexdigest()
+
+
+def streaming_labels(weights: Any, ids: np.ndarray, lengths: np.ndarray, num_classes: int) -> list[list[int]]:
+    """The streaming model's label after each token of each document (one step per token, batched)."""
+    from beam_rnn.stream import step as rnn_step  # pylint: disable=import-outside-toplevel
+
+    state = rnn_step.initial_state(weights, len(ids))
+    out: list[list[int]] = [[] for _ in range(len(ids))]
+    for t in range(int(lengths.max(initial=0))):
+        logits, state = rnn_step.step_batch(weights, ids[:, t], state)
+        labels = _labels(rnn_step.probabilities(np.asarray(logits, np.float32), num_classes))
+        for i in np.flatnonzero(lengths > t):
+            out[i].append(int(labels[i]))
+    return out
+
+
+def restart_labels(classify_ids: Any, ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    """A model's label after each token, by re-running it on every prefix (batched across documents)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    rows = [(i, t) for i, n in enumerate(lengths) for t in range(1, int(n) + 1)]
+    rows.sort(key=lambda r: r[1])  # similar lengths together: less padding per call
+    out: list[dict[int, int]] = [{} for _ in range(len(ids))]
+    for start in range(0, len(rows), PREFIX_ROWS):
+        chunk = rows[start:start + PREFIX_ROWS]
+        width = chunk[-1][1]
+        prefixes = np.zeros((len(chunk), width), np.int64)
+        for r, (i, t) in enumerate(chunk):
+            prefixes[r, :t] = ids[i, :t]
+        probabilities = classify_ids(token_ids=tf.constant(prefixes))["probabilities"].numpy()
+        for (i, t), label in zip(chunk, _labels(probabilities)):
+            out[i][t] = int(label)
+    return [[d[t] for t in range(1, int(n) + 1)] for d, n in zip(out, lengths)]
+
+
+class _IncrementalFn(beam.DoFn):
+    """A batch of sampled documents -> per document and model, the label after every token (and timings)."""
+
+    def __init__(self, infos: Sequence[ModelInfo]):
+        super().__init__()
+        self._infos = tuple(infos)
+        self._documents = Metrics.counter(NAMESPACE, "documents")
+        self._tokens = Metrics.counter(NAMESPACE, "tokens")
+
+    def setup(self) -> None:
+        from beam_rnn.serve.evaluate import read_step_weights  # pylint: disable=import-outside-toplevel
+        from beam_rnn.serve.handler import LoadedSavedModel  # pylint: disable=import-outside-toplevel
+
+        self._models = [LoadedSavedModel(info.model_dir) for info in self._infos]
+        self._weights = {info.name: read_step_weights(info.model_dir)
+                         for info in self._infos if info.name == C.MODEL_LSTM}
+
+    def process(self, batch: Sequence[tuple[tuple[str, int], str]]) -> Iterator[dict[str, Any]]:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        texts = [text for _, text in batch]
+        tok = self._models[0].module.signatures["tokenize"](text=tf.constant(texts))
+        ids, lengths = tok["token_ids"].numpy(), tok["lengths"].numpy().astype(int)
+        labels, seconds = {}, {}
+        for info, model in zip(self._infos, self._models):
+            start = time.perf_counter()
+            if info.name in self._weights:
+                labels[info.name] = streaming_labels(self._weights[info.name], ids, lengths, info.num_classes)
+            else:
+                labels[info.name] = restart_labels(model.module.signatures["classify_ids"], ids, lengths)
+            seconds[info.name] = time.perf_counter() - start
+        self._documents.inc(len(batch))
+        self._tokens.inc(int(lengths.sum()))
+        for i, ((doc_id, label), _) in enumerate(batch):
+            yield {"id": doc_id, "label": int(label), "n": int(lengths[i]),
+                   "labels": {name: seq[i] for name, seq in labels.items()},
+                   "seconds": {name: s * int(lengths[i]) / max(int(lengths.sum()), 1) for name, s in seconds.items()}}
+
+
+def _decile_index(t: int, n: int) -> int:
+    """The decile of the text (0..9) that prefix index t (0-based) of n falls in."""
+    return min(9, int(10 * t / n)) if n else 0
+
+
+def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -> dict[str, Any]:
+    """The stage's output dict from the per-document labels (see the module docstring)."""
+    read = [d for d in documents if d["n"] > 0]
+    out: dict[str, Any] = {"sample_documents": len(documents), "documents_without_tokens": len(documents) - len(read),
+                           "tokens": sum(d["n"] for d in read), "models": {}}
+    for name in model_names:
+        rows, final_at, correct_at, rc_at = [], [0] * 10, [0] * len(DECILES), [0] * len(DECILES)
+        for d in read:
+            seq, n = d["labels"][name], d["n"]
+            measures = inc.document_measures(seq)
+            rows.append((measures, seq[-1] == d["label"]))
+            final_at[_decile_index(measures["final_from"], n)] += 1
+            for j, f in enumerate(DECILES):
+                label = seq[max(1, int(np.ceil(round(f * n, 6)))) - 1]
+                correct_at[j] += label == d["label"]
+                rc_at[j] += label == seq[-1]
+        seconds = sum(d["seconds"][name] for d in read)
+        k = max(len(read), 1)
+        out["models"][name] = {
+            "mode": "incremental" if name == C.MODEL_LSTM else "restart-incremental",
+            **inc.summarize(rows),
+            "final_from_deciles": final_at,
+            "accuracy_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, correct_at)},
+            "relative_correctness_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, rc_at)},
+            "seconds": round(seconds, 3),
+            "microseconds_per_token": round(1e6 * seconds / max(out["tokens"], 1), 2),
+        }
+    return out
+
+
+class IncrementalMeasures(beam.PTransform):
+    """Validated ``((id, label), text)`` documents -> one dict of incremental measures per model.
+
+    Args:
+      infos: The evaluated models (``lstm`` is read token by token, the others per prefix).
+      sample: Documents to read (the smallest `sample_key`s); the output is bounded by it.
+      batch_size: Sampled documents per model call.
+    """
+
+    def __init__(self, infos: Sequence[ModelInfo], *, sample: int, batch_size: int = 32) -> None:
+        super().__init__()
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1, got {sample}")
+        self._infos, self._sample, self._batch_size = tuple(infos), int(sample), int(batch_size)
+
+    def expand(self, documents: beam.PCollection) -> beam.PCollection:
+        names = [info.name for info in self._infos]
+        return (documents
+                | "Sample" >> beam.combiners.Top.Of(self._sample, key=lambda d: sample_key(d[0][0]), reverse=True)
+                | "Documents" >> beam.FlatMap(lambda docs: docs)
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+                | "ReadEveryToken" >> beam.ParDo(_IncrementalFn(self._infos))
+                | "Collect" >> beam.combiners.ToList()
+                | "Summarize" >> beam.Map(summarize, names))

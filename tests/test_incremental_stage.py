@@ -1,0 +1,95 @@
+"""The incremental evaluation stage (beam_rnn.serve.incremental) against independent per-prefix references.
+
+Exports: tests/test_inference.py's module fixture `env` (a streaming LSTM and a BiLSTM with
+random weights, so labels change along the prefixes).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+import apache_beam as beam
+from beam_rnn.core import incremental as inc
+from beam_rnn.core.artifacts import resolve_models
+from beam_rnn.serve import incremental as stage
+from beam_rnn.serve.evaluate import read_step_weights
+from beam_rnn.serve.handler import LoadedSavedModel
+from tests.test_inference import env  # noqa: F401  (the module fixture with the exports)
+
+TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w3 w9 w1", "w7", "w2 w2 w5 w8 w1 w4 w6 w9 w3",
+         "w10 w4 w4 w1 w2", ""]
+
+
+def _one_prefix_at_a_time(model: LoadedSavedModel, ids: np.ndarray, n: int) -> list[int]:
+    """Reference: the model's serving label of each prefix, one classify_ids call per prefix."""
+    labels = []
+    for t in range(1, n + 1):
+        p = model.module.signatures["classify_ids"](token_ids=tf.constant(ids[None, :t]))["probabilities"].numpy()
+        labels.append(int(p.reshape(-1)[0] > 0.5) if p.size == 1 else int(np.argmax(p)))
+    return labels
+
+
+@pytest.fixture(scope="module")
+def loaded(env):  # noqa: F811
+    models = {name: LoadedSavedModel(env["dirs"][name]) for name in ("lstm", "bilstm")}
+    tok = models["lstm"].module.signatures["tokenize"](text=tf.constant(TEXTS))
+    return models, tok["token_ids"].numpy(), tok["lengths"].numpy().astype(int)
+
+
+def test_streaming_and_restart_labels_equal_a_full_pass_on_every_prefix(env, loaded):  # noqa: F811
+    models, ids, lengths = loaded
+    assert lengths.tolist()[-1] == 0 and lengths.max() >= 10
+    weights = read_step_weights(env["dirs"]["lstm"])
+    streamed = stage.streaming_labels(weights, ids, lengths, 2)
+    restarted = {name: stage.restart_labels(m.module.signatures["classify_ids"], ids, lengths)
+                 for name, m in models.items()}
+    for i, n in enumerate(lengths):
+        for name, m in models.items():
+            reference = _one_prefix_at_a_time(m, ids[i], int(n))
+            assert restarted[name][i] == reference, (name, i)
+        assert streamed[i] == _one_prefix_at_a_time(models["lstm"], ids[i], int(n)), i
+    assert streamed[-1] == [] and restarted["bilstm"][-1] == []
+    # The random weights make labels change along the prefixes somewhere (else the measures test nothing).
+    assert any(inc.changes(seq) for seq in streamed + restarted["bilstm"])
+
+
+def test_the_stage_samples_deterministically_and_summarizes_every_token(env, loaded):  # noqa: F811
+    models, ids, lengths = loaded
+    infos = resolve_models([env["dirs"]["lstm"], env["dirs"]["bilstm"]])
+    docs = [((f"doc{i}", i % 2), text) for i, text in enumerate(TEXTS)]
+    sample = 4
+    chosen = sorted(range(len(docs)), key=lambda i: stage.sample_key(docs[i][0][0]))[:sample]
+    expected_labels = {name: {i: _one_prefix_at_a_time(m, ids[i], int(lengths[i])) for i in chosen}
+                       for name, m in models.items()}
+
+    def check(outputs):
+        [out] = outputs
+        assert out["sample_documents"] == sample
+        read = [i for i in chosen if lengths[i] > 0]
+        assert out["documents_without_tokens"] == sample - len(read)
+        assert out["tokens"] == int(sum(lengths[i] for i in read))
+        for name in ("lstm", "bilstm"):
+            got = out["models"][name]
+            assert got["mode"] == ("incremental" if name == "lstm" else "restart-incremental")
+            want = inc.summarize([(inc.document_measures(expected_labels[name][i]),
+                                   expected_labels[name][i][-1] == docs[i][0][1]) for i in read])
+            assert got["documents"] == len(read)
+            for key, value in want["mean"].items():
+                assert got["mean"][key] == pytest.approx(value), (name, key)
+            assert got["correct_documents"] == want["correct_documents"]
+            assert sum(got["final_from_deciles"]) == len(read)
+            final = [expected_labels[name][i][-1] == docs[i][0][1] for i in read]
+            assert got["accuracy_at_fraction"]["1.0"] == pytest.approx(sum(final) / len(read))
+            assert got["relative_correctness_at_fraction"]["1.0"] == 1.0
+            assert got["microseconds_per_token"] > 0
+
+    with TestPipeline(runner="DirectRunner") as p:
+        out = (p | beam.Create(docs) | stage.IncrementalMeasures(infos, sample=sample, batch_size=3))
+        assert_that(out, check)
+
+
+def test_sample_must_be_positive(env):  # noqa: F811
+    with pytest.raises(ValueError, match="sample must be >= 1"):
+        stage.IncrementalMeasures(resolve_models([env["dirs"]["lstm"]]), sample=0)
