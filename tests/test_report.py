@@ -124,6 +124,13 @@ def test_incremental_sample_reads_every_token_of_the_same_documents(evaluated):
         assert m["mode"] == ("incremental" if name == "lstm" else "restart-incremental")
     # The streaming step is cheaper per token than re-running the BiLSTM on every prefix.
     assert got["models"]["lstm"]["microseconds_per_token"] < got["models"]["bilstm"]["microseconds_per_token"]
+    assert got["documents_read"] == 25
+    # The report shows them: a table and a figure.
+    out_dir = evaluated[0]
+    page = (out_dir / "report.html").read_text()
+    assert "<h2>Incremental reading (25 documents, every token)</h2>" in page
+    assert "restart-incremental" in page and 'alt="incremental.png"' in page
+    assert (out_dir / "incremental.png").stat().st_size > 10_000
 
 
 def test_early_prefixes_use_the_first_tokens():
@@ -144,7 +151,7 @@ def test_plots_and_self_contained_html(evaluated):
     html = (out / "report.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["accuracy_by_length.png", "calibration.png", "confusion_matrix_bilstm.png",
-                    "confusion_matrix_lstm.png", "early_prediction.png"]
+                    "confusion_matrix_lstm.png", "early_prediction.png", "incremental.png"]
     for name in pngs:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG")

@@ -131,7 +131,8 @@ def _decile_index(t: int, n: int) -> int:
 def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -> dict[str, Any]:
     """The stage's output dict from the per-document labels (see the module docstring)."""
     read = [d for d in documents if d["n"] > 0]
-    out: dict[str, Any] = {"sample_documents": len(documents), "documents_without_tokens": len(documents) - len(read),
+    out: dict[str, Any] = {"sample_documents": len(documents), "documents_read": len(read),
+                           "documents_without_tokens": len(documents) - len(read),
                            "tokens": sum(d["n"] for d in read), "models": {}}
     for name in model_names:
         rows, final_at, correct_at, rc_at = [], [0] * 10, [0] * len(DECILES), [0] * len(DECILES)

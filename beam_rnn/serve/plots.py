@@ -15,7 +15,7 @@ import numpy as np
 from beam_rnn.core import constants as C
 
 FIXED_PLOT_FILES = {"early": "early_prediction.png", "length": "accuracy_by_length.png",
-                    "calibration": "calibration.png"}
+                    "calibration": "calibration.png", "incremental": "incremental.png"}
 CONFUSION_PREFIX = "confusion_"
 _ANNOTATE_UP_TO = 12  # classes: counts written in the confusion cells up to this many
 _MAX_NAME = 18  # characters of a class name on an axis
@@ -220,9 +220,44 @@ def confusion_plot(metrics: Mapping[str, Any], name: str) -> bytes:
     return _png(plt, fig)
 
 
+def incremental_plot(metrics: Mapping[str, Any]) -> bytes:
+    """The incremental sample: accuracy and relative correctness against tokens read; where labels become final."""
+    plt = _pyplot()
+    inc = metrics["incremental"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.4), layout="constrained")
+    names = list(inc["models"])
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        m = inc["models"][name]
+        xs = [round(100 * float(f)) for f in m["accuracy_at_fraction"]]
+        line, = left.plot(xs, list(m["accuracy_at_fraction"].values()), marker="o", markersize=4,
+                          label=f"{model_label(name)}: accuracy")
+        left.plot(xs, list(m["relative_correctness_at_fraction"].values()), linestyle="--", color=line.get_color(),
+                  label=f"{model_label(name)}: agrees with its final label (RC)")
+        total = max(sum(m["final_from_deciles"]), 1)
+        right.bar(np.arange(10) + (k - (len(names) - 1) / 2) * width, [c / total for c in m["final_from_deciles"]],
+                  width=width, color=line.get_color(), label=f"{model_label(name)} ({m['mode']})")
+    left.set_ylim(0, 1.02)
+    left.set_xticks(range(10, 101, 10))
+    left.set_xlabel("% of each document's tokens read", fontsize=9)
+    left.grid(axis="y", alpha=0.3)
+    left.set_title("Label after each share of the text", fontsize=10)
+    left.legend(fontsize=7, loc="lower right")
+    right.set_xticks(range(10), [f"{10 * i}–{10 * (i + 1)}%" for i in range(10)], rotation=45, fontsize=7)
+    right.set_xlabel("where the label becomes final (% of the text read)", fontsize=9)
+    right.set_ylabel("share of documents")
+    right.set_title("When the decision stops changing", fontsize=10)
+    right.legend(fontsize=7)
+    fig.suptitle(f"Incremental reading, every token, of a sample of {inc['documents_read']:,} documents",
+                 fontsize=10)
+    return _png(plt, fig)
+
+
 def make_plots(metrics: Mapping[str, Any]) -> dict[str, bytes]:
     """PNG bytes of every figure, by plot key (see `plot_file`)."""
     plots = {"early": early_plot(metrics), "length": length_plot(metrics), "calibration": calibration_plot(metrics)}
+    if metrics.get("incremental"):
+        plots["incremental"] = incremental_plot(metrics)
     for name in metrics["models"]:
         plots[CONFUSION_PREFIX + name] = confusion_plot(metrics, name)
     return plots

@@ -213,6 +213,30 @@ def _comparison_table(metrics: Mapping[str, Any]) -> str:
             "right: if the models were equally accurate, each would be the one right half of the time.</p>")
 
 
+def _incremental_table(metrics: Mapping[str, Any]) -> str:
+    """The incremental sample's measures per model (empty without ``evaluate --incremental-sample``)."""
+    inc = metrics.get("incremental")
+    if not inc:
+        return ""
+    columns = [("EO", "edit_overhead"), ("EO, delay 1", "edit_overhead_d1"), ("EO, delay 2", "edit_overhead_d2"),
+               ("CT", "correction_time"), ("RC", "relative_correctness"), ("RC, delay 1", "relative_correctness_d1"),
+               ("RC, delay 2", "relative_correctness_d2"), ("RR", "reanalysis_rate")]
+    rows = "".join(
+        f"<tr><td>{html.escape(model_label(name))}</td><td>{html.escape(m['mode'])}</td>"
+        + "".join(f"<td>{_f(m['mean'].get(key))}</td>" for _, key in columns)
+        + f"<td>{m['microseconds_per_token']:,.1f}</td></tr>"
+        for name, m in inc["models"].items())
+    head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+    return (f"<h2>Incremental reading ({inc['documents_read']:,} documents, every token)</h2>"
+            f"<table><tr><th>model</th><th>how</th>{head}<th>µs per token</th></tr>{rows}</table>"
+            "<p class=note>The label after every token of a fixed sample (the same documents every run). "
+            "EO, edit overhead: label changes / all edits (the first label is the one necessary edit). CT, "
+            "correction time: where the label stops changing, as a share of the text. RC, relative correctness: "
+            "share of prefixes already showing the final label. RR: label changes per token. With a delay of d, "
+            "a label is shown only once it held for d more tokens. The streaming LSTM reads each token once "
+            "(incremental); the BiLSTM is re-run on every prefix (restart-incremental).</p>")
+
+
 def _latency_table(latency: Mapping[str, float]) -> str:
     """Median latencies (`measure_latency`), one row each, on the launcher's CPU."""
     rows = []
@@ -274,6 +298,7 @@ ECE: expected calibration error over 10 equal-width confidence bins.</p>
 <p class=note>Support: documents of the class. Predicted: documents the model assigned to it (highlighted
 when 0). Precision is undefined (–) for a class never predicted, recall for a class with no document.</p>
 {_comparison_table(metrics)}
+{_incremental_table(metrics)}
 <h2>Plots</h2>{plots_small}
 <h2>Confusion matrices</h2>{plots_wide}
 <h2>Latency</h2>{latency}
