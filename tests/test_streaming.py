@@ -483,7 +483,7 @@ def _key(r):
     return (r["stream_id"], r["tokens_seen"], r.get("final", False))
 
 
-def _run_test_stream(model_dir: str, steps: list, ttl: float) -> tuple[list[dict], list[dict], dict]:
+def _run_test_stream(model_dir: str, steps: list, ttl: float, **policy) -> tuple[list[dict], list[dict], dict]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_stream import TestStream
@@ -502,7 +502,8 @@ def _run_test_stream(model_dir: str, steps: list, ttl: float) -> tuple[list[dict
     options.view_as(StandardOptions).streaming = True
     out_dir = tempfile.mkdtemp(prefix="stream_test_")
     p = beam.Pipeline(options=options)
-    result = p | ts | streaming.StreamPredictions(model_dir, ttl_seconds=ttl, max_buffered_events=3, use_event_ts=False)
+    result = p | ts | streaming.StreamPredictions(model_dir, ttl_seconds=ttl, max_buffered_events=3, use_event_ts=False,
+                                                  **policy)
     _ = result["predictions"] | "CollectP" >> beam.Map(_append_json, os.path.join(out_dir, "p.jsonl"))
     _ = result["dead_letter"] | "CollectD" >> beam.Map(_append_json, os.path.join(out_dir, "d.jsonl"))
     res = p.run()
@@ -604,6 +605,58 @@ def _cli(args: list[str], stdin: str | None = None, timeout: int = 180) -> subpr
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([PYTHON, "-m", "pipelines.stream", *args], input=stdin, capture_output=True, text=True,
                           env=env, cwd=str(REPO_ROOT), timeout=timeout)
+
+
+def test_decision_policy_fires_once_at_the_first_confident_token(exported):
+    clf = exported["gru3"].clf
+    preds, state = clf.feed(clf.start(), "good movie but a bad plot and awful acting, great music ")
+    tops = [max(p.probabilities.values()) for p in preds]
+    threshold = sorted(tops)[len(tops) // 2]  # fires somewhere inside the text
+    first = next(p for p in preds if max(p.probabilities.values()) >= threshold)
+    fired, decided = clf.decide(clf.start(), preds, threshold)
+    assert fired == first and decided.decided_at == first.tokens_seen
+    # Once per stream: a decided state never fires again.
+    assert clf.decide(decided, preds, threshold) == (None, decided)
+    # min_tokens holds it back; a threshold no prediction reaches never fires.
+    assert clf.decide(clf.start(), preds, min(tops))[0] == preds[0]  # every token qualifies: the first fires
+    assert clf.decide(clf.start(), preds, min(tops), min_tokens=5)[0] == preds[4]
+    assert clf.decide(clf.start(), preds, 1.0 + 1e-9 if max(tops) < 1.0 else 2.0)[0] is None
+    # The decision survives Beam state (and states written before it existed read as undecided).
+    back = streaming.StreamState.from_record(decided.to_record(), clf.num_state_arrays)
+    assert back.decided_at == first.tokens_seen
+    old = {k: v for k, v in decided.to_record().items() if k != "decided"}
+    assert streaming.StreamState.from_record(old, clf.num_state_arrays).decided_at == 0
+
+
+def test_stream_predictions_emit_one_decision_per_stream(exported):
+    e = exported["lstm"]
+    texts = {"a": "The movie was GREAT, truly good. But the plot was awful and the actor poor.",
+             "b": "bad bad plot, boring and weak; a waste of good actors"}
+    expected_tokens = {k: _in_order(e.clf, [{"seq": 0, "text": t, "end": True}], ended=True) for k, t in texts.items()}
+    tops = sorted(max(r["probabilities"].values()) for rows in expected_tokens.values() for r in rows)
+    threshold = tops[len(tops) // 2]
+    events = [(1, {"stream_id": k, "seq": 0, "text": t}) for k, t in texts.items()]
+    events += [(2, {"stream_id": k, "seq": 1, "text": " again", "end": True}) for k in texts]
+    preds, dead, counts = _run_test_stream(e.model_dir, [("events", events[:2]), ("watermark", 1),
+                                                         ("events", events[2:])], ttl=10.0,
+                                           decide_at=threshold, min_tokens=2)
+    assert not dead
+    decisions = {r["stream_id"]: r for r in preds if r.get("decision")}
+    assert len([r for r in preds if r.get("decision")]) == len(decisions)  # at most one per stream
+    finals = {r["stream_id"]: r for r in preds if r.get("final")}
+    for k in texts:
+        rows = [r for r in preds if r["stream_id"] == k and not r.get("final") and not r.get("decision")]
+        rows.sort(key=lambda r: r["tokens_seen"])
+        want = next((r for r in rows if r["tokens_seen"] >= 2 and max(r["probabilities"].values()) >= threshold), None)
+        if want is None:
+            assert k not in decisions and finals[k]["decision_position"] is None
+            continue
+        got = decisions[k]
+        assert got["position"] == want["tokens_seen"] == finals[k]["decision_position"]
+        assert got["predicted_label"] == want["predicted_label"] and got["token"] == want["token"]
+        assert got["probabilities"] == want["probabilities"]
+    assert decisions, "the median threshold fires in at least one stream"
+    assert counts.get("decisions", 0) in (0, len(decisions))  # the streaming DirectRunner may not report counters
 
 
 def test_stdin_mode_prints_a_line_per_token(exported):
@@ -752,7 +805,8 @@ def test_mirror_matches_graph_on_every_imdb_training_review(exported):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"ttl_seconds": 0}, {"max_buffered_events": -1}, {"max_buffered_chars": -1}, {"max_pending_chars": 0}]
+    "kwargs", [{"ttl_seconds": 0}, {"max_buffered_events": -1}, {"max_buffered_chars": -1}, {"max_pending_chars": 0},
+               {"decide_at": 1.5}, {"decide_at": 0.0}, {"min_tokens": 0}]
 )
 def test_stream_predictions_rejects_bad_limits_before_running(kwargs):
     # One validated config is shared by the transform and its DoFn: bad limits fail at construction.

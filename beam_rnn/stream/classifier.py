@@ -91,6 +91,7 @@ class StreamState:
     tokenizer: TokenizerState = TokenizerState()
     tokens_seen: int = 0
     tokens_dropped: int = 0  # beyond max_tokens (the graph drops them too)
+    decided_at: int = 0  # token position of the stream's decision (`StreamingClassifier.decide`); 0: none yet
 
     def to_record(self) -> dict[str, Any]:
         """Plain-type form for Beam state (float32 bytes for the arrays)."""
@@ -100,6 +101,7 @@ class StreamState:
             "tok": self.tokenizer.to_tuple(),
             "seen": self.tokens_seen,
             "dropped": self.tokens_dropped,
+            "decided": self.decided_at,
         }
 
     @classmethod
@@ -111,6 +113,7 @@ class StreamState:
             tokenizer=TokenizerState.from_tuple(record["tok"]),
             tokens_seen=int(record["seen"]),
             tokens_dropped=int(record["dropped"]),
+            decided_at=int(record.get("decided", 0)),  # absent in states written before decisions existed
         )
 
 
@@ -362,6 +365,23 @@ class StreamingClassifier:
         """End of the stream: flushes the pending word (and held text) as tokens."""
         words, tokenizer = self.tokenizer.finish(state.tokenizer)
         return self._words(state, words, tokenizer)
+
+    @staticmethod
+    def decide(state: StreamState, predictions: Sequence[Prediction], decide_at: float,
+               min_tokens: int = 1) -> tuple[Prediction | None, StreamState]:
+        """The decision policy: the first of `predictions` whose top class probability reaches `decide_at`
+        after at least `min_tokens` tokens, once per stream.
+
+        Returns:
+            (the prediction the decision fires on, or None; the state, which remembers
+            the decision's token position so it never fires twice).
+        """
+        if state.decided_at:
+            return None, state
+        for p in predictions:
+            if p.tokens_seen >= min_tokens and max(p.probabilities.values()) >= decide_at:
+                return p, dataclasses.replace(state, decided_at=p.tokens_seen)
+        return None, state
 
     def step_many(
         self, states: Sequence[StreamState], tokens: Sequence[str | int]

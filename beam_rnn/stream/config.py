@@ -43,6 +43,9 @@ class StreamConfig:
             `max_raw_event_chars`.
         conflict_window: Applied events per stream whose content hash is kept
             (8 bytes each) to tell a redelivery from a conflicting duplicate.
+        decide_at: The decision policy's probability threshold (None: no decisions;
+            `StreamingClassifier.decide`).
+        min_tokens: The policy's earliest token position.
     """
 
     ttl_seconds: float = option(
@@ -72,6 +75,12 @@ class StreamConfig:
         "conflicting duplicate (8 bytes each).",
         minimum=0,
     )
+
+    decide_at: float | None = option(
+        None, "Decision policy: emit one decision record per stream when the top class probability first "
+        "reaches P (with the token position), besides the per-token predictions.", metavar="P",
+        show_default="no decision", greater_than=0.0, maximum=1.0)
+    min_tokens: int = option(1, "With --decide-at: no decision before this many tokens.", minimum=1)
 
     def __post_init__(self) -> None:
         check_options(self)

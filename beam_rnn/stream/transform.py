@@ -143,6 +143,7 @@ class _StreamFn(beam.DoFn):
         "tombstones_cleared",
         "tag_lookahead_exceeded",
         "events_after_close",
+        "decisions",
     )
 
     def __init__(self, model_dir: str, config: StreamConfig, classifier: StreamingClassifier | None = None) -> None:
@@ -198,9 +199,25 @@ class _StreamFn(beam.DoFn):
             for p in predictions
         ]
 
+    def _decision(self, stream_id: str, seq: int | None, predictions: list[Prediction], state: StreamState,
+                  out: list, n: collections.Counter) -> StreamState:
+        """With a decision policy: the stream's one decision record, when it fires among `predictions`."""
+        if self._cfg.decide_at is None:
+            return state
+        fired, state = self._clf.decide(state, predictions, self._cfg.decide_at, self._cfg.min_tokens)
+        if fired is not None:
+            n["decisions"] += 1
+            out.append({STREAM_ID: stream_id, SEQ: seq, "decision": True, "position": fired.tokens_seen,
+                        "token": fired.token, C.PREDICTED_LABEL_KEY: fired.predicted_label,
+                        C.PREDICTED_LABEL_NAME_KEY: fired.predicted_label_name,
+                        C.PROBABILITIES_KEY: fired.probabilities})
+        return state
+
     def _final_record(self, stream_id: str, seq: int | None, state: StreamState, **extra: Any) -> dict[str, Any]:
         current = self._clf.current(state)
         record = {STREAM_ID: stream_id, SEQ: seq, "final": True, **current}
+        if self._cfg.decide_at is not None:  # where the decision fired (None: it never did)
+            record["decision_position"] = state.decided_at or None
         if state.tokens_dropped:
             record["tokens_dropped"] = state.tokens_dropped
         record.update(extra)
@@ -265,6 +282,7 @@ class _StreamFn(beam.DoFn):
             predictions += more
         n["tag_lookahead_exceeded"] += state.tokenizer.forced_tag_releases - forced_before
         out.extend(self._token_records(stream_id, seq, predictions, n))
+        state = self._decision(stream_id, seq, predictions, state, out, n)
         n["events_applied"] += 1
         record["next_seq"] = seq + 1
         record["stream"] = state.to_record()
@@ -439,6 +457,7 @@ class _StreamFn(beam.DoFn):
         predictions += more
         last_seq = record["next_seq"] - 1 if record["next_seq"] > self._cfg.first_seq else None
         out.extend(self._token_records(key, last_seq, predictions, n))
+        stream = self._decision(key, last_seq, predictions, stream, out, n)
         reason = f"idle: no event for {self._cfg.ttl_seconds:g} s (stream-ttl)"
         if record["early"]:
             reason += f"; seq {record['next_seq']} never arrived ({len(record['early'])} later events dead-lettered)"
