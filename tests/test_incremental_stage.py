@@ -22,13 +22,15 @@ TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w3 w9 w1", "w7", "w2 w2 w5 w
          "w10 w4 w4 w1 w2", ""]
 
 
-def _one_prefix_at_a_time(model: LoadedSavedModel, ids: np.ndarray, n: int) -> list[int]:
-    """Reference: the model's serving label of each prefix, one classify_ids call per prefix."""
-    labels = []
+def _one_prefix_at_a_time(model: LoadedSavedModel, ids: np.ndarray, n: int, tops: bool = False):
+    """Reference: the model's serving label (and top probability) of each prefix, one classify_ids call each."""
+    labels, top = [], []
     for t in range(1, n + 1):
         p = model.module.signatures["classify_ids"](token_ids=tf.constant(ids[None, :t]))["probabilities"].numpy()
-        labels.append(int(p.reshape(-1)[0] > 0.5) if p.size == 1 else int(np.argmax(p)))
-    return labels
+        p = p.reshape(-1)
+        labels.append(int(p[0] > 0.5) if p.size == 1 else int(np.argmax(p)))
+        top.append(max(p[0], 1 - p[0]) if p.size == 1 else float(p.max()))
+    return (labels, top) if tops else labels
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,19 @@ def test_streaming_and_restart_labels_equal_a_full_pass_on_every_prefix(env, loa
     models, ids, lengths = loaded
     assert lengths.tolist()[-1] == 0 and lengths.max() >= 10
     weights = read_step_weights(env["dirs"]["lstm"])
-    streamed = stage.streaming_labels(weights, ids, lengths, 2)
-    restarted = {name: stage.restart_labels(m.module.signatures["classify_ids"], ids, lengths)
-                 for name, m in models.items()}
+    streamed, streamed_tops = stage.streaming_labels(weights, ids, lengths, 2)
+    restarted, restarted_tops = {}, {}
+    for name, m in models.items():
+        restarted[name], restarted_tops[name] = stage.restart_labels(m.module.signatures["classify_ids"], ids, lengths)
     for i, n in enumerate(lengths):
         for name, m in models.items():
-            reference = _one_prefix_at_a_time(m, ids[i], int(n))
+            reference, reference_tops = _one_prefix_at_a_time(m, ids[i], int(n), tops=True)
             assert restarted[name][i] == reference, (name, i)
-        assert streamed[i] == _one_prefix_at_a_time(models["lstm"], ids[i], int(n)), i
+            np.testing.assert_allclose(restarted_tops[name][i], reference_tops, atol=1e-5)
+        reference, reference_tops = _one_prefix_at_a_time(models["lstm"], ids[i], int(n), tops=True)
+        assert streamed[i] == reference, i
+        np.testing.assert_allclose(streamed_tops[i], reference_tops, atol=1e-5)
+        assert all(0.5 <= x <= 1.0 for x in streamed_tops[i])
     assert streamed[-1] == [] and restarted["bilstm"][-1] == []
     # The random weights make labels change along the prefixes somewhere (else the measures test nothing).
     assert any(inc.changes(seq) for seq in streamed + restarted["bilstm"])
@@ -61,8 +68,9 @@ def test_the_stage_samples_deterministically_and_summarizes_every_token(env, loa
     docs = [((f"doc{i}", i % 2), text) for i, text in enumerate(TEXTS)]
     sample = 4
     chosen = sorted(range(len(docs)), key=lambda i: stage.sample_key(docs[i][0][0]))[:sample]
-    expected_labels = {name: {i: _one_prefix_at_a_time(m, ids[i], int(lengths[i])) for i in chosen}
-                       for name, m in models.items()}
+    reference = {name: {i: _one_prefix_at_a_time(m, ids[i], int(lengths[i]), tops=True) for i in chosen}
+                 for name, m in models.items()}
+    expected_labels = {name: {i: labels for i, (labels, _) in r.items()} for name, r in reference.items()}
 
     def check(outputs):
         [out] = outputs
@@ -84,6 +92,22 @@ def test_the_stage_samples_deterministically_and_summarizes_every_token(env, loa
             assert got["accuracy_at_fraction"]["1.0"] == pytest.approx(sum(final) / len(read))
             assert got["relative_correctness_at_fraction"]["1.0"] == 1.0
             assert got["microseconds_per_token"] > 0
+            # The decision policy replayed: fires at the first top probability >= P, else the final label stands.
+            for p_key, dec in got["decisions"].items():
+                points = []
+                for i in read:
+                    labels, tops = reference[name][i]
+                    t = next((t for t, x in enumerate(tops, 1) if x >= float(p_key) - 1e-6), None)
+                    points.append((i, t))
+                # Tolerance: a top probability within 1e-6 of P could fall either side (float32 vs the reference).
+                near = any(abs(x - float(p_key)) < 1e-5 for i in read for x in reference[name][i][1])
+                if near:
+                    continue
+                assert dec["fired"] == pytest.approx(sum(t is not None for _, t in points) / len(read))
+                fraction = sum((t or lengths[i]) / lengths[i] for i, t in points) / len(read)
+                assert dec["read_fraction"] == pytest.approx(fraction)
+                right = sum(reference[name][i][0][(t or lengths[i]) - 1] == docs[i][0][1] for i, t in points)
+                assert dec["accuracy"] == pytest.approx(right / len(read))
 
     with TestPipeline(runner="DirectRunner") as p:
         out = (p | beam.Create(docs) | stage.IncrementalMeasures(infos, sample=sample, batch_size=3))

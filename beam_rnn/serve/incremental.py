@@ -40,10 +40,13 @@ DECILES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 PREFIX_ROWS = 256  # prefixes per classify_ids call of a restart-incremental model
 
 
-def _labels(probabilities: Any) -> np.ndarray:
-    """Predicted classes of [N] / [N, 1] (binary: P(1)) or [N, K] probabilities."""
-    p = np.asarray(probabilities)
-    return predicted_labels(p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p)
+def _labels(probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted classes and the top class probability of [N] / [N, 1] (binary: P(1)) or [N, K] probabilities."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    top = np.maximum(p, 1.0 - p) if p.ndim == 1 else p.max(axis=1)
+    return predicted_labels(p), top
 
 
 def sample_key(doc_id: str) -> str:
@@ -51,37 +54,44 @@ def sample_key(doc_id: str) -> str:
     return hashlib.sha256(str(doc_id).encode("utf-8")).hexdigest()
 
 
-def streaming_labels(weights: Any, ids: np.ndarray, lengths: np.ndarray, num_classes: int) -> list[list[int]]:
-    """The streaming model's label after each token of each document (one step per token, batched)."""
+Labels = list[list[int]]  # per document, the label after each token
+Tops = list[list[float]]  # per document, the top class probability after each token
+
+
+def streaming_labels(weights: Any, ids: np.ndarray, lengths: np.ndarray, num_classes: int) -> tuple[Labels, Tops]:
+    """The streaming model's label (and top probability) after each token of each document (one step a token, batched)."""
     from beam_rnn.stream import step as rnn_step  # pylint: disable=import-outside-toplevel
 
     state = rnn_step.initial_state(weights, len(ids))
-    out: list[list[int]] = [[] for _ in range(len(ids))]
+    labels: Labels = [[] for _ in range(len(ids))]
+    tops: Tops = [[] for _ in range(len(ids))]
     for t in range(int(lengths.max(initial=0))):
         logits, state = rnn_step.step_batch(weights, ids[:, t], state)
-        labels = _labels(rnn_step.probabilities(np.asarray(logits, np.float32), num_classes))
+        label, top = _labels(rnn_step.probabilities(np.asarray(logits, np.float32), num_classes))
         for i in np.flatnonzero(lengths > t):
-            out[i].append(int(labels[i]))
-    return out
+            labels[i].append(int(label[i]))
+            tops[i].append(float(top[i]))
+    return labels, tops
 
 
-def restart_labels(classify_ids: Any, ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
-    """A model's label after each token, by re-running it on every prefix (batched across documents)."""
+def restart_labels(classify_ids: Any, ids: np.ndarray, lengths: np.ndarray) -> tuple[Labels, Tops]:
+    """A model's label (and top probability) after each token, by re-running it on every prefix (batched)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     rows = [(i, t) for i, n in enumerate(lengths) for t in range(1, int(n) + 1)]
     rows.sort(key=lambda r: r[1])  # similar lengths together: less padding per call
-    out: list[dict[int, int]] = [{} for _ in range(len(ids))]
+    out: list[dict[int, tuple[int, float]]] = [{} for _ in range(len(ids))]
     for start in range(0, len(rows), PREFIX_ROWS):
         chunk = rows[start:start + PREFIX_ROWS]
         width = chunk[-1][1]
         prefixes = np.zeros((len(chunk), width), np.int64)
         for r, (i, t) in enumerate(chunk):
             prefixes[r, :t] = ids[i, :t]
-        probabilities = classify_ids(token_ids=tf.constant(prefixes))["probabilities"].numpy()
-        for (i, t), label in zip(chunk, _labels(probabilities)):
-            out[i][t] = int(label)
-    return [[d[t] for t in range(1, int(n) + 1)] for d, n in zip(out, lengths)]
+        label, top = _labels(classify_ids(token_ids=tf.constant(prefixes))["probabilities"].numpy())
+        for r, (i, t) in enumerate(chunk):
+            out[i][t] = (int(label[r]), float(top[r]))
+    labels = [[d[t][0] for t in range(1, int(n) + 1)] for d, n in zip(out, lengths)]
+    return labels, [[d[t][1] for t in range(1, int(n) + 1)] for d, n in zip(out, lengths)]
 
 
 class _IncrementalFn(beam.DoFn):
@@ -107,20 +117,36 @@ class _IncrementalFn(beam.DoFn):
         texts = [text for _, text in batch]
         tok = self._models[0].module.signatures["tokenize"](text=tf.constant(texts))
         ids, lengths = tok["token_ids"].numpy(), tok["lengths"].numpy().astype(int)
-        labels, seconds = {}, {}
+        labels, tops, seconds = {}, {}, {}
         for info, model in zip(self._infos, self._models):
             start = time.perf_counter()
             if info.name in self._weights:
-                labels[info.name] = streaming_labels(self._weights[info.name], ids, lengths, info.num_classes)
+                labels[info.name], tops[info.name] = streaming_labels(self._weights[info.name], ids, lengths,
+                                                                      info.num_classes)
             else:
-                labels[info.name] = restart_labels(model.module.signatures["classify_ids"], ids, lengths)
+                labels[info.name], tops[info.name] = restart_labels(model.module.signatures["classify_ids"], ids,
+                                                                    lengths)
             seconds[info.name] = time.perf_counter() - start
         self._documents.inc(len(batch))
         self._tokens.inc(int(lengths.sum()))
         for i, ((doc_id, label), _) in enumerate(batch):
             yield {"id": doc_id, "label": int(label), "n": int(lengths[i]),
                    "labels": {name: seq[i] for name, seq in labels.items()},
+                   "tops": {name: seq[i] for name, seq in tops.items()},
                    "seconds": {name: s * int(lengths[i]) / max(int(lengths.sum()), 1) for name, s in seconds.items()}}
+
+
+DECISION_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def decision_point(tops: Sequence[float], threshold: float, min_tokens: int = 1) -> tuple[int, bool]:
+    """(tokens read when the decision policy fires, whether it fired): the first top probability
+    >= threshold after `min_tokens` tokens, as `StreamingClassifier.decide`; else (the whole text, False),
+    where the final label stands in for the decision."""
+    for t, top in enumerate(tops, 1):
+        if t >= min_tokens and top >= threshold:
+            return t, True
+    return len(tops), False
 
 
 def _decile_index(t: int, n: int) -> int:
@@ -145,14 +171,22 @@ def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -
                 label = seq[max(1, int(np.ceil(round(f * n, 6)))) - 1]
                 correct_at[j] += label == d["label"]
                 rc_at[j] += label == seq[-1]
-        seconds = sum(d["seconds"][name] for d in read)
         k = max(len(read), 1)
+        decisions = {}
+        for threshold in DECISION_THRESHOLDS:  # the decision policy of `stream --decide-at P`, replayed
+            points = [decision_point(d["tops"][name], threshold) for d in read]
+            decisions[f"{threshold:g}"] = {
+                "fired": sum(fired for _, fired in points) / k,
+                "read_fraction": sum(t / d["n"] for d, (t, _) in zip(read, points)) / k,
+                "accuracy": sum(d["labels"][name][t - 1] == d["label"] for d, (t, _) in zip(read, points)) / k}
+        seconds = sum(d["seconds"][name] for d in read)
         out["models"][name] = {
             "mode": "incremental" if name == C.MODEL_LSTM else "restart-incremental",
             **inc.summarize(rows),
             "final_from_deciles": final_at,
             "accuracy_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, correct_at)},
             "relative_correctness_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, rc_at)},
+            "decisions": decisions,
             "seconds": round(seconds, 3),
             "microseconds_per_token": round(1e6 * seconds / max(out["tokens"], 1), 2),
         }

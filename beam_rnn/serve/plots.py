@@ -224,7 +224,7 @@ def incremental_plot(metrics: Mapping[str, Any]) -> bytes:
     """The incremental sample: accuracy and relative correctness against tokens read; where labels become final."""
     plt = _pyplot()
     inc = metrics["incremental"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.4), layout="constrained")
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(15.5, 4.6), layout="constrained")
     names = list(inc["models"])
     width = 0.8 / max(len(names), 1)
     for k, name in enumerate(names):
@@ -237,6 +237,14 @@ def incremental_plot(metrics: Mapping[str, Any]) -> bytes:
         total = max(sum(m["final_from_deciles"]), 1)
         right.bar(np.arange(10) + (k - (len(names) - 1) / 2) * width, [c / total for c in m["final_from_deciles"]],
                   width=width, color=line.get_color(), label=f"{model_label(name)} ({m['mode']})")
+        decisions = m.get("decisions", {})
+        if decisions:
+            xs = [100 * d["read_fraction"] for d in decisions.values()]
+            ys = [d["accuracy"] for d in decisions.values()]
+            third.plot(xs, ys, marker="o", markersize=4, color=line.get_color(), label=model_label(name))
+            for p_key, x, y in zip(decisions, xs, ys):
+                third.annotate(p_key, (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6,
+                               color=line.get_color())
     left.set_ylim(0, 1.02)
     left.set_xticks(range(10, 101, 10))
     left.set_xlabel("% of each document's tokens read", fontsize=9)
@@ -248,6 +256,12 @@ def incremental_plot(metrics: Mapping[str, Any]) -> bytes:
     right.set_ylabel("share of documents")
     right.set_title("When the decision stops changing", fontsize=10)
     right.legend(fontsize=7)
+    third.set_xlim(0, 100)
+    third.set_xlabel("% of the text read when the decision fires (mean)", fontsize=9)
+    third.set_ylabel("accuracy of the decision")
+    third.set_title("Deciding early: --decide-at P (points labelled P)", fontsize=10)
+    third.grid(alpha=0.3)
+    third.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Incremental reading, every token, of a sample of {inc['documents_read']:,} documents",
                  fontsize=10)
     return _png(plt, fig)
