@@ -130,7 +130,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
             parser.error(f"unrecognized arguments in interactive mode: {' '.join(pipeline_args)}")
         from beam_rnn.stream.interactive import interactive
 
-        totals = interactive(classifier, per_line=known.per_line, as_json=known.json)
+        totals = interactive(classifier, per_line=known.per_line, as_json=known.json,
+                             decide_at=config.decide_at, min_tokens=config.min_tokens)
         return {"mode": "interactive", **totals}
 
     from apache_beam.options.pipeline_options import SetupOptions

@@ -677,6 +677,29 @@ def test_stdin_mode_prints_a_line_per_token(exported):
     assert len(rows) == 6 and rows[2].split()[0] == "final" and rows[3].split()[:2] == ["1", "bad"]
 
 
+def test_stdin_mode_prints_the_decision_once_per_text(exported):
+    e = exported["lstm"]
+    text = "good movie but a bad plot and awful acting, great music and fine actors"
+    plain = [json.loads(line) for line in _cli(["--model", e.model_dir, "--json"], stdin=text).stdout.splitlines()]
+    tokens = plain[:-1]
+    threshold = sorted(max(r["probabilities"].values()) for r in tokens)[len(tokens) // 2]
+    want = next(r for r in tokens if r["tokens_seen"] >= 3 and max(r["probabilities"].values()) >= threshold)
+    proc = _cli(["--model", e.model_dir, "--json", "--decide-at", repr(threshold), "--min-tokens", "3"], stdin=text)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    decisions = [r for r in lines if r.get("decision")]
+    assert len(decisions) == 1 and decisions[0]["position"] == want["tokens_seen"]
+    assert decisions[0]["predicted_label"] == want["predicted_label"]
+    # The decision line follows its token's line; the rest is the plain output.
+    at = lines.index(decisions[0])
+    assert lines[at - 1]["tokens_seen"] == want["tokens_seen"]
+    assert [r for r in lines if not r.get("decision")] == plain
+    # Table form: a "decide" row per text.
+    proc = _cli(["--model", e.model_dir, "--per-line", "--decide-at", "0.5"], stdin="good movie\nbad plot!\n")
+    rows = proc.stdout.splitlines()
+    assert [r.split()[0] for r in rows].count("decide") == 2 and rows[1].split()[:3] == ["decide", "at", "token"]
+
+
 def test_missing_model_dir_exits_2_with_one_message(tmp_path):
     proc = _cli(["--model", str(tmp_path / "nope")])
     assert proc.returncode == 2

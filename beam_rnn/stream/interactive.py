@@ -23,6 +23,8 @@ def _format(classifier: StreamingClassifier, record: dict[str, Any], as_json: bo
     label = record[C.PREDICTED_LABEL_NAME_KEY]
     if record.get("final"):
         return f"{'final':>6}  {'(' + str(record['tokens_seen']) + ' tokens)':<24} {shown}  label={label}"
+    if record.get("decision"):
+        return f"{'decide':>6}  {'at token ' + str(record['position']):<24} {shown}  label={label}"
     return f"{record['tokens_seen']:>6}  {str(record['token'])[:24]:<24} {shown}  label={label}"
 
 
@@ -62,24 +64,33 @@ def interactive(
     out: TextIO | None = None,
     per_line: bool = False,
     as_json: bool = False,
+    decide_at: float | None = None,
+    min_tokens: int = 1,
 ) -> dict[str, int]:
-    """Reads raw text from stdin as it arrives; prints one line per token and a final line per text."""
+    """Reads raw text from stdin as it arrives; prints one line per token and a final line per text
+    (and, with `decide_at`, one decision line per text when the policy fires)."""
     out = out or sys.stdout
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     state = classifier.start()
     totals = {"texts": 0, "tokens": 0}
 
-    def emit(predictions: list[Prediction]) -> None:
+    def emit(predictions: list[Prediction], state: StreamState) -> StreamState:
         for p in predictions:
             out.write(_format(classifier, p.to_dict(), as_json) + "\n")
+            if decide_at is not None:  # the decision line right after the token it fires on
+                fired, state = classifier.decide(state, [p], decide_at, min_tokens)
+                if fired is not None:
+                    record = {"decision": True, "position": fired.tokens_seen, **fired.to_dict()}
+                    out.write(_format(classifier, record, as_json) + "\n")
         totals["tokens"] += len(predictions)
         if predictions:
             out.flush()
+        return state
 
     def close(state: StreamState) -> StreamState:
         predictions, state = classifier.finish(state)
-        emit(predictions)
+        state = emit(predictions, state)
         out.write(_format(classifier, {"final": True, **classifier.current(state)}, as_json) + "\n")
         out.flush()
         totals["texts"] += 1
@@ -106,12 +117,12 @@ def interactive(
                 *lines, rest = text.split("\n")
                 for line in lines:
                     predictions, state = classifier.feed(state, line)
-                    emit(predictions)
+                    state = emit(predictions, state)
                     state = close(state)
                 text = rest
             if text:
                 predictions, state = classifier.feed(state, text)
-                emit(predictions)
+                state = emit(predictions, state)
             if not data:
                 break
     if not per_line or state.tokens_seen or state.tokenizer.word or state.tokenizer.held:
