@@ -21,6 +21,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from beam_rnn.core import constants as C
+from beam_rnn.core.errors import InputError
 from beam_rnn.train import auto, callbacks, checks, data, trainer
 from beam_rnn.train.config import ModelConfig, ModelSettings, TrainConfig
 from beam_rnn.train.errors import TrainerInputError
@@ -366,6 +367,45 @@ def _write_sorted_examples(path: str, n_per_label: int) -> None:
 
 def _epoch_labels(ds) -> list[np.ndarray]:
     return [label.numpy().ravel() for _, label in ds]
+
+
+@pytest.mark.parametrize("boundaries", [(8, 16, 24), None])
+def test_prefix_training_cuts_a_share_of_documents_to_prefixes_and_keeps_the_batches(binary_dir, boundaries):
+    pattern = data.train_pattern(binary_dir)
+    common = dict(batch_size=16, shuffle=True, seed=3, bucket_boundaries=boundaries, epochs=[0, 1])
+    whole = [(ids.numpy(), y.numpy()) for ids, y in data.make_dataset(pattern, **common)]
+    cut = [(ids.numpy(), y.numpy()) for ids, y in data.make_dataset(pattern, prefix_fraction=0.5, **common)]
+    again = [(ids.numpy(), y.numpy()) for ids, y in data.make_dataset(pattern, prefix_fraction=0.5, **common)]
+    # Same batches (count, labels, widths), each row a prefix of the whole row, at least one token.
+    assert len(cut) == len(whole) == len(again)
+    rows = shortened = 0
+    for (a, ya), (b, yb), (c, _) in zip(whole, cut, again):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(b, c)  # deterministic (stateless draws): resume stays exact
+        assert a.shape == b.shape
+        for full, prefix in zip(a, b):
+            n, m = int((full != 0).sum()), int((prefix != 0).sum())
+            assert (prefix[:m] == full[:m]).all() and (prefix[m:] == 0).all()
+            assert (m >= 1) == (n >= 1) and m <= n
+            rows += 1
+            shortened += m < n
+    # About half the documents are cut (a cut to the whole length counts as not shortened).
+    assert 0.25 * rows < shortened < 0.6 * rows, (shortened, rows)
+    # Each epoch draws other cuts; epoch 1 alone equals epoch 1 after epoch 0 (what resume relies on).
+    alone = [ids.numpy() for ids, _ in data.make_dataset(pattern, prefix_fraction=0.5,
+                                                         **dict(common, epochs=[1]))]
+    np.testing.assert_array_equal(np.concatenate([x.ravel() for x in alone]),
+                                  np.concatenate([b.ravel() for b, _ in cut[-len(alone):]]))
+    off = [ids.numpy() for ids, _ in data.make_dataset(pattern, prefix_fraction=0.0, **common)]
+    assert all((x == a).all() for x, (a, _) in zip(off, whole))
+
+
+def test_prefix_training_reaches_the_streaming_model_only():
+    config = TrainConfig(prefix_training=0.5)
+    assert trainer.prefix_fraction(config, "lstm") == 0.5 and trainer.prefix_fraction(config, "bilstm") == 0.0
+    assert TrainConfig().prefix_training == 0.0
+    with pytest.raises(InputError):
+        TrainConfig(prefix_training=1.5)
 
 
 def test_full_shuffle_mixes_label_sorted_input(tmp_path):

@@ -186,6 +186,8 @@ class TrainConfig:
             rescaled they raised it (0.801).
         folds: K-fold cross-validation on the train split before the final model
             (`beam_rnn.train.cv`); None: none.
+        prefix_training: "lstm" only: the share of training documents cut to a random
+            prefix each epoch (`data.make_dataset`'s ``prefix_fraction``); 0: off.
         verbose: Keras `fit` verbosity (2 = one line per epoch).
 
     `to_dict` is flat (the model settings beside the training fields), the layout
@@ -227,6 +229,10 @@ class TrainConfig:
         "the group, else the id), reported as mean ± sd in OUTPUT/cv/<kind>.json and the model card; then the "
         "final model as usual (none when the eval split is empty, e.g. preprocess --eval-fraction 0).",
         metavar="K", minimum=2)
+    prefix_training: float = option(
+        0.0, "Streaming LSTM only: each epoch, cut this share of the training documents to a random prefix "
+        "(truncated training, Madureira & Schlangen 2020), so it learns to be right before the end.",
+        metavar="SHARE", minimum=0.0, maximum=1.0)
     verbose: int = option(2, cli=False)
 
     def __post_init__(self) -> None:

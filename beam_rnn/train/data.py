@@ -146,6 +146,17 @@ def epoch_shuffle_seed(seed: int, epoch) -> Any:
     return tf.constant(int(seed), tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
+def random_prefixes(ids: tf.Tensor, fraction: float, seed: tf.Tensor) -> tf.Tensor:
+    """Cuts a `fraction` of the rows of right-padded `ids` [batch, time] to a uniform random prefix of
+    1..n tokens (stateless: the same `seed` [2] gives the same cuts); the rest stay whole."""
+    n = tf.math.count_nonzero(ids, axis=1, dtype=tf.int64)
+    draws = tf.random.stateless_uniform([2, tf.shape(ids)[0]], seed=seed, dtype=tf.float32)
+    cut = 1 + tf.cast(tf.floor(draws[1] * tf.cast(n, tf.float32)), tf.int64)
+    keep = tf.where(draws[0] < fraction, tf.minimum(cut, n), n)
+    positions = tf.range(tf.shape(ids, out_type=tf.int64)[1])
+    return tf.where(positions[None, :] < keep[:, None], ids, tf.zeros_like(ids))
+
+
 def batches_per_epoch(lengths: np.ndarray, batch_size: int, bucket_boundaries: Sequence[int] | None = None) -> int:
     """How many batches one epoch of `make_dataset` yields for documents of these lengths.
 
@@ -169,6 +180,7 @@ def make_dataset(
     shuffle_buffer_size: int | None = None,
     epochs: Sequence[int] = (0,),
     fold: Fold | None = None,
+    prefix_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """`(token_ids, label)` batches from gzipped TFRecords of transformed tf.Examples.
 
@@ -192,6 +204,11 @@ def make_dataset(
             the other (each `batches_per_epoch` long); the default is one pass,
             epoch 0, which iterates the same way every time.
         fold: Only the examples of this `Fold` (cross-validation); None: all.
+        prefix_fraction: Prefix ("truncated") training: this share of each epoch's
+            documents is cut to a random prefix of 1..n tokens (uniform), drawn anew
+            every epoch.  The cut happens after batching (tokens past the prefix become
+            padding), so batches and their count per epoch do not change; the draws
+            are stateless, seeded by (seed, epoch, batch), so resume stays exact.
 
     Returns:
         A dataset of `(token_ids int64 [batch, time] right-padded with 0, label)`.
@@ -214,7 +231,7 @@ def make_dataset(
             epoch_ds = epoch_ds.shuffle(max(1, int(buffer)), seed=epoch_shuffle_seed(base_seed, epoch),
                                         reshuffle_each_iteration=False)
         if boundaries:
-            return epoch_ds.bucket_by_sequence_length(
+            batched = epoch_ds.bucket_by_sequence_length(
                 lambda ids, _: tf.shape(ids, out_type=tf.int32)[0],
                 bucket_boundaries=boundaries,
                 bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
@@ -222,7 +239,13 @@ def make_dataset(
                 pad_to_bucket_boundary=False,
                 drop_remainder=False,
             )
-        return epoch_ds.padded_batch(batch_size, padded_shapes=([None], label_shape))
+        else:
+            batched = epoch_ds.padded_batch(batch_size, padded_shapes=([None], label_shape))
+        if prefix_fraction <= 0.0:
+            return batched
+        epoch_seed = epoch_shuffle_seed(base_seed, epoch)
+        return batched.enumerate().map(
+            lambda i, batch: (random_prefixes(batch[0], prefix_fraction, tf.stack([epoch_seed, i])), batch[1]))
 
     epochs = [int(e) for e in epochs]
     if len(epochs) == 1:

@@ -140,6 +140,11 @@ def load_trained_model(model_dir: str) -> tuple[keras.Model, models.ModelConfig]
     return model, model_config
 
 
+def prefix_fraction(config: TrainConfig, kind: str) -> float:
+    """The share of documents cut to a prefix each epoch: `config.prefix_training` for the streaming model only."""
+    return config.prefix_training if kind == models.KIND_LSTM else 0.0
+
+
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"clipnorm": config.clipnorm} if config.clipnorm is not None else {}
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
@@ -415,7 +420,7 @@ def train(
     if start_epoch < config.epochs and not early_stopping.stopped_epoch:
         train_ds = data.make_dataset(train_files, shuffle=True, seed=config.effective_shuffle_seed,
                                      shuffle_buffer_size=len(lengths), epochs=range(start_epoch, config.epochs),
-                                     fold=train_fold, **dataset)
+                                     fold=train_fold, prefix_fraction=prefix_fraction(config, kind), **dataset)
         steps = data.batches_per_epoch(lengths, config.batch_size, boundaries)
         shown = TrainingProgress(kind, config.epochs, steps, eval_documents)
         start = time.time()
