@@ -94,6 +94,16 @@ def delayed(labels: Sequence[Any], delay: int) -> list[Any]:
     return out
 
 
+def decision_index(tops: Sequence[float], positions: Sequence[int], threshold: float,
+                   min_tokens: int = 1) -> int | None:
+    """The decision policy (`stream --decide-at`): the index of the first output whose top class
+    probability reaches `threshold` at token position >= `min_tokens`; None when it never fires."""
+    for i, (top, position) in enumerate(zip(tops, positions)):
+        if position >= min_tokens and top >= threshold:
+            return i
+    return None
+
+
 def _delayed_edit_overhead(outputs: Sequence[Any]) -> float:
     emitted = [o for o in outputs if o is not None]
     return edit_overhead(emitted)

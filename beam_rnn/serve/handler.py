@@ -72,10 +72,7 @@ def check_model_loads(info: ModelInfo) -> None:
     try:
         loaded = LoadedSavedModel(info.model_dir)
     except Exception as e:  # pylint: disable=broad-except
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelDirError(
-            f"The SavedModel in {info.model_dir} cannot be loaded: {type(e).__name__}: {first[:300]}"
-        ) from e
+        raise ModelDirError(f"The SavedModel in {info.model_dir} cannot be loaded: {_first_line(e, 300)}") from e
     inputs = loaded.serve.structured_input_signature[1]
     outputs = loaded.serve.structured_outputs
     if C.TEXT_KEY not in inputs or PROBABILITIES not in outputs or LABEL not in outputs:
@@ -121,9 +118,15 @@ def replacement_models(current: Sequence[ModelInfo], model_path: str) -> tuple[M
     return tuple(replaced)
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, limit: int = 500) -> str:
+    """``Type: the first line of its message`` (cut at `limit` characters) for a one-line log or error."""
     text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:500]}" if text else type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__
+
+
+def _models_id(infos: Sequence[ModelInfo]) -> str:
+    """What names a set of loaded models (a `PredictionResult`'s ``model_id``): their export dirs, comma-joined."""
+    return ",".join(info.model_dir for info in infos)
 
 
 class ClassifierModels:
@@ -135,7 +138,7 @@ class ClassifierModels:
 
     def __init__(self, infos: Sequence[ModelInfo]):
         self.names = tuple(info.name for info in infos)
-        self._model_id = ",".join(info.model_dir for info in infos)
+        self._model_id = _models_id(infos)
         self._models = [LoadedSavedModel(info.model_dir) for info in infos]
 
     def model_id(self) -> str:
@@ -215,7 +218,7 @@ class ClassifierModelHandler(ModelHandler[str, PredictionResult, ClassifierModel
             large_model=share_model_across_processes,
             model_copies=model_copies,
         )
-        self._infos = resolve_models(models)
+        self._set_models(resolve_models(models))
         self._settings = {
             "min_batch_size": min_batch_size,
             "max_batch_size": max_batch_size,
@@ -223,7 +226,6 @@ class ClassifierModelHandler(ModelHandler[str, PredictionResult, ClassifierModel
             "share_model_across_processes": share_model_across_processes,
             "model_copies": model_copies,
         }
-        self._model_id = ",".join(info.model_dir for info in self._infos)
         self._update_request: str | None = None  # the last model_path given to update_model_path
         self._replaced: tuple[ModelInfo, ...] | None = None  # what an accepted update replaced, until loaded
 
@@ -273,15 +275,14 @@ class ClassifierModelHandler(ModelHandler[str, PredictionResult, ClassifierModel
             return
         if infos == self._infos:
             return
-        _LOG.info("Model update: serving %s instead of %s from the next load.",
-                  ",".join(i.model_dir for i in infos), self._model_id)
+        _LOG.info("Model update: serving %s instead of %s from the next load.", _models_id(infos), self._model_id)
         self._replaced = self._infos
         self._set_models(infos)
         Metrics.counter(INFERENCE_METRICS_NAMESPACE, COUNTER_MODEL_UPDATES).inc()
 
     def _set_models(self, infos: tuple[ModelInfo, ...]) -> None:
         self._infos = infos
-        self._model_id = ",".join(info.model_dir for info in infos)
+        self._model_id = _models_id(infos)
 
     def _refuse(self, model_path: str, error: BaseException) -> None:
         _LOG.error("Model update to %s refused, still serving %s: %s", model_path, self._model_id, _first_line(error))

@@ -33,10 +33,10 @@ from apache_beam.metrics import Metrics
 from beam_rnn.core import constants as C
 from beam_rnn.core import incremental as inc
 from beam_rnn.core.artifacts import ModelInfo
-from beam_rnn.core.metrics import predicted_labels
+from beam_rnn.core.metrics import class_probabilities, predicted_labels
+from beam_rnn.serve.evaluate import PREFIX_FRACTIONS, prefix_lengths, read_step_weights
 
 NAMESPACE = "beam_rnn.incremental"
-DECILES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 PREFIX_ROWS = 256  # prefixes per classify_ids call of a restart-incremental model
 
 
@@ -45,8 +45,7 @@ def _labels(probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
-    top = np.maximum(p, 1.0 - p) if p.ndim == 1 else p.max(axis=1)
-    return predicted_labels(p), top
+    return predicted_labels(p), class_probabilities(p).max(axis=1)
 
 
 def sample_key(doc_id: str) -> str:
@@ -104,7 +103,6 @@ class _IncrementalFn(beam.DoFn):
         self._tokens = Metrics.counter(NAMESPACE, "tokens")
 
     def setup(self) -> None:
-        from beam_rnn.serve.evaluate import read_step_weights  # pylint: disable=import-outside-toplevel
         from beam_rnn.serve.handler import LoadedSavedModel  # pylint: disable=import-outside-toplevel
 
         self._models = [LoadedSavedModel(info.model_dir) for info in self._infos]
@@ -140,13 +138,11 @@ DECISION_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def decision_point(tops: Sequence[float], threshold: float, min_tokens: int = 1) -> tuple[int, bool]:
-    """(tokens read when the decision policy fires, whether it fired): the first top probability
-    >= threshold after `min_tokens` tokens, as `StreamingClassifier.decide`; else (the whole text, False),
-    where the final label stands in for the decision."""
-    for t, top in enumerate(tops, 1):
-        if t >= min_tokens and top >= threshold:
-            return t, True
-    return len(tops), False
+    """(tokens read when the decision policy fires, whether it fired): `core.incremental.decision_index`,
+    as `StreamingClassifier.decide` applies it; else (the whole text, False), where the final label
+    stands in for the decision."""
+    i = inc.decision_index(tops, range(1, len(tops) + 1), threshold, min_tokens)
+    return (len(tops), False) if i is None else (i + 1, True)
 
 
 def _decile_index(t: int, n: int) -> int:
@@ -161,14 +157,14 @@ def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -
                            "documents_without_tokens": len(documents) - len(read),
                            "tokens": sum(d["n"] for d in read), "models": {}}
     for name in model_names:
-        rows, final_at, correct_at, rc_at = [], [0] * 10, [0] * len(DECILES), [0] * len(DECILES)
+        rows, final_at, correct_at, rc_at = [], [0] * 10, [0] * len(PREFIX_FRACTIONS), [0] * len(PREFIX_FRACTIONS)
         for d in read:
             seq, n = d["labels"][name], d["n"]
             measures = inc.document_measures(seq)
             rows.append((measures, seq[-1] == d["label"]))
             final_at[_decile_index(measures["final_from"], n)] += 1
-            for j, f in enumerate(DECILES):
-                label = seq[max(1, int(np.ceil(round(f * n, 6)))) - 1]
+            for j, cut in enumerate(prefix_lengths(n, PREFIX_FRACTIONS)):  # the early-prediction report's prefixes
+                label = seq[cut - 1]
                 correct_at[j] += label == d["label"]
                 rc_at[j] += label == seq[-1]
         k = max(len(read), 1)
@@ -184,8 +180,8 @@ def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -
             "mode": "incremental" if name == C.MODEL_LSTM else "restart-incremental",
             **inc.summarize(rows),
             "final_from_deciles": final_at,
-            "accuracy_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, correct_at)},
-            "relative_correctness_at_fraction": {f"{f:.1f}": c / k for f, c in zip(DECILES, rc_at)},
+            "accuracy_at_fraction": {f"{f:.1f}": c / k for f, c in zip(PREFIX_FRACTIONS, correct_at)},
+            "relative_correctness_at_fraction": {f"{f:.1f}": c / k for f, c in zip(PREFIX_FRACTIONS, rc_at)},
             "decisions": decisions,
             "seconds": round(seconds, 3),
             "microseconds_per_token": round(1e6 * seconds / max(out["tokens"], 1), 2),

@@ -28,6 +28,7 @@ from beam_rnn.core.artifacts import (  # ModelDirError: the one model-directory 
     read_bytes,
     read_model_card,
 )
+from beam_rnn.core.incremental import decision_index
 from beam_rnn.core.manifest import ArtifactError, verify_manifest
 from beam_rnn.core.outputs import class_names, prediction_fields
 from beam_rnn.stream import step as rnn_step
@@ -378,10 +379,11 @@ class StreamingClassifier:
         """
         if state.decided_at:
             return None, state
-        for p in predictions:
-            if p.tokens_seen >= min_tokens and max(p.probabilities.values()) >= decide_at:
-                return p, dataclasses.replace(state, decided_at=p.tokens_seen)
-        return None, state
+        i = decision_index([max(p.probabilities.values()) for p in predictions],
+                           [p.tokens_seen for p in predictions], decide_at, min_tokens)
+        if i is None:
+            return None, state
+        return predictions[i], dataclasses.replace(state, decided_at=predictions[i].tokens_seen)
 
     def step_many(
         self, states: Sequence[StreamState], tokens: Sequence[str | int]

@@ -49,8 +49,11 @@ AUTO = "auto"  # the source of a value this module chose
 GIVEN = "given"  # ... and of one the user set
 
 
-def _choice(value: Any, given: bool, reason: str) -> dict[str, Any]:
-    return {"value": value, "source": GIVEN if given else AUTO, "reason": "set explicitly" if given else reason}
+def _choice(given: Any, chosen: Any, reason: str) -> dict[str, Any]:
+    """The record of one setting: the user's value when given (not None), else the chosen one and why."""
+    if given is not None:
+        return {"value": given, "source": GIVEN, "reason": "set explicitly"}
+    return {"value": chosen, "source": AUTO, "reason": reason}
 
 
 def resolve(config: TrainConfig, *, train_documents: int, validation_documents: int,
@@ -76,19 +79,16 @@ def resolve(config: TrainConfig, *, train_documents: int, validation_documents: 
         epochs, why = EPOCHS_MULTICLASS, f"{size} (< {LARGE_CORPUS:,}) and {num_classes} classes: later peaks"
     else:
         epochs, why = EPOCHS_SMALL, f"{size} (< {LARGE_CORPUS:,}): room for early stopping to find the peak"
-    choices = {"epochs": _choice(config.epochs if config.epochs is not None else epochs,
-                                 config.epochs is not None, why)}
+    choices = {"epochs": _choice(config.epochs, epochs, why)}
 
     patience = PATIENCE + (validation_documents < SMALL_VALIDATION)
     choices["early_stopping_patience"] = _choice(
-        config.early_stopping_patience if config.early_stopping_patience is not None else patience,
-        config.early_stopping_patience is not None,
-        f"{validation_documents:,} validation documents"
+        config.early_stopping_patience, patience, f"{validation_documents:,} validation documents"
         + (f" (< {SMALL_VALIDATION:,}): a noisy {config.monitor}" if patience > PATIENCE else ""))
 
     dropout = 0.0 if large else DROPOUT_SMALL
     choices["dropout"] = _choice(
-        config.model.dropout if config.model.dropout is not None else dropout, config.model.dropout is not None,
+        config.model.dropout, dropout,
         f"{size}" + (": no Dropout (as tuned on IMDB)" if large else f" (< {LARGE_CORPUS:,}): regularise"))
 
     resolved = dataclasses.replace(
