@@ -265,7 +265,8 @@ figure.wide img{max-width:100%}td{white-space:nowrap}"""
 def render_html(metrics: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
     """A self-contained HTML report: warnings, conclusion, tables and the plots inline (base64)."""
     def figure(key: str, png: bytes) -> str:
-        kind = "wide" if key.startswith(CONFUSION_PREFIX) and len(metrics["class_names"]) > _SMALL_CONFUSION else "small"
+        many = key.startswith(CONFUSION_PREFIX) and len(metrics["class_names"]) > _SMALL_CONFUSION
+        kind = "wide" if many or key == "incremental" else "small"  # three panels need the page's width
         name = html.escape(plot_file(key))
         caption = f'<figcaption>full size: <a href="{name}">{name}</a></figcaption>' if kind == "wide" else ""
         return (f'<figure class={kind}><img alt="{name}" '
