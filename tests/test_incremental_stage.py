@@ -14,6 +14,7 @@ import apache_beam as beam
 from beam_rnn.core import incremental as inc
 from beam_rnn.core.artifacts import resolve_models
 from beam_rnn.serve import incremental as stage
+from beam_rnn.serve.bidirectional import PrefixBidirectional
 from beam_rnn.serve.evaluate import read_step_weights
 from beam_rnn.serve.handler import LoadedSavedModel
 from tests.test_inference import env  # noqa: F401  (the module fixture with the exports)
@@ -48,11 +49,16 @@ def test_streaming_and_restart_labels_equal_a_full_pass_on_every_prefix(env, loa
     restarted, restarted_tops = {}, {}
     for name, m in models.items():
         restarted[name], restarted_tops[name] = stage.restart_labels(m.module.signatures["classify_ids"], ids, lengths)
+    shared = PrefixBidirectional.from_module(models["bilstm"].module, 2)  # forward direction shared by the prefixes
+    shared_labels, shared_tops = stage.bidirectional_labels(shared, ids, lengths, 2)
     for i, n in enumerate(lengths):
         for name, m in models.items():
             reference, reference_tops = _one_prefix_at_a_time(m, ids[i], int(n), tops=True)
             assert restarted[name][i] == reference, (name, i)
             np.testing.assert_allclose(restarted_tops[name][i], reference_tops, atol=1e-5)
+            if name == "bilstm":
+                assert shared_labels[i] == reference, i
+                np.testing.assert_allclose(shared_tops[i], reference_tops, atol=1e-5)
         reference, reference_tops = _one_prefix_at_a_time(models["lstm"], ids[i], int(n), tops=True)
         assert streamed[i] == reference, i
         np.testing.assert_allclose(streamed_tops[i], reference_tops, atol=1e-5)

@@ -7,9 +7,11 @@ and runner), and reads each one incrementally, exactly at every token:
 
 * the streaming model (``lstm``) truly incrementally: its per-token NumPy step,
   one step per token for a whole batch of documents, O(1) a token;
-* every other model (the BiLSTM) *restart-incrementally*: re-run on every prefix
-  ``1..n`` (the prefixes of a batch of documents go through ``classify_ids``
-  together), since it has no per-token state.
+* every other model (the BiLSTM) *restart-incrementally*, since it has no per-token
+  state: a single-layer bidirectional model with `beam_rnn.serve.bidirectional`
+  (its forward direction run once per document and shared by the prefixes ``1..n``,
+  the backward direction re-run on every prefix, all prefixes of a batch at once); any
+  other (``--stacked``) re-run whole on every prefix through ``classify_ids``.
 
 Per document and model the prefix labels become the measures of
 `beam_rnn.core.incremental` (edit overhead, correction time, relative
@@ -73,6 +75,20 @@ def streaming_labels(weights: Any, ids: np.ndarray, lengths: np.ndarray, num_cla
     return labels, tops
 
 
+def bidirectional_labels(model: Any, ids: np.ndarray, lengths: np.ndarray, num_classes: int) -> tuple[Labels, Tops]:
+    """A single-layer bidirectional model's label (and top probability) after each token, restart-incrementally:
+    `beam_rnn.serve.bidirectional.PrefixBidirectional` (the forward direction once, the backward re-runs batched)."""
+    from beam_rnn.stream.step import probabilities  # pylint: disable=import-outside-toplevel
+
+    logits = model.logits(ids, [range(1, int(n) + 1) for n in lengths])
+    labels, tops = [], []
+    for doc in logits:
+        label, top = _labels(probabilities(doc, num_classes))
+        labels.append(label.tolist())
+        tops.append(top.tolist())
+    return labels, tops
+
+
 def restart_labels(classify_ids: Any, ids: np.ndarray, lengths: np.ndarray) -> tuple[Labels, Tops]:
     """A model's label (and top probability) after each token, by re-running it on every prefix (batched)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -103,11 +119,14 @@ class _IncrementalFn(beam.DoFn):
         self._tokens = Metrics.counter(NAMESPACE, "tokens")
 
     def setup(self) -> None:
+        from beam_rnn.serve.bidirectional import PrefixBidirectional  # pylint: disable=import-outside-toplevel
         from beam_rnn.serve.handler import LoadedSavedModel  # pylint: disable=import-outside-toplevel
 
         self._models = [LoadedSavedModel(info.model_dir) for info in self._infos]
         self._weights = {info.name: read_step_weights(info.model_dir)
                          for info in self._infos if info.name == C.MODEL_LSTM}
+        self._prefix_models = {info.name: PrefixBidirectional.from_module(model.module, info.num_classes)
+                               for info, model in zip(self._infos, self._models) if info.name not in self._weights}
 
     def process(self, batch: Sequence[tuple[tuple[str, int], str]]) -> Iterator[dict[str, Any]]:
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -121,6 +140,9 @@ class _IncrementalFn(beam.DoFn):
             if info.name in self._weights:
                 labels[info.name], tops[info.name] = streaming_labels(self._weights[info.name], ids, lengths,
                                                                       info.num_classes)
+            elif self._prefix_models.get(info.name) is not None:
+                labels[info.name], tops[info.name] = bidirectional_labels(self._prefix_models[info.name], ids,
+                                                                          lengths, info.num_classes)
             else:
                 labels[info.name], tops[info.name] = restart_labels(model.module.signatures["classify_ids"], ids,
                                                                     lengths)
