@@ -18,6 +18,8 @@ OUTPUT_FORMATS = (OUTPUT_JSONL, OUTPUT_CSV, OUTPUT_PARQUET, OUTPUT_TFRECORD)
 
 SPLIT_ALL = "all"
 SPLITS = (SPLIT_ALL, "eval", "train")
+DEFAULT_SORT_BUFFER = 4096
+SORT_BUFFER_HELP = "Documents per bundle sorted by length before batching, so batches pad less (0 disables)."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +33,7 @@ class ScoreConfig:
         None, "Streaming pipelines: longest time a batch waits (Beam's stateful batching).", cli=False,
         minimum=1,
     )
-    sort_buffer: int = option(
-        4096, "Documents per bundle sorted by length before batching, so batches pad less (0 disables).", minimum=0
-    )
+    sort_buffer: int = option(DEFAULT_SORT_BUFFER, SORT_BUFFER_HELP, minimum=0)
     num_shards: int = option(0, "Score file shards (0: the runner's choice).", minimum=0)
     share_model_across_processes: bool = option(
         False, "One model copy per machine shared by all SDK worker processes (Beam large_model)."
@@ -74,6 +74,7 @@ class EvaluateConfig:
         choices=SPLITS,
     )
     batch_size: int = option(64, "Documents per model call.", minimum=1)
+    sort_buffer: int = option(DEFAULT_SORT_BUFFER, SORT_BUFFER_HELP, minimum=0)
     length_boundaries: tuple[int, ...] | None = option(
         None,
         "Token counts separating the report's length buckets (e.g. 100,300: short < 100 <= medium < 300 <= long).",

@@ -52,7 +52,7 @@ from beam_rnn.core.metrics import (
 from beam_rnn.io import DEAD_LETTER_TAG, dead_letter
 from beam_rnn.serve.config import EvaluateConfig
 from beam_rnn.serve.handler import ClassifierModelHandler, ClassifierModels
-from beam_rnn.serve.score import Infer, _ValidateFn
+from beam_rnn.serve.score import Infer, _SortByLengthFn, _ValidateFn
 
 EVALUATE_STAGE = "evaluate"
 PREFIX_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -311,7 +311,10 @@ class EvaluateModels(beam.PTransform):
             _MapLabelsFn(first.num_classes, first.label_names)).with_outputs(DEAD_LETTER_TAG, main="docs")
         checked = mapped.docs | "Validate" >> beam.ParDo(_ValidateFn(EVALUATE_STAGE)).with_outputs(
             DEAD_LETTER_TAG, main="keyed")
-        inferred = checked.keyed | "Infer" >> Infer(self._handler, stage=EVALUATE_STAGE)
+        keyed = checked.keyed
+        if self._config.sort_buffer > 1:
+            keyed = keyed | "SortByLength" >> beam.ParDo(_SortByLengthFn(self._config.sort_buffer))
+        inferred = keyed | "Infer" >> Infer(self._handler, stage=EVALUATE_STAGE)
         [results] = inferred.results
         records = results | "ToRecords" >> beam.Map(_to_record, first.label_names)
         metrics = records | "CombineMetrics" >> beam.CombineGlobally(ReportCombineFn(
