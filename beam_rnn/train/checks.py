@@ -114,7 +114,12 @@ def check_training_inputs(transformed_dir: str, config: TrainConfig) -> Training
         check_folds(transformed_dir, config.folds)
     if config.monitor == "val_auc" and int(stats["num_classes"]) != 2:
         raise TrainerInputError("monitor 'val_auc' needs a binary task")
-    return TrainingInputs(stats, check_pretrained(config))
+    vectors = check_pretrained(config)
+    if config.teacher:
+        from beam_rnn.train.distill import check_teacher
+
+        check_teacher(config, transformed_dir, stats)
+    return TrainingInputs(stats, vectors)
 
 
 def check_pretrained(config: TrainConfig) -> dict[str, Any] | None:

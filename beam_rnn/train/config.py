@@ -188,6 +188,8 @@ class TrainConfig:
             (`beam_rnn.train.cv`); None: none.
         prefix_training: "lstm" only: the share of training documents cut to a random
             prefix each epoch (`data.make_dataset`'s ``prefix_fraction``); 0: off.
+        teacher: "lstm" only: a BiLSTM export to distil from (`beam_rnn.train.distill`); None: off.
+        teacher_weight: The teacher's share of the training target.
         verbose: Keras `fit` verbosity (2 = one line per epoch).
 
     `to_dict` is flat (the model settings beside the training fields), the layout
@@ -233,6 +235,13 @@ class TrainConfig:
         0.0, "Streaming LSTM only: each epoch, cut this share of the training documents to a random prefix "
         "(truncated training, Madureira & Schlangen 2020), so it learns to be right before the end.",
         metavar="SHARE", minimum=0.0, maximum=1.0)
+    teacher: str | None = option(
+        None, "Streaming LSTM only: distil from this BiLSTM export (or a training output holding bilstm/), trained "
+        "on the same preprocessing: the target mixes the true label with the teacher's probabilities on the whole "
+        "text (also for the prefixes of --prefix-training).", metavar="DIR")
+    teacher_weight: float = option(
+        0.5, "With --teacher: the teacher's share of the training target (1 - this: the true label's).",
+        greater_than=0.0, maximum=1.0)
     verbose: int = option(2, cli=False)
 
     def __post_init__(self) -> None:

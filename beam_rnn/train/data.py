@@ -6,7 +6,7 @@ a seed that depends on (seed, e) only, which is what makes a resumed run exact.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -181,6 +181,7 @@ def make_dataset(
     epochs: Sequence[int] = (0,),
     fold: Fold | None = None,
     prefix_fraction: float = 0.0,
+    teacher: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """`(token_ids, label)` batches from gzipped TFRecords of transformed tf.Examples.
 
@@ -209,6 +210,9 @@ def make_dataset(
             every epoch.  The cut happens after batching (tokens past the prefix become
             padding), so batches and their count per epoch do not change; the draws
             are stateless, seeded by (seed, epoch, batch), so resume stays exact.
+        teacher: Distillation (`beam_rnn.train.distill.Teacher.pack`): ``(ids, labels)`` of a
+            batch -> the packed target ``[label, teacher probabilities]``, computed on the
+            whole documents, before any prefix cut.
 
     Returns:
         A dataset of `(token_ids int64 [batch, time] right-padded with 0, label)`.
@@ -241,6 +245,8 @@ def make_dataset(
             )
         else:
             batched = epoch_ds.padded_batch(batch_size, padded_shapes=([None], label_shape))
+        if teacher is not None:
+            batched = batched.map(lambda ids, labels: (ids, teacher(ids, labels)))
         if prefix_fraction <= 0.0:
             return batched
         epoch_seed = epoch_shuffle_seed(base_seed, epoch)

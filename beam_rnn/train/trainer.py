@@ -54,7 +54,7 @@ import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.core import progress
-from beam_rnn.train import auto, data, models
+from beam_rnn.train import auto, data, distill, models
 from beam_rnn.train.callbacks import (
     CommitState,
     EpochLog,
@@ -148,7 +148,9 @@ def prefix_fraction(config: TrainConfig, kind: str) -> float:
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"clipnorm": config.clipnorm} if config.clipnorm is not None else {}
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
-    if num_classes == 2:
+    if distill.distilling(config, kind):
+        loss, metrics = distill.loss_and_metrics(num_classes, config.teacher_weight)
+    elif num_classes == 2:
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
         metrics = [
             keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),  # logit 0 == probability 0.5
@@ -402,6 +404,8 @@ def train(
     tf.config.experimental.enable_op_determinism()
     dataset = {"batch_size": config.batch_size, "max_length": config.max_length, "bucket_boundaries": boundaries,
                "num_classes": num_classes}
+    if distill.distilling(config, kind):  # train and validation targets carry the teacher's probabilities
+        dataset["teacher"] = distill.Teacher(config.teacher, num_classes).pack
     eval_ds = data.make_dataset(eval_files, shuffle=False, fold=eval_fold, **dataset)
 
     signature = run_signature(model_config, config, data.shard_files(train_files), fold)
@@ -416,6 +420,9 @@ def train(
                 f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
     logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
     logger.info("%s: %s", kind, auto.describe(hyperparameters))
+    if "teacher" in dataset:
+        logger.info("%s: distilling from %s (teacher weight %g)", kind, distill.teacher_dir(config.teacher),
+                    config.teacher_weight)
     train_seconds = 0.0
     if start_epoch < config.epochs and not early_stopping.stopped_epoch:
         train_ds = data.make_dataset(train_files, shuffle=True, seed=config.effective_shuffle_seed,
@@ -452,6 +459,8 @@ def train(
                        eval_examples=eval_documents, num_classes=num_classes,
                        vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start,
                        hyperparameters=hyperparameters)
+    if "teacher" in dataset:
+        metrics["teacher"] = {"model_dir": distill.teacher_dir(config.teacher), "weight": config.teacher_weight}
     write_metrics(model_dir, metrics)
     # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
     tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
