@@ -22,10 +22,12 @@ COMMANDS = {
     "evaluate": "pipelines.evaluate",
     "embeddings": "pipelines.embeddings",
     "run-all": "pipelines.run_all",
+    "serve": "pipelines.serve",
 }
 
-# Commands that may read what the user types on the terminal: no live line under the typing.
-INTERACTIVE = frozenset({"stream"})
+# Commands that may read what the user types on the terminal, or run until stopped (a server):
+# no live line under the typing, no elapsed-time lines every 30 s in a server's log.
+INTERACTIVE = frozenset({"stream", "serve"})
 
 
 def _version() -> str:
