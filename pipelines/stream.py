@@ -26,6 +26,7 @@ from typing import Any
 from beam_rnn.cli.flags import add_config_flags, add_verbose_flag, config_from_flags, parse_known_flags
 from beam_rnn.core.errors import InputError
 from beam_rnn.core.manifest import ArtifactError
+from beam_rnn.core.threads import limit_blas_threads
 from beam_rnn.stream.classifier import StreamingClassifier
 from beam_rnn.stream.config import StreamConfig
 
@@ -105,6 +106,7 @@ def _check(known: argparse.Namespace) -> tuple[StreamingClassifier, StreamConfig
             _fail(problem)
     try:
         # Verified against the model's manifest.json before anything is parsed.
+        limit_blas_threads()  # the interactive mode steps in this process (beam_rnn.core.threads)
         classifier = StreamingClassifier.load(known.model, max_pending_chars=config.max_pending_chars)
     except ArtifactError as e:
         _fail(f"--model: {e}")

@@ -36,6 +36,7 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import ModelInfo, ModelsArg
+from beam_rnn.core.threads import limit_blas_threads
 from beam_rnn.core.metrics import (
     auc_from_histogram,
     class_probabilities,
@@ -166,6 +167,7 @@ class EvaluationModels(ClassifierModels):
         super().__init__(infos)
         from beam_rnn.serve.bidirectional import PrefixBidirectional  # pylint: disable=import-outside-toplevel
 
+        limit_blas_threads()  # the early passes are NumPy steps (beam_rnn.core.threads)
         self._fractions = tuple(fractions)
         self._num_classes = infos[0].num_classes
         self.streaming = C.MODEL_LSTM if C.MODEL_LSTM in self.names else None

@@ -36,6 +36,7 @@ from beam_rnn.core import constants as C
 from beam_rnn.core import incremental as inc
 from beam_rnn.core.artifacts import ModelInfo
 from beam_rnn.core.metrics import class_probabilities, predicted_labels
+from beam_rnn.core.threads import limit_blas_threads
 from beam_rnn.serve.evaluate import PREFIX_FRACTIONS, prefix_lengths, read_step_weights
 
 NAMESPACE = "beam_rnn.incremental"
@@ -122,6 +123,7 @@ class _IncrementalFn(beam.DoFn):
         from beam_rnn.serve.bidirectional import PrefixBidirectional  # pylint: disable=import-outside-toplevel
         from beam_rnn.serve.handler import LoadedSavedModel  # pylint: disable=import-outside-toplevel
 
+        limit_blas_threads()  # NumPy steps at every token (beam_rnn.core.threads)
         self._models = [LoadedSavedModel(info.model_dir) for info in self._infos]
         self._weights = {info.name: read_step_weights(info.model_dir)
                          for info in self._infos if info.name == C.MODEL_LSTM}

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from beam_rnn.core.errors import InputError, RunFailed
+from beam_rnn.core.threads import limit_blas_threads
 from beam_rnn.service.config import ServiceConfig
 from beam_rnn.service.models import ModelSet
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
-BLAS_THREADS = 1
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -56,13 +56,10 @@ def serve(config: ServiceConfig, models: ModelSet, model_values: Sequence[str], 
           verbose: bool = False, out: TextIO | None = None) -> int:
     """Serves until SIGINT / SIGTERM; returns the exit status (0)."""
     import uvicorn  # pylint: disable=import-outside-toplevel
-    from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
 
     from beam_rnn.service.app import create_app  # pylint: disable=import-outside-toplevel
 
-    # One BLAS thread: a batched step is a few small matrix products, and OpenBLAS's thread pool made it
-    # 5-40x slower on 2 busy cores (64 rows x 64 units: 7.8 ms instead of 0.2 ms, measured).
-    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+    limit_blas_threads()  # a batched step is a few small matrix products (beam_rnn.core.threads)
     app = create_app(config, models, model_values)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=verbose, lifespan="on", ws_max_size=config.max_body_bytes,

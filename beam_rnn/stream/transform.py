@@ -19,6 +19,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_rnn.core import constants as C
+from beam_rnn.core.threads import limit_blas_threads
 from beam_rnn.stream.classifier import Prediction, StreamingClassifier, StreamState
 from beam_rnn.stream.config import StreamConfig
 from beam_rnn.stream.events import (
@@ -154,6 +155,7 @@ class _StreamFn(beam.DoFn):
         self._c = {name: _counter(name) for name in self.COUNTERS}
 
     def setup(self) -> None:
+        limit_blas_threads()  # a step per event is small matrix products (beam_rnn.core.threads)
         if self._clf is None:
             self._clf = StreamingClassifier.load(self._model_dir, max_pending_chars=self._cfg.max_pending_chars)
 
