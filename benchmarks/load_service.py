@@ -564,7 +564,7 @@ def check_finals(model_dir: str, finals: list[tuple[str, dict[str, float], int]]
 
 
 def mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MB"
+    return f"{n / 2**20:,.0f} MiB"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -643,7 +643,7 @@ def figure(r: dict[str, Any], path: str) -> None:
     axes[1].legend(fontsize=8)
     t, rss = zip(*r["rss"]["samples"]) if r["rss"]["samples"] else ((), ())
     axes[2].plot(t, np.asarray(rss) / 2**20, color="C2")
-    axes[2].set(xlabel="seconds since the server was ready", ylabel="MB", ylim=(0, 1.2 * max(rss, default=1) / 2**20),
+    axes[2].set(xlabel="seconds since the server was ready", ylabel="MiB", ylim=(0, 1.2 * max(rss, default=1) / 2**20),
                 title="server RSS")
     fig.suptitle(f"beam-rnn serve on 2 cores, loopback, model {Path(r['model']).name}", fontsize=10)
     fig.tight_layout()
@@ -715,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler.halt()
         result["server_exit"] = server.stop()
     if args.alt_sessions:
-        result["restart_in_process"] = restart_in_process(keystrokes, clf, args.alt_seconds)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):  # as the server runs its steps
+            result["restart_in_process"] = restart_in_process(keystrokes, clf, args.alt_seconds)
     print(f"load_service: checking {len(result['websocket']['finals'])} final predictions against serving_default",
           file=sys.stderr)
     result["check"] = check_finals(args.model, result["websocket"].pop("finals"), clf)
