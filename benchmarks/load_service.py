@@ -265,8 +265,6 @@ class SessionLost(Exception):
 class Run:
     """What the sessions of one run share and count."""
 
-    sessions: int
-    seconds: float
     max_messages: int
     message_timeout: float
     stop: bool = False
@@ -282,6 +280,7 @@ class Run:
     finals: list[tuple[str, dict[str, float], int]] = field(default_factory=list)
     t_start: float = 0.0
     t_stop: float = 0.0
+    tokens_at_stop: int = 0  # messages in flight when typing stops still answer; their tokens are not in the window
     all_open: asyncio.Event = field(default_factory=asyncio.Event)
     pending_opens: int = 0
 
@@ -298,7 +297,7 @@ class Run:
 
     def halt(self) -> None:
         if not self.stop:
-            self.stop, self.t_stop = True, time.perf_counter()
+            self.stop, self.t_stop, self.tokens_at_stop = True, time.perf_counter(), self.tokens
 
 
 async def next_prediction(ws: Any, run: Run) -> dict[str, Any]:
@@ -366,7 +365,7 @@ async def typing_session(uri: str, pool: ReviewPool, run: Run, opening: asyncio.
 
 
 async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespace) -> dict[str, Any]:
-    run = Run(args.sessions, args.seconds, args.max_messages, args.message_timeout, pending_opens=args.sessions)
+    run = Run(args.max_messages, args.message_timeout, pending_opens=args.sessions)
     uri = f"ws://{server.host}:{server.port}/v1/ws"
     opening = asyncio.Semaphore(args.open_concurrency)
     me = psutil.Process()
@@ -379,25 +378,17 @@ async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespa
     metric_start = await read_tokens_metric(server, args.tokens_metric)
     cpu_client0, cpu_server0, cpu_all0 = sum(me.cpu_times()[:2]), server.cpu_seconds(), busy_cpu_seconds()
     load_start = os.getloadavg()[0]
-    run.t_start = time.perf_counter()
-    await asyncio.sleep(0)  # the sessions start typing now
-
-    async def timer() -> None:
-        while not run.stop and time.perf_counter() - run.t_start < args.seconds:
-            await asyncio.sleep(0.05)
-        run.halt()
-
-    timer_task = asyncio.create_task(timer())
-    while not run.stop:
+    run.t_start = time.perf_counter()  # the sessions start typing now
+    while not run.stop and time.perf_counter() - run.t_start < args.seconds:  # or --max-messages halts it
         await asyncio.sleep(0.05)
+    run.halt()
     window = run.t_stop - run.t_start
     cpu_client = (sum(me.cpu_times()[:2]) - cpu_client0) / window
     cpu_server = (server.cpu_seconds() - cpu_server0) / window
     cpu_all = (busy_cpu_seconds() - cpu_all0) / window
     load_stop = os.getloadavg()[0]
     metric_stop = await read_tokens_metric(server, args.tokens_metric)
-    tokens_in_window = run.tokens
-    await asyncio.gather(*tasks, timer_task)
+    await asyncio.gather(*tasks)
     server_rate = None
     if metric_start[1] is not None and metric_stop[1] is not None:
         server_rate = (metric_stop[1] - metric_start[1]) / (metric_stop[0] - metric_start[0])
@@ -406,7 +397,7 @@ async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespa
         "sessions": args.sessions, "opened": run.opened, "lost": sum(run.lost.values()), "lost_reasons": dict(run.lost),
         "open_seconds": open_seconds, "rss_all_open": rss_open, "window_seconds": window,
         "messages": run.messages, "texts_finished": len(run.finals), "decisions": run.decisions,
-        "tokens_per_s_client": tokens_in_window / window, "tokens_per_s_server": server_rate,
+        "tokens_per_s_client": run.tokens_at_stop / window, "tokens_per_s_server": server_rate,
         "tokens_per_s_by_second": full, "mean_prefix_tokens": run.positions / max(run.messages, 1),
         "latency_ms": percentiles(run.latencies),
         "p99_ms_by_second": [1e3 * float(np.percentile(run.latency_by_second.get(s, [0.0]), 99)) for s in range(int(window))],
