@@ -21,7 +21,9 @@ from tests.test_trainer import REPO_ROOT, SMALL, _documents, _preprocess
 def taught(tmp_path_factory):
     """A preprocessing, a BiLSTM trained and exported on it, and another preprocessing (other words)."""
     root = tmp_path_factory.mktemp("distill")
-    prep = _preprocess(str(root / "prep"), _documents(320, 2, seed=0))
+    # U+0085 is a word of the vocabulary (as in IMDB) and a line break to str.splitlines.
+    nel = [{"id": f"nel{i}", "text": f"\x85 w{i} \x85", "label": i % 2} for i in range(20)]
+    prep = _preprocess(str(root / "prep"), _documents(320, 2, seed=0) + nel)
     trainer.run_training(prep, str(root / "teacher"), TrainConfig(kinds=("bilstm",), epochs=3, **SMALL))
     other = [dict(d, text=d["text"].replace("w", "x")) for d in _documents(200, 2, seed=4)]
     return {"root": root, "prep": prep, "teacher": str(root / "teacher"),
@@ -76,7 +78,7 @@ def test_a_distilled_lstm_trains_exports_and_records_its_teacher(taught):
         kinds=("lstm",), epochs=4, teacher=taught["teacher"], teacher_weight=0.7, prefix_training=0.5, **SMALL))
     m = metrics["lstm"]
     assert m["teacher"] == {"model_dir": os.path.join(taught["teacher"], "bilstm"), "weight": 0.7}
-    assert m["accuracy"] > 0.8, m  # the true-label accuracy of a learnable task, not agreement with the teacher
+    assert m["accuracy"] > 0.75, m  # the true-label accuracy of a learnable task, not agreement with the teacher
     card = json.loads((out / "lstm" / C.MODEL_CARD_FILE).read_text())
     assert card["metrics"]["teacher"]["weight"] == 0.7
     config = json.loads((out / "lstm" / trainer.TRAIN_CONFIG_FILE).read_text())

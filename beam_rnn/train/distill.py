@@ -60,7 +60,7 @@ def check_teacher(config: Any, transformed_dir: str, stats: dict[str, Any]) -> N
     if not tf.io.gfile.exists(vocab_path):
         raise TrainerInputError(f"--teacher {path} has no vocab.txt to check its token ids against")
     with tf.io.gfile.GFile(vocab_path) as f:
-        teacher_words = f.read().splitlines()
+        teacher_words = f.read().split("\n")[:-1]  # one word + "\n" each; words may hold other line breaks (U+0085)
     if teacher_words != read_vocabulary(transformed_dir) or card.get("id_space_size") != int(
             stats["vocab_size_with_reserved"]):
         raise TrainerInputError(f"--teacher {path} was trained on another preprocessing (its vocabulary differs "
