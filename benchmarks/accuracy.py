@@ -24,10 +24,12 @@ numbers, and the references are test numbers (of other models) to stand beside, 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -60,14 +62,16 @@ def cli(*args: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def run_corpus(name: str, work: str, seed: int, warm_start: bool = False) -> dict[str, float]:
-    """Accuracy per model kind for one corpus and seed (warm-started from the corpus' own CBOW vectors)."""
+def run_corpus(name: str, work: str, seed: int, warm_start: bool = False, arm: str | None = None,
+               train_flags: Sequence[str] = ()) -> dict[str, float]:
+    """Accuracy per model kind for one corpus and seed (warm-started from the corpus' own CBOW vectors;
+    `train_flags` added to `train`, the models and reports named by `arm`)."""
     spec = CORPORA[name]
-    arm = "warm" if warm_start else "cold"
+    arm = arm or ("warm" if warm_start else "cold")
     prep, models = os.path.join(work, name, "prep"), os.path.join(work, name, f"models_{arm}_seed{seed}")
     if not os.path.exists(os.path.join(prep, "manifest.json")):
         cli("preprocess", *spec["preprocess"], "--output", prep, "--runner", "DirectRunner")
-    train = ["train", "--transformed", prep, "--output", models, "--kind", "both", "--seed", str(seed)]
+    train = ["train", "--transformed", prep, "--output", models, "--kind", "both", "--seed", str(seed), *train_flags]
     if warm_start:  # CBOW on the train split only (never the eval split or dev), width of the classifiers' Embedding
         vectors = os.path.join(work, name, f"vectors_seed{seed}")
         if not os.path.exists(os.path.join(vectors, "vectors.txt")):
@@ -101,16 +105,22 @@ def main(argv=None) -> int:
     parser.add_argument("--warm-start", action="store_true",
                         help="Warm-start both models from CBOW vectors trained on the corpus' own train split "
                              "(gensim backend, one worker: deterministic per seed).")
+    parser.add_argument("--arm", help="Name of this variant (models_ARM_seedS, dev_ARM_seedS, summary_ARM.json); "
+                        "default cold / warm.")
+    parser.add_argument("--train-flags", default="", help='More `train` flags, e.g. --train-flags="--embedding-dropout 0.2".')
     args = parser.parse_args(argv)
     summary = {}
+    arm = args.arm or ("warm" if args.warm_start else "cold")
     for name in args.corpora:
         start = time.time()
-        runs = [run_corpus(name, args.work, seed, args.warm_start) for seed in args.seeds]
-        summary[name] = {"seeds": args.seeds, "warm_start": args.warm_start, "accuracy": {k: [r[k] for r in runs] for k in KINDS},
+        runs = [run_corpus(name, args.work, seed, args.warm_start, arm, shlex.split(args.train_flags))
+                for seed in args.seeds]
+        summary[name] = {"seeds": args.seeds, "warm_start": args.warm_start, "train_flags": args.train_flags,
+                         "accuracy": {k: [r[k] for r in runs] for k in KINDS},
                          "reference": CORPORA[name]["reference"], "seconds": round(time.time() - start, 1)}
         print(f"{name}: " + ", ".join(f"{k} {_cell(summary[name]['accuracy'][k])}" for k in KINDS), flush=True)
     os.makedirs(args.work, exist_ok=True)
-    with open(os.path.join(args.work, f"summary_{'warm' if args.warm_start else 'cold'}.json"), "w") as f:
+    with open(os.path.join(args.work, f"summary_{arm}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print("| corpus | BiLSTM | streaming LSTM | reference |\n| --- | --- | --- | --- |")
     for name, s in summary.items():

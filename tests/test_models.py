@@ -131,6 +131,29 @@ def test_bilstm_default_is_the_tutorial_model():
     assert not np.array_equal(bidi.forward_layer.cell.kernel.numpy(), bidi.backward_layer.cell.kernel.numpy())
 
 
+@pytest.mark.parametrize("kind", ["lstm", "bilstm"])
+def test_embedding_dropout_drops_whole_dimensions_in_training_only_and_keeps_the_initial_weights(kind):
+    small = dict(kind=kind, vocab_size=40, embedding_dim=8, units=6, dense_units=5)
+    plain = models.build_classifier(models.ModelConfig(**small))
+    dropped = models.build_classifier(models.ModelConfig(**small, embedding_dropout=0.5))
+    assert _layer_types(dropped)[:3] == ["InputLayer", "Embedding", "SpatialDropout1D"]
+    for layer in plain.layers:  # same seeds: the dropout's generator is seeded aside
+        for a, b in zip(layer.get_weights(), dropped.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    ids = tf.constant([[3, 4, 5, 6, 0, 0]])
+    np.testing.assert_array_equal(plain(ids).numpy(), dropped(ids, training=False).numpy())
+    assert not np.array_equal(dropped(ids, training=True).numpy(), dropped(ids, training=False).numpy())
+    # Spatial: a dimension is dropped at every position of the document at once.
+    embedded = dropped.get_layer("embedding")(ids)
+    out = dropped.get_layer("embedding_dropout")(embedded, training=True).numpy()[0, :4]
+    zero = (out == 0).all(axis=0)
+    assert zero.any() and ((out != 0) | zero).all()
+    if kind == "lstm":  # the streaming step weights do not change
+        config = models.ModelConfig(**small, embedding_dropout=0.5)
+        assert sorted(models.extract_step_weights(dropped, config)) == sorted(
+            models.extract_step_weights(plain, models.ModelConfig(**small)))
+
+
 def test_bilstm_stacked_tutorial_variant():
     config = models.ModelConfig(kind="bilstm", vocab_size=1000, stacked_tutorial=True)
     model = models.build_classifier(config)

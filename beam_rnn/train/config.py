@@ -57,7 +57,8 @@ class ModelSettings:
         stacked_tutorial: "bilstm" only: the tutorial's stacked variant,
             Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
             Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
-        seed: Seed of every initialiser and of the Dropout layer's random generator
+        embedding_dropout: Rate of a SpatialDropout1D after the Embedding (0 = no layer).
+        seed: Seed of every initialiser and of the Dropout layers' random generators
             (training also seeds the global random state and the shuffle with it).
     """
 
@@ -69,6 +70,9 @@ class ModelSettings:
     dropout: float | None = option(None, "Dropout before the logits.", minimum=0.0, less_than=1.0,
                                    show_default="auto: 0.5 below 10,000 training documents, else 0")
     stacked_tutorial: bool = option(False, "bilstm: the tutorial's stacked two-layer variant.", flag="stacked")
+    embedding_dropout: float = option(
+        0.0, "Spatial dropout after the Embedding: this share of the embedding dimensions is zeroed for a whole "
+        "document at a time while training (0: no layer).", minimum=0.0, less_than=1.0)
     seed: int = option(42, "Seed of initialisers, Dropout and shuffles: seeded runs are bit-identical on CPU, also "
                        "across a kill and resume.", minimum=0)
 

@@ -32,6 +32,7 @@ from beam_rnn.train.config import CELLS, KIND_BILSTM, KIND_LSTM, KINDS, ModelCon
 EMBEDDING_LAYER = "embedding"
 DENSE_HIDDEN_LAYER = "dense_hidden"
 DROPOUT_LAYER = "dropout"
+EMBEDDING_DROPOUT_LAYER = "embedding_dropout"
 LOGITS_LAYER = "logits"
 INPUT_NAME = "token_ids"
 
@@ -63,7 +64,12 @@ class _Seeds:
     """Hands out distinct, reproducible initialiser seeds derived from one base seed."""
 
     def __init__(self, base: int) -> None:
+        self._base = base
         self._next = base * 1000
+
+    def aside(self) -> int:
+        """A seed outside the sequence `take` hands out (for layers that must not shift the others' seeds)."""
+        return self._base * 1000 + 999
 
     def take(self) -> int:
         seed = self._next
@@ -121,6 +127,11 @@ def build_classifier(config: ModelConfig) -> keras.Model:
         embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seeds.take()),
         name=EMBEDDING_LAYER,
     )(inputs)
+    if config.embedding_dropout > 0:
+        # A seed of its own, outside the sequence handed out below: with or without this layer the
+        # initial weights are the same, so comparisons at one seed differ in the dropout only.
+        x = keras.layers.SpatialDropout1D(config.embedding_dropout, seed=seeds.aside(), rng_type="stateful",
+                                          name=EMBEDDING_DROPOUT_LAYER)(x)
 
     dropout = config.dropout
     if config.kind == KIND_BILSTM:
