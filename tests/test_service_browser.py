@@ -160,6 +160,7 @@ def test_page_shows_the_prediction_and_the_decision_while_typing(model_dir, tmp_
             text.press_sequentially(SECOND)
             _expect_page(page, clf, FIRST + SECOND)
             sync_api.expect(page.locator("#decision")).not_to_be_empty(timeout=TIMEOUT_MS)
+            _wait(page, lambda: any(f.get("type") == "decision" for f in frames), lambda: "the decision frame")
             decisions = [f for f in frames if f.get("type") == "decision"]
             assert len(decisions) == 1 and decisions[0]["position"] == position
             assert decisions[0]["predicted_label_name"] in page.locator("#decision").inner_text()
