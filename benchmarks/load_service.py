@@ -65,14 +65,16 @@ SERVING_LINE = re.compile(r"^serving (?P<names>.*) on http://(?P<host>[^/]+):(?P
 class Server:
     """``beam-rnn serve`` in a subprocess on 127.0.0.1, port 0; its URL from the one stdout line."""
 
-    def __init__(self, model_dirs: list[str], extra: list[str], startup_seconds: float):
+    def __init__(self, model_dirs: list[str], extra: list[str], startup_seconds: float, root: Path = ROOT,
+                 prelude: str = ""):
+        """`root`: the source tree the server runs from; `prelude`: Python run before the command (overrides)."""
         args = [a for d in model_dirs for a in ("--model", d)]
-        cmd = [sys.executable, "-c", "from beam_rnn.cli import main; main()", "serve", *args,
+        cmd = [sys.executable, "-c", prelude + "from beam_rnn.cli import main; main()", "serve", *args,
                "--host", "127.0.0.1", "--port", "0", *extra]
         self.stderr = tempfile.NamedTemporaryFile("w+", prefix="serve-stderr-", suffix=".log", delete=False)
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
-                                     text=True, cwd=str(ROOT), env=env)
+                                     text=True, cwd=str(root), env=env)
         lines: queue.Queue[str | None] = queue.Queue()
         self.stdout_lines: list[str] = []
 
@@ -551,6 +553,86 @@ def check_finals(model_dir: str, finals: list[tuple[str, dict[str, float], int]]
             "tokens_seen_differ": tokens_differ, "by_length": by_length}
 
 
+# --- Servers compared in the same run (--compare) -----------------------------------------------
+
+
+@dataclass
+class Variant:
+    """A server to compare: this tree, another commit's tree, or this tree with uvicorn options overridden."""
+
+    name: str
+    root: Path = ROOT
+    prelude: str = ""
+
+
+def parse_variant(spec: str, workdir: Path) -> Variant:
+    """``rev:REV`` (the server of commit REV, from ``git archive``) or ``uvicorn:KEY=VALUE[,KEY=VALUE]``
+    (`beam_rnn.service.server.UVICORN_OPTIONS` overridden, e.g. ``uvicorn:loop=asyncio,ws=wsproto``)."""
+    kind, _, value = spec.partition(":")
+    if kind == "rev" and value:
+        root = workdir / re.sub(r"[^A-Za-z0-9_.-]", "_", value)
+        root.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", value], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        return Variant(spec, root=root)
+    if kind == "uvicorn" and value:
+        options = dict(item.split("=", 1) for item in value.split(","))
+        return Variant(spec, prelude=f"import beam_rnn.service.server as s; s.UVICORN_OPTIONS.update({options!r}); ")
+    raise SystemExit(f"load_service: --compare {spec!r}: give rev:REV or uvicorn:KEY=VALUE[,KEY=VALUE]")
+
+
+def server_us_per_message(ws: dict[str, Any]) -> float:
+    return 1e6 * ws["cpu_cores_server"] * ws["window_seconds"] / max(ws["messages"], 1)
+
+
+def client_us_per_message(ws: dict[str, Any]) -> float:
+    return 1e6 * ws["cpu_cores_client"] * ws["window_seconds"] / max(ws["messages"], 1)
+
+
+def compare_run(args: argparse.Namespace, reviews: list[list[str]], extra: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """`--rounds` rounds; in each, the same typing load against a fresh server of every variant (this tree first
+    in even rounds, last in odd ones, so that a drift of the machine's load does not favour one)."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="load-service-variants-") as workdir:
+        variants = [Variant("this tree")] + [parse_variant(spec, Path(workdir)) for spec in args.compare]
+        for name in (v.name for v in variants):
+            results[name] = []
+        for round_index in range(args.rounds):
+            for variant in variants if round_index % 2 == 0 else variants[::-1]:
+                print(f"load_service: round {round_index + 1}/{args.rounds}, {variant.name}: {args.sessions} sessions "
+                      f"for up to {args.seconds:.0f} s", file=sys.stderr)
+                server = Server([args.model], extra, args.startup_seconds, root=variant.root, prelude=variant.prelude)
+                try:
+                    asyncio.run(wait_ready(server, args.startup_seconds))
+                    ws = asyncio.run(websocket_run(server, ReviewPool(reviews), args))
+                    ws.pop("finals")
+                finally:
+                    ws_exit = server.stop()
+                ws["server_exit"] = ws_exit
+                results[variant.name].append(ws)
+    return results
+
+
+def compare_report(results: dict[str, list[dict[str, Any]]], sessions: int) -> str:
+    """Per variant, the median over rounds; the ratio of server CPU per message against this tree."""
+    base = float(np.median([server_us_per_message(ws) for ws in results["this tree"]]))
+    lines = [f"beam-rnn serve variants, {sessions} WebSocket sessions, {len(results['this tree'])} round(s) each "
+             "(median over rounds; every round in brackets)",
+             f"  {'variant':<34} {'server us CPU/msg':>34} {'x this tree':>11} {'tokens/s':>8} "
+             f"{'client us/msg':>13} {'p99 ms':>7} {'lost':>4} {'server cores':>12} {'load avg':>8}"]
+    for name, runs in results.items():
+        per_msg = [server_us_per_message(ws) for ws in runs]
+        median = float(np.median(per_msg))
+        lines.append(
+            f"  {name:<34} {median:>7.0f} [{', '.join(f'{v:.0f}' for v in per_msg):>24}] {median / base:>11.2f} "
+            f"{np.median([ws['tokens_per_s_client'] for ws in runs]):>8,.0f} "
+            f"{np.median([client_us_per_message(ws) for ws in runs]):>13.0f} "
+            f"{np.median([ws['latency_ms']['p99'] for ws in runs]):>7.1f} {sum(ws['lost'] for ws in runs):>4} "
+            f"{np.median([ws['cpu_cores_server'] for ws in runs]):>12.2f} "
+            f"{np.median([np.mean(ws['load_average_1min']) for ws in runs]):>8.1f}")
+    return "\n".join(lines)
+
+
 # --- Report -----------------------------------------------------------------------------------
 
 
@@ -580,8 +662,7 @@ def report(r: dict[str, Any]) -> str:
         f"  CPU (cores of {psutil.cpu_count()}) client / server / others  {ws['cpu_cores_client']:.2f} / "
         f"{ws['cpu_cores_server']:.2f} / {max(0.0, ws['cpu_cores_machine'] - ws['cpu_cores_client'] - ws['cpu_cores_server']):.2f}"
         f"  (load average {ws['load_average_1min'][0]:.1f} -> {ws['load_average_1min'][1]:.1f})",
-        f"  per message: client {1e6 * ws['cpu_cores_client'] * ws['window_seconds'] / max(ws['messages'], 1):.0f} us CPU, "
-        f"server {1e6 * ws['cpu_cores_server'] * ws['window_seconds'] / max(ws['messages'], 1):.0f} us CPU; "
+        f"  per message: client {client_us_per_message(ws):.0f} us CPU, server {server_us_per_message(ws):.0f} us CPU; "
         f"server tokens per server CPU-second {ws['tokens_per_s_client'] / max(ws['cpu_cores_server'], 1e-9):,.0f}",
         f"  final vs serving_default             {check['within_1e-5']} of {check['texts']} within 1e-5, "
         f"max |diff| {check['max_drift']:.2e}, labels differ {check['labels_differ']}, "
@@ -665,6 +746,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alt-reviews", type=int, default=1000,
                    help="The restart-incremental keystrokes are drawn from every word of the first this many reviews.")
     p.add_argument("--startup-seconds", type=float, default=180.0)
+    p.add_argument("--compare", action="append", default=[], metavar="VARIANT",
+                   help="Instead of the full run: the typing load (no restart-incremental, no serving_default check) "
+                   "against this tree's server and against each VARIANT, rev:REV (another commit's server) or "
+                   "uvicorn:KEY=VALUE[,...] (uvicorn options overridden), --rounds times; prints server CPU per message "
+                   "and its ratio (repeatable).")
+    p.add_argument("--rounds", type=int, default=3, help="With --compare: rounds (each runs every variant once).")
     p.add_argument("--json", help="Write the results (without per-text finals) here.")
     p.add_argument("--figure", help="Write tokens/s, p99 latency and RSS over time here (PNG).")
     return p.parse_args(argv)
@@ -680,8 +767,15 @@ def main(argv: list[str] | None = None) -> int:
 
     clf = StreamingClassifier.load(args.model)
     reviews = read_reviews(args.imdb, args.reviews)
-    keystrokes = Keystrokes(reviews[: args.alt_reviews], clf) if args.alt_sessions else None
+    keystrokes = Keystrokes(reviews[: args.alt_reviews], clf) if args.alt_sessions and not args.compare else None
     extra = ["--max-sessions", str(args.sessions), *[a for arg in args.serve_arg for a in arg.split()]]
+    if args.compare:
+        results = compare_run(args, reviews, extra)
+        print(compare_report(results, args.sessions))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=1)
+        return 0
     print(f"load_service: starting beam-rnn serve ({len(reviews)} reviews read)", file=sys.stderr)
     server = Server([args.model], extra, args.startup_seconds)
     sampler = RssSampler(server)

@@ -31,7 +31,9 @@ from beam_rnn.core.errors import InputError
 from beam_rnn.service.app import create_app
 from beam_rnn.service.config import ServiceConfig, is_loopback
 from beam_rnn.service.models import load_models
+from beam_rnn.service.metrics import LATENCY_BUCKETS, PREFIX, ServiceMetrics
 from beam_rnn.service.sessions import Batcher, SessionTable
+from beam_rnn.stream import step as rnn_step
 from beam_rnn.stream.classifier import StreamingClassifier
 from tests.helpers import WORDS, build_streaming_model_dir
 
@@ -369,6 +371,37 @@ def test_health_ready_page_and_metrics(client):
     assert metric(client, "beam_rnn_serve_model_reloads_total", outcome="loaded") == 0
 
 
+def test_the_per_message_metrics_read_as_prometheus_client_would_export_them():
+    """The plain-number counters and buckets export the samples a prometheus_client Counter / Histogram would."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    values = [0.0, 0.0005, 0.0004999, 0.00050001, 0.003, 0.05, 1.0, 1.5, 7.0, 0.0005]
+    ours = ServiceMetrics()
+    registry = CollectorRegistry()
+    latency = Histogram(PREFIX + "message_latency_seconds", "x", ["transport"], buckets=LATENCY_BUCKETS,
+                        registry=registry)
+    messages = Counter(PREFIX + "messages", "x", ["transport"], registry=registry)
+    tokens = Counter(PREFIX + "tokens", "x", registry=registry)
+    for i, value in enumerate(values):
+        transport = ("ws", "http", "classify")[i % 3]
+        ours.latency[transport].observe(value)
+        latency.labels(transport).observe(value)
+        if transport != "classify":
+            ours.messages[transport] += 1
+            messages.labels(transport).inc()
+        ours.tokens += i
+        tokens.inc(i)
+
+    def samples(text: str) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples
+                if not s.name.endswith("_created") and s.name.startswith(PREFIX)
+                and s.name.split(PREFIX)[1].startswith(("message_latency", "messages", "tokens"))}
+
+    got, want = samples(ours.exposition().decode()), samples(generate_latest(registry).decode())
+    assert want and got == want
+
+
 # --- Batching -------------------------------------------------------------------------------------------
 
 
@@ -391,12 +424,14 @@ def test_the_batcher_steps_all_pending_sessions_in_one_call_per_round(clf):
     ids, out = asyncio.run(run())
     # Round r advances every session with more than r tokens: one step_batch call each round.
     assert rows == [sum(n > r for n in lengths) for r in range(max(lengths))]
-    for token_ids, logits in zip(ids, out):
-        assert logits.shape == (len(token_ids), 1)
+    for token_ids, (logits, probs) in zip(ids, out):
+        assert logits.shape == probs.shape == (len(token_ids), 1)
         state = clf.start()
-        for t, row in zip(token_ids, logits):
+        for t, row, prob in zip(token_ids, logits, probs):
             _, state = clf.step(state, int(t))
             assert abs(float(state.logits[0]) - float(row[0])) <= TOL
+            # The round's probabilities, computed for all its rows at once, are each row's own, bit for bit.
+            assert prob.tobytes() == rnn_step.probabilities(row, clf.num_classes).tobytes()
 
 
 def test_a_session_closed_mid_message_is_dropped_and_its_row_never_stepped_again(clf):
@@ -415,10 +450,11 @@ def test_a_session_closed_mid_message_is_dropped_and_its_row_never_stepped_again
         newcomer = table.open("ws", "new", clf)  # takes the freed row
         assert newcomer.row == gone.row
         before = [a[newcomer.row].copy() for a in newcomer.pool.arrays]
-        partial = await asyncio.wait_for(pending, 5)  # answered, not left hanging
+        partial, partial_probs = await asyncio.wait_for(pending, 5)  # answered, not left hanging
+        assert len(partial_probs) == len(partial)
         await kept
         assert all(np.array_equal(b, a[newcomer.row]) for b, a in zip(before, newcomer.pool.arrays))
-        assert len(await batcher.step(gone, [1, 2])) == 0
+        assert [len(a) for a in await batcher.step(gone, [1, 2])] == [0, 0]
         task.cancel()
         return partial, rows
 

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -172,11 +173,11 @@ class Service:
         await websocket.accept()
         models = self.models
         if models is None:
-            await websocket.send_json(error_frame("not_ready", NOT_READY))
+            await send_frame(websocket, error_frame("not_ready", NOT_READY))
             await websocket.close(code=CLOSE_TRY_LATER, reason="not ready")
             return
         if models.stream is None:
-            await websocket.send_json(error_frame("no_streaming_model", NO_STREAM))
+            await send_frame(websocket, error_frame("no_streaming_model", NO_STREAM))
             await websocket.close(code=CLOSE_NO_MODEL, reason="no streaming model")
             return
         session = self.sessions.open("ws", uuid.uuid4().hex, models.stream.streaming)
@@ -185,9 +186,9 @@ class Service:
             await websocket.close(code=CLOSE_TRY_LATER, reason="max sessions reached")
             return
         self._sockets[session.id] = websocket
-        messages, latency = self.metrics.messages.labels("ws"), self.metrics.latency.labels("ws")
+        messages, latency = self.metrics.messages, self.metrics.latency["ws"]
         try:
-            await websocket.send_json({
+            await send_frame(websocket, {
                 "type": "hello", "session": session.id, "model": models.stream.name,
                 "classes": list(session.classifier.class_names), "decide_at": self.config.decide_at,
                 "min_tokens": self.config.min_tokens})
@@ -197,8 +198,8 @@ class Service:
                     return
                 started = time.perf_counter()
                 for frame in await self.answer(session, message):
-                    await websocket.send_json(frame)
-                messages.inc()
+                    await send_frame(websocket, frame)
+                messages["ws"] += 1
                 latency.observe(time.perf_counter() - started)
         except (WebSocketDisconnect, OSError):  # the client left (uvicorn's ClientDisconnected is an OSError)
             pass
@@ -208,6 +209,11 @@ class Service:
         finally:
             self._sockets.pop(session.id, None)
             self.sessions.close(session, "shutdown" if self.stopping else "client_closed")  # no-op once swept
+
+
+async def send_frame(websocket: WebSocket, frame: dict[str, Any]) -> None:
+    """One JSON text frame (what Starlette's ``send_json`` sends), encoded by orjson rather than the json module."""
+    await websocket.send_text(orjson.dumps(frame).decode())
 
 
 def _fail(status: int, reason: str, detail: str) -> JSONResponse:
@@ -282,7 +288,7 @@ def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Seq
             return _fail(400, e.reason, e.detail)
         rows = await run_in_threadpool(models.classify, texts)
         service.metrics.classified.inc(len(texts))
-        service.metrics.latency.labels("classify").observe(time.perf_counter() - started)
+        service.metrics.latency["classify"].observe(time.perf_counter() - started)
         return JSONResponse({"results": [{"text_index": i, "models": row} for i, row in enumerate(rows)]})
 
     def _session_id(request: Request) -> str | None:
@@ -312,8 +318,8 @@ def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Seq
                 return _fail(503, "max_sessions", "max sessions reached")
         async with session.lock:
             frames = [] if session.closed else await service.answer(session, body)
-        service.metrics.messages.labels("http").inc()
-        service.metrics.latency.labels("http").observe(time.perf_counter() - started)
+        service.metrics.messages["http"] += 1
+        service.metrics.latency["http"].observe(time.perf_counter() - started)
         if not frames:
             return _fail(404, "unknown_session", f"session {session_id} was closed")
         if frames[0]["type"] == "error":

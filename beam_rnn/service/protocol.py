@@ -25,7 +25,6 @@ from beam_rnn.core.incremental import decision_index
 from beam_rnn.service.config import ServiceConfig
 from beam_rnn.service.metrics import ServiceMetrics
 from beam_rnn.service.sessions import Batcher, Session
-from beam_rnn.stream import step as rnn_step
 from beam_rnn.stream.classifier import StreamState
 from beam_rnn.stream.events import one_line, repair_text
 
@@ -114,9 +113,9 @@ def prediction_frame(current: Mapping[str, Any], *, final: bool, seq: int) -> di
             "probabilities": current["probabilities"], "final": final, "seq": seq}
 
 
-def _top_probabilities(logits: np.ndarray, num_classes: int) -> list[float]:
-    """The top class probability after each row of logits, as `StreamingClassifier.decide` reads it."""
-    probs = rnn_step.probabilities(logits, num_classes)
+def _top_probabilities(probs: np.ndarray, num_classes: int) -> list[float]:
+    """The top class probability after each row of probabilities (`beam_rnn.stream.step.probabilities` of the
+    logits), as `StreamingClassifier.decide` reads it."""
     if num_classes == 2:
         return [max(1.0 - p, p) for p in (float(v) for v in probs[:, 0])]
     return [max(float(v) for v in row) for row in probs]
@@ -185,15 +184,20 @@ class Streams:
             words += more
         room = len(words) if classifier.max_tokens is None else max(0, classifier.max_tokens - state.tokens_seen)
         ids = [classifier.token_id(word) for word in words[:room]]
-        logits = await self.batcher.step(session, ids)
+        logits, probs = await self.batcher.step(session, ids)
         if session.closed:  # closed (idle timeout, DELETE, shutdown) while its tokens were stepped
             return []
-        self.metrics.tokens.inc(len(ids))
+        self.metrics.tokens += len(ids)
         new = session.advanced(tokenizer, logits, len(words) - len(ids))
-        frames = [prediction_frame(classifier.current(new), final=command.finish, seq=seq)]
+        if len(probs):  # StreamingClassifier.current, with the probabilities the batcher computed for the round
+            current = {**classifier._outcome(new.logits, probs[-1]),  # pylint: disable=protected-access
+                       "tokens_seen": new.tokens_seen}
+        else:
+            current = classifier.current(new)
+        frames = [prediction_frame(current, final=command.finish, seq=seq)]
         if self.config.decide_at is not None and not new.decided_at and len(logits):
             positions = list(range(state.tokens_seen + 1, new.tokens_seen + 1))
-            tops = _top_probabilities(logits, classifier.num_classes)
+            tops = _top_probabilities(probs, classifier.num_classes)
             i = decision_index(tops, positions, self.config.decide_at, self.config.min_tokens)
             if i is not None:
                 fired = classifier.current(StreamState(rnn=(), logits=logits[i], tokens_seen=positions[i]))

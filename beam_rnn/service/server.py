@@ -12,6 +12,7 @@ access log too).
 """
 
 import asyncio
+import importlib.util
 import signal
 import socket
 import sys
@@ -24,6 +25,21 @@ from beam_rnn.service.config import ServiceConfig
 from beam_rnn.service.models import ModelSet
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# uvicorn's implementations (`benchmarks/load_service.py --compare`, RESULTS.md): uvloop's event loop when installed
+# (the pause/resume of reading around every message and the socket writes in C: less server CPU per WebSocket
+# message), httptools for HTTP, and uvicorn's choice of WebSocket protocol (wsproto and the legacy websockets one
+# measured no cheaper).
+UVICORN_OPTIONS = {
+    "loop": "uvloop" if _installed("uvloop") else "asyncio",
+    "http": "httptools" if _installed("httptools") else "h11",
+    "ws": "auto",
+}
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -63,13 +79,19 @@ def serve(config: ServiceConfig, models: ModelSet, model_values: Sequence[str], 
     app = create_app(config, models, model_values)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=verbose, lifespan="on", ws_max_size=config.max_body_bytes,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False))
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
+        http=UVICORN_OPTIONS["http"], ws=UVICORN_OPTIONS["ws"]))
     # uvicorn raises the stopping signal again after its graceful shutdown, with the handler it found:
     # a no-op one here, so that Ctrl-C / SIGTERM end in exit status 0 rather than a KeyboardInterrupt.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     line = f"serving {', '.join(models.names)} on {url(config.host, sock)}"
-    asyncio.run(_run(server, app.state.service, sock, line, out or sys.stdout))
+    run = asyncio.run
+    if UVICORN_OPTIONS["loop"] == "uvloop":
+        import uvloop  # pylint: disable=import-outside-toplevel
+
+        run = uvloop.run
+    run(_run(server, app.state.service, sock, line, out or sys.stdout))
     return 0
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from beam_rnn.stream import step as rnn_step
 from beam_rnn.stream.classifier import StreamingClassifier, StreamState
 from beam_rnn.stream.tokenizer import TokenizerState
 
@@ -168,14 +169,20 @@ class _Job:
     session: Session
     ids: np.ndarray
     logits: np.ndarray
+    probs: np.ndarray
     future: asyncio.Future
     done: int = 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.logits[: self.done], self.probs[: self.done]
 
 
 class Batcher:
     """The one task that advances every session: per round, one batched step per model for all pending tokens.
 
-    `step` queues a session's token ids and waits for their logits; each round takes
+    `step` queues a session's token ids and waits for their logits and class probabilities
+    (`beam_rnn.stream.step.probabilities` of the round's rows at once: the same float32
+    values row by row, without a NumPy call per message); each round takes
     the next token of every queued job (rows = sessions with a pending token), so a
     long message does not hold the others back and throughput grows with load.
     Jobs of closed sessions are dropped before their row could be reused.
@@ -186,17 +193,16 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._on_round = on_round  # called with the rows of each step
 
-    async def step(self, session: Session, ids: list[int]) -> np.ndarray:
-        """The logits after each of `ids` (``[len(ids), out]``), the session's row advanced past them."""
+    async def step(self, session: Session, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The logits and the probabilities after each of `ids` (both ``[len(ids), out]``), the session's row
+        advanced past them (fewer rows when the session closed meanwhile)."""
         out_width = session.classifier.weights.num_outputs
-        if not ids:
-            return np.zeros((0, out_width), np.float32)
+        if not ids or session.closed:
+            return np.zeros((0, out_width), np.float32), np.zeros((0, out_width), np.float32)
         if self._wake is None:
             raise RuntimeError("the batcher is not running")
-        if session.closed:
-            return np.zeros((0, out_width), np.float32)
         job = _Job(session, np.asarray(ids, np.int64), np.empty((len(ids), out_width), np.float32),
-                   asyncio.get_running_loop().create_future())
+                   np.empty((len(ids), out_width), np.float32), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._wake.set()
         return await job.future
@@ -212,7 +218,7 @@ class Batcher:
             self._queue = []
             for job in active:
                 if job.session.closed and not job.future.done():  # its row may be another session's now
-                    job.future.set_result(job.logits[: job.done])
+                    job.future.set_result(job.result())
             active = [job for job in active if not job.future.done()]
             by_pool: dict[int, list[_Job]] = {}
             for job in active:
@@ -220,14 +226,17 @@ class Batcher:
             for jobs in by_pool.values():
                 rows = np.fromiter((job.session.row for job in jobs), np.int64, len(jobs))
                 ids = np.fromiter((job.ids[job.done] for job in jobs), np.int64, len(jobs))
+                pool = jobs[0].session.pool
                 try:
-                    logits = jobs[0].session.pool.step(rows, ids)
+                    logits = pool.step(rows, ids)
+                    probs = rnn_step.probabilities(logits, pool.classifier.num_classes)
                 except Exception as e:  # pylint: disable=broad-except  # a bug fails those messages, not the task
                     for job in jobs:
                         job.future.set_exception(e)
                     continue
-                for job, row in zip(jobs, logits):
+                for job, row, prob in zip(jobs, logits, probs):
                     job.logits[job.done] = row
+                    job.probs[job.done] = prob
                     job.done += 1
                 self._on_round(len(jobs))
             remaining = []
@@ -235,7 +244,7 @@ class Batcher:
                 if job.future.done():
                     continue
                 if job.done == len(job.ids):
-                    job.future.set_result(job.logits)
+                    job.future.set_result((job.logits, job.probs))
                 else:
                     remaining.append(job)
             active = remaining
