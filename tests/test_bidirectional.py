@@ -72,3 +72,23 @@ def test_evaluate_early_prefixes_match_rerunning_the_model():
     got = bidirectional_early(PrefixBidirectional.from_variables(model.variables, 2), ids, cuts, 2)
     assert got.shape == want.shape == (4, 10)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_documents_go_through_in_bounded_groups_with_the_same_results(monkeypatch):
+    from beam_rnn.serve import bidirectional
+
+    model, _ = _model(13)
+    prefix = PrefixBidirectional.from_variables(model.variables, 2)
+    lengths = [7, 2, 9, 1, 4]
+    ids = _ids(8, lengths)
+    cuts = [list(range(1, n + 1)) for n in lengths]
+    whole = prefix.logits(ids, cuts)
+    calls = []
+    original = PrefixBidirectional._group_logits
+    monkeypatch.setattr(bidirectional, "MAX_ROWS", 8)
+    monkeypatch.setattr(PrefixBidirectional, "_group_logits",
+                        lambda self, i, c: calls.append(sum(map(len, c))) or original(self, i, c))
+    grouped = prefix.logits(ids, cuts)
+    assert calls == [7, 2, 9, 5]  # at most 8 prefixes a group, but a 9-token document alone
+    for a, b in zip(whole, grouped):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -33,6 +33,7 @@ from beam_rnn.stream import step as rnn_step
 # Variable names of a single Bidirectional layer built by `beam_rnn.train.models`.
 _RNN = re.compile(r"^rnn_0/(forward|backward)_rnn_0_(forward|backward)/(lstm|gru|simple_rnn)_cell/"
                   r"(kernel|recurrent_kernel|bias):0$")
+MAX_ROWS = 16384  # prefixes computed together (state, gates: ~6 KB a row at 64 units)
 _HEAD = {"embedding/embeddings:0": "embedding", "dense_hidden/kernel:0": "dense_kernel",
          "dense_hidden/bias:0": "dense_bias", "logits/kernel:0": "logits_kernel", "logits/bias:0": "logits_bias"}
 
@@ -99,8 +100,23 @@ class PrefixBidirectional:
     def logits(self, ids: np.ndarray, cuts: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per document i, the logits ``[len(cuts[i]), out]`` after each of its prefix lengths ``cuts[i]``.
 
-        `ids` is ``[N, T]`` right-padded token ids; a cut of 0 is the empty text.
+        `ids` is ``[N, T]`` right-padded token ids; a cut of 0 is the empty text.  Documents
+        go through in groups of at most `MAX_ROWS` prefixes (one document may exceed it
+        alone), so memory is bounded whatever the batch: every prefix of 256 long reviews
+        would otherwise be ~10^5 rows of state at once.
         """
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(cuts):
+            end, rows = start + 1, len(cuts[start])
+            while end < len(cuts) and rows + len(cuts[end]) <= MAX_ROWS:
+                rows += len(cuts[end])
+                end += 1
+            out += self._group_logits(ids[start:end], cuts[start:end])
+            start = end
+        return out
+
+    def _group_logits(self, ids: np.ndarray, cuts: Sequence[Sequence[int]]) -> list[np.ndarray]:
         docs = np.array([i for i, c in enumerate(cuts) for _ in c], dtype=np.int64)
         ends = np.array([t for c in cuts for t in c], dtype=np.int64)
         rows = len(ends)

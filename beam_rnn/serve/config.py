@@ -73,7 +73,9 @@ class EvaluateConfig:
         "the group column the model card names, as preprocess did).",
         choices=SPLITS,
     )
-    batch_size: int = option(64, "Documents per model call.", minimum=1)
+    # 256, not 64: the early passes step every row of a batch together (NumPy), so larger batches cost less
+    # per document: 1,024 IMDB reviews took 19.6 s of model time at 64 and 10.3 s at 256 (2 busy cores).
+    batch_size: int = option(256, "Documents per model call.", minimum=1)
     sort_buffer: int = option(DEFAULT_SORT_BUFFER, SORT_BUFFER_HELP, minimum=0)
     length_boundaries: tuple[int, ...] | None = option(
         None,
