@@ -123,3 +123,25 @@ def test_the_stage_samples_deterministically_and_summarizes_every_token(env, loa
 def test_sample_must_be_positive(env):  # noqa: F811
     with pytest.raises(ValueError, match="sample must be >= 1"):
         stage.IncrementalMeasures(resolve_models([env["dirs"]["lstm"]]), sample=0)
+
+
+def test_every_streaming_model_steps_token_by_token_whatever_its_name(env):  # noqa: F811
+    """plain=... and pt=... (two streaming LSTMs compared in one evaluate) are both read incrementally."""
+    from beam_rnn.serve.evaluate import EvaluationModels, PREFIX_FRACTIONS
+
+    lstm = env["dirs"]["lstm"]
+    infos = resolve_models([f"plain={lstm}", f"pt={lstm}", env["dirs"]["bilstm"]])
+    docs = [((f"doc{i}", i % 2), text) for i, text in enumerate(TEXTS)]
+
+    def check(outputs):
+        [out] = outputs
+        modes = {name: m["mode"] for name, m in out["models"].items()}
+        assert modes == {"plain": "incremental", "pt": "incremental", "bilstm": "restart-incremental"}
+        assert out["models"]["plain"]["mean"] == out["models"]["pt"]["mean"]
+
+    with TestPipeline(runner="DirectRunner") as p:
+        assert_that(p | beam.Create(docs) | stage.IncrementalMeasures(infos, sample=4, batch_size=3), check)
+    models = EvaluationModels(infos, PREFIX_FRACTIONS)
+    assert models.prefix_models.keys() == {"bilstm"} and models.streaming == "plain"
+    _, full, early = models.predict(TEXTS)
+    np.testing.assert_array_equal(early[0], early[1])  # both from the NumPy step

@@ -170,12 +170,12 @@ class EvaluationModels(ClassifierModels):
         limit_blas_threads()  # the early passes are NumPy steps (beam_rnn.core.threads)
         self._fractions = tuple(fractions)
         self._num_classes = infos[0].num_classes
-        self.streaming = C.MODEL_LSTM if C.MODEL_LSTM in self.names else None
-        self.step_weights = None
-        if self.streaming:
-            self.step_weights = read_step_weights(infos[self.names.index(self.streaming)].model_dir)
+        # Every streaming (kind "lstm") model steps token by token, whatever its name (e.g. plain=... pt=...).
+        self._steps = {info.name: read_step_weights(info.model_dir) for info in infos if info.kind == C.MODEL_LSTM}
+        self.streaming = next(iter(self._steps), None)  # the one the report's latency table times
+        self.step_weights = self._steps.get(self.streaming)
         self.prefix_models = {name: PrefixBidirectional.from_module(model.module, self._num_classes)
-                              for name, model in zip(self.names, self._models) if name != self.streaming}
+                              for name, model in zip(self.names, self._models) if name not in self._steps}
 
     def predict(self, texts: Sequence[str]) -> tuple[Any, list[Any], list[Any]]:
         """``(token counts, [probabilities per model], [prefix probabilities per model])`` for a batch."""
@@ -189,8 +189,8 @@ class EvaluationModels(ClassifierModels):
         whole = np.array([[c == n for c in cut] for cut, n in zip(cuts, lengths)], dtype=bool).reshape(len(cuts), -1)
         early = []
         for m, (name, model) in enumerate(zip(self.names, self._models)):
-            if name == self.streaming:
-                prefixes = streaming_early(self.step_weights, ids, lengths, cuts, self._num_classes)
+            if name in self._steps:
+                prefixes = streaming_early(self._steps[name], ids, lengths, cuts, self._num_classes)
             elif self.prefix_models.get(name) is not None:
                 prefixes = bidirectional_early(self.prefix_models[name], ids, cuts, self._num_classes)
             else:

@@ -5,7 +5,7 @@
 documents with the smallest SHA-256 of their id: the same documents on every run
 and runner), and reads each one incrementally, exactly at every token:
 
-* the streaming model (``lstm``) truly incrementally: its per-token NumPy step,
+* every streaming model (kind ``lstm``, whatever its name) truly incrementally: its per-token NumPy step,
   one step per token for a whole batch of documents, O(1) a token;
 * every other model (the BiLSTM) *restart-incrementally*, since it has no per-token
   state: a single-layer bidirectional model with `beam_rnn.serve.bidirectional`
@@ -25,7 +25,7 @@ cost per token.  Its combiner keeps the sample's per-document measures: bounded 
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -126,7 +126,7 @@ class _IncrementalFn(beam.DoFn):
         limit_blas_threads()  # NumPy steps at every token (beam_rnn.core.threads)
         self._models = [LoadedSavedModel(info.model_dir) for info in self._infos]
         self._weights = {info.name: read_step_weights(info.model_dir)
-                         for info in self._infos if info.name == C.MODEL_LSTM}
+                         for info in self._infos if info.kind == C.MODEL_LSTM}
         self._prefix_models = {info.name: PrefixBidirectional.from_module(model.module, info.num_classes)
                                for info, model in zip(self._infos, self._models) if info.name not in self._weights}
 
@@ -174,8 +174,10 @@ def _decile_index(t: int, n: int) -> int:
     return min(9, int(10 * t / n)) if n else 0
 
 
-def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -> dict[str, Any]:
-    """The stage's output dict from the per-document labels (see the module docstring)."""
+def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str],
+              streaming: Collection[str] = (C.MODEL_LSTM,)) -> dict[str, Any]:
+    """The stage's output dict from the per-document labels (see the module docstring); `streaming`
+    names the models read token by token (the others were re-run on every prefix)."""
     read = [d for d in documents if d["n"] > 0]
     out: dict[str, Any] = {"sample_documents": len(documents), "documents_read": len(read),
                            "documents_without_tokens": len(documents) - len(read),
@@ -201,7 +203,7 @@ def summarize(documents: Sequence[dict[str, Any]], model_names: Sequence[str]) -
                 "accuracy": sum(d["labels"][name][t - 1] == d["label"] for d, (t, _) in zip(read, points)) / k}
         seconds = sum(d["seconds"][name] for d in read)
         out["models"][name] = {
-            "mode": "incremental" if name == C.MODEL_LSTM else "restart-incremental",
+            "mode": "incremental" if name in streaming else "restart-incremental",
             **inc.summarize(rows),
             "final_from_deciles": final_at,
             "accuracy_at_fraction": {f"{f:.1f}": c / k for f, c in zip(PREFIX_FRACTIONS, correct_at)},
@@ -230,10 +232,11 @@ class IncrementalMeasures(beam.PTransform):
 
     def expand(self, documents: beam.PCollection) -> beam.PCollection:
         names = [info.name for info in self._infos]
+        streaming = [info.name for info in self._infos if info.kind == C.MODEL_LSTM]
         return (documents
                 | "Sample" >> beam.combiners.Top.Of(self._sample, key=lambda d: sample_key(d[0][0]), reverse=True)
                 | "Documents" >> beam.FlatMap(lambda docs: docs)
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
                 | "ReadEveryToken" >> beam.ParDo(_IncrementalFn(self._infos))
                 | "Collect" >> beam.combiners.ToList()
-                | "Summarize" >> beam.Map(summarize, names))
+                | "Summarize" >> beam.Map(summarize, names, streaming))
