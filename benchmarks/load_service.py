@@ -23,6 +23,12 @@ the whole text so far on every keystroke.  In the same run (same server, same mo
 reviews) ``--alt-sessions`` clients do that through ``POST /v1/classify`` for ``--alt-seconds``,
 and the in-process NumPy full pass (`StreamingClassifier.predict_text` of each prefix) is timed
 too; the tokens/s ratios are printed.
+
+``--compare VARIANT`` (repeatable) runs only the typing load, ``--rounds`` times, against a fresh server
+of this tree and of each VARIANT: ``rev:REV`` (the server of another commit, from ``git archive``) or
+``uvicorn:KEY=VALUE[,...]`` (this tree with `beam_rnn.service.server.UVICORN_OPTIONS` overridden, e.g.
+``uvicorn:loop=asyncio``), and prints each one's server CPU per message (process CPU seconds / typing
+messages: far less moved by other jobs than wall-clock numbers) with its ratio to this tree.
 """
 
 from __future__ import annotations

@@ -38,10 +38,12 @@ def model_dir(tmp_path_factory) -> str:
 class Server:
     """``beam-rnn serve ... --port 0`` as a subprocess; its stdout lines arrive on a queue."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], uvicorn_options: dict | None = None):
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        prelude = ("import beam_rnn.service.server as s; s.UVICORN_OPTIONS.update(%r); " % uvicorn_options
+                   if uvicorn_options else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from beam_rnn.cli import main; main()", "serve", *args, "--port", "0"],
+            [sys.executable, "-c", prelude + "from beam_rnn.cli import main; main()", "serve", *args, "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=str(REPO_ROOT),
             env=env)
         self.lines: queue.Queue = queue.Queue()
@@ -81,11 +83,13 @@ async def _type(url: str, text: str) -> list[dict]:
     return frames
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_prints_its_url_answers_over_the_network_and_exits_0(model_dir, sig):
+# The defaults (uvloop and httptools when installed), and the asyncio loop with h11 (what serves without them).
+@pytest.mark.parametrize("sig, uvicorn_options", [(signal.SIGTERM, None), (signal.SIGINT, None),
+                                                  (signal.SIGTERM, {"loop": "asyncio", "http": "h11"})])
+def test_serve_prints_its_url_answers_over_the_network_and_exits_0(model_dir, sig, uvicorn_options):
     from beam_rnn.stream.classifier import StreamingClassifier
 
-    server = Server(["--model", model_dir])
+    server = Server(["--model", model_dir], uvicorn_options)
     try:
         line = server.serving_line()
         match = SERVING_LINE.fullmatch(line)
