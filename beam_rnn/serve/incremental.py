@@ -235,7 +235,9 @@ class IncrementalMeasures(beam.PTransform):
         streaming = [info.name for info in self._infos if info.kind == C.MODEL_LSTM]
         return (documents
                 | "Sample" >> beam.combiners.Top.Of(self._sample, key=lambda d: sample_key(d[0][0]), reverse=True)
-                | "Documents" >> beam.FlatMap(lambda docs: docs)
+                # Shortest first: a batch then holds similar lengths (the streaming pass steps every row
+                # to the batch's longest document).
+                | "Documents" >> beam.FlatMap(lambda docs: sorted(docs, key=lambda d: len(d[1])))
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
                 | "ReadEveryToken" >> beam.ParDo(_IncrementalFn(self._infos))
                 | "Collect" >> beam.combiners.ToList()
