@@ -112,15 +112,17 @@ class TrainingState:
     """Everything a restart needs to continue bit-identically, in one `tf.train.Checkpoint`.
 
     Model weights, optimizer (Adam slots, iteration counter), Dropout generator
-    states and the number of finished epochs; `tf.train.CheckpointManager`
+    states, the weight average (``--ema-momentum``) and the number of finished epochs; `tf.train.CheckpointManager`
     rewrites its pointer file atomically after the new files are complete, so a
     process killed while saving leaves the previous epoch's state in place.
     """
 
-    def __init__(self, backup_dir: str, model: keras.Model) -> None:
+    def __init__(self, backup_dir: str, model: keras.Model, weight_average: tf.Module | None = None) -> None:
         self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
         model.optimizer.build(model.trainable_variables)  # slots exist before a restore
         parts: dict[str, Any] = {"model": model, "optimizer": model.optimizer, "epochs_done": self.epochs_done}
+        if weight_average is not None:  # `beam_rnn.train.averaging.WeightAverage.state`
+            parts["weight_average"] = weight_average
         generators = random_generators(model)
         if generators:
             parts["rng"] = generators

@@ -55,6 +55,7 @@ import tf_keras as keras
 from beam_rnn.core import constants as C
 from beam_rnn.core import progress
 from beam_rnn.train import auto, data, distill, models
+from beam_rnn.train.averaging import WeightAverage
 from beam_rnn.train.callbacks import (
     CommitState,
     EpochLog,
@@ -264,7 +265,14 @@ def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str,
 def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: bool,
              callbacks: Sequence[keras.callbacks.Callback]):
     """Restores the committed state; returns (start epoch, early stopping, epoch log, all callbacks)."""
-    state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model)
+    checkpoints = os.path.join(model_dir, CHECKPOINTS_DIR, CHECKPOINT_TEMPLATE)
+    if config.ema_momentum > 0:  # the epoch checkpoints hold the averaged weights
+        average = WeightAverage(model, config.ema_momentum, checkpoints)
+        checkpoint: keras.callbacks.Callback = average
+        state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model, weight_average=average.state)
+    else:
+        checkpoint = keras.callbacks.ModelCheckpoint(checkpoints, save_weights_only=True, save_freq="epoch")
+        state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model)
     history_path = os.path.join(model_dir, HISTORY_FILE)
     start_epoch = state.restore() if resumed else 0
     # Epochs after the last commit were cut short by the kill: they run again.
@@ -280,9 +288,7 @@ def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: b
     epoch_log = EpochLog(history_path)
     all_callbacks: list[keras.callbacks.Callback] = [
         epoch_log,
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, CHECKPOINTS_DIR, CHECKPOINT_TEMPLATE), save_weights_only=True, save_freq="epoch"
-        ),
+        checkpoint,
         ScalarLogs(os.path.join(model_dir, LOGS_DIR)),
         early_stopping,
         CommitState(state),  # last built-in: the epoch is finished once this has run
