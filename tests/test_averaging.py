@@ -1,4 +1,5 @@
-"""Tests for beam_rnn.train.averaging (``train --ema-momentum``): the average, what validation sees, resume."""
+"""Tests for the trainer's optimiser options: ``--ema-momentum`` (beam_rnn.train.averaging: the average, what
+validation sees, resume) and ``--weight-decay`` (AdamW, biases excluded)."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import tf_keras as keras
 from beam_rnn.core import constants as C
 from beam_rnn.train import trainer
 from beam_rnn.train.averaging import WARMUP, WeightAverage
+from beam_rnn.train import models
 from beam_rnn.train.config import TrainConfig
 from tests.test_trainer import (  # the trainer tests' corpus, config and fault injection
     RESUME,
@@ -84,3 +86,18 @@ def test_ema_resumes_bit_identically(binary_dir, tmp_path):  # noqa: F811
     assert metrics["resumed"] and metrics["start_epoch"] == 1
     _assert_same_training(reference / C.MODEL_LSTM, resumed / C.MODEL_LSTM)
     assert not os.path.exists(resumed / C.MODEL_LSTM / trainer.BACKUP_DIR)
+
+
+@pytest.mark.parametrize("decay", [0.0, 2.0])
+def test_weight_decay_shrinks_kernels_not_biases(decay):
+    config = TrainConfig(**dict(RESUME, weight_decay=decay))
+    model = models.build_classifier(config.model_config(C.MODEL_LSTM, vocab_size=50, num_classes=2))
+    trainer._compile(model, config, C.MODEL_LSTM, 2)  # pylint: disable=protected-access
+    before = {v.name: v.numpy() for v in model.trainable_variables}
+    zero = [tf.zeros_like(v) for v in model.trainable_variables]
+    model.optimizer.apply_gradients(zip(zero, model.trainable_variables))  # a step that only decays
+    factor = 1.0 - config.learning_rate_for(C.MODEL_LSTM) * decay
+    for variable in model.trainable_variables:
+        want = before[variable.name] * (1.0 if "bias" in variable.name else factor)
+        np.testing.assert_allclose(variable.numpy(), want, rtol=1e-6, err_msg=variable.name)
+    assert type(model.optimizer).__name__ == ("AdamW" if decay else "Adam")

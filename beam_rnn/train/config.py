@@ -194,6 +194,7 @@ class TrainConfig:
             prefix each epoch (`data.make_dataset`'s ``prefix_fraction``); 0: off.
         teacher: "lstm" only: a BiLSTM export to distil from (`beam_rnn.train.distill`); None: off.
         teacher_weight: The teacher's share of the training target.
+        weight_decay: > 0: AdamW with this decay (times the learning rate, per step), biases excluded.
         ema_momentum: > 0: the model is an exponential moving average of the weights (`beam_rnn.train.averaging`).
         verbose: Keras `fit` verbosity (2 = one line per epoch).
 
@@ -247,6 +248,9 @@ class TrainConfig:
     teacher_weight: float = option(
         0.5, "With --teacher: the teacher's share of the training target (1 - this: the true label's).",
         greater_than=0.0, maximum=1.0)
+    weight_decay: float = option(
+        0.0, "Decoupled weight decay (AdamW) of the kernels and embeddings, biases excluded; 0: Adam.", metavar="W",
+        minimum=0.0)
     ema_momentum: float = option(
         0.0, "Validate, keep and export an exponential moving average of the weights, updated after every batch "
         "with this momentum (beam_rnn.train.averaging; 0: the raw weights).", metavar="M", minimum=0.0,

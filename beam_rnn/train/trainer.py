@@ -148,7 +148,12 @@ def prefix_fraction(config: TrainConfig, kind: str) -> float:
 
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"clipnorm": config.clipnorm} if config.clipnorm is not None else {}
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
+    if config.weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate_for(kind),
+                                           weight_decay=config.weight_decay, **kwargs)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
     if distill.distilling(config, kind):
         loss, metrics = distill.loss_and_metrics(num_classes, config.teacher_weight)
     elif num_classes == 2:
