@@ -4,7 +4,8 @@
     beam-rnn serve --model runs/imdb/models/lstm --port 0 --decide-at 0.9
 
 Prints one line, `serving <models> on http://HOST:PORT/`, then serves until Ctrl-C or
-SIGTERM (exit 0); SIGHUP (or --watch) reloads the models.  Open the URL for a page
+SIGTERM (exit 0); SIGHUP (or --watch) reloads the models.  --workers N serves from N
+processes on the one port (see beam_rnn/service/workers.py).  Open the URL for a page
 whose prediction updates as you type.  Endpoints: WS /v1/ws, POST /v1/classify,
 POST/GET/DELETE /v1/stream/{id}, /healthz, /readyz, /metrics (see docs/ARCHITECTURE.md).
 Bad flags, a taken port or a missing or damaged model are one error line, exit 2,

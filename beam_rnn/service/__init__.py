@@ -7,6 +7,8 @@
     metrics    `ServiceMetrics`: the Prometheus registry of one app
     app        `create_app`, `Service`: the Starlette routes, reloads, idle sweeps
     server     `serve`: uvicorn on a bound socket, the serving line, signals
+    workers    ``--workers N``: the supervisor of N worker processes on one port, the shared session quota
+    cluster    `Peers`: a worker's view of the others (the /v1/stream owner, /metrics and /readyz of all)
 
 The public names below are imported on first use, so importing the package loads
 neither Starlette nor TensorFlow.

@@ -8,6 +8,10 @@
     GET  /healthz, /readyz   alive; models loaded (503 before, and while the last reload failed)
     GET  /metrics            Prometheus text (`beam_rnn.service.metrics`)
 
+With ``--workers N`` the app of each worker also has `Peers`: /v1/stream requests for a
+session another worker holds are passed to it, /metrics sums every worker's and /readyz
+asks them all (`beam_rnn.service.cluster`).
+
 `Service` holds the state: the current `ModelSet` (replaced whole by `Service.reload`:
 new sessions get the new models, open ones keep the classifier they started with),
 the `SessionTable`, the `Batcher` task, the idle sweeper and the ``--watch`` poller.
@@ -24,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -32,11 +37,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from beam_rnn.service.cluster import WORKER_SCOPE, Peers
 from beam_rnn.service.config import ServiceConfig
-from beam_rnn.service.metrics import CONTENT_TYPE, ServiceMetrics
+from beam_rnn.service.metrics import CONTENT_TYPE, ServiceMetrics, merge_expositions
 from beam_rnn.service.models import ModelSet, incompatibility, load_models, manifest_fingerprint
 from beam_rnn.service.protocol import MessageError, Streams, error_frame
-from beam_rnn.service.sessions import Batcher, Session, SessionTable
+from beam_rnn.service.sessions import Batcher, Quota, Session, SessionTable
 from beam_rnn.stream.events import one_line, repair_text
 
 LOG = logging.getLogger(__name__)
@@ -57,17 +63,21 @@ class Service:
             loads them first, so that a bad model is exit 2 before anything listens).
         model_values: The ``--model`` values, read again by `reload`.
         loader: ``loader(model_values, max_pending_chars=...) -> ModelSet`` (`load_models`).
+        peers: The other workers (``--workers`` > 1; None: this process is the whole service).
+        quota: The session limit shared with them (None: `config.max_sessions` is this process's).
     """
 
     def __init__(self, config: ServiceConfig, models: ModelSet | None, model_values: Sequence[str],
-                 loader: Callable[..., ModelSet] = load_models):
+                 loader: Callable[..., ModelSet] = load_models, peers: Peers | None = None,
+                 quota: Quota | None = None):
         self.config = config
         self.models = models
         self.model_values = list(model_values)
         self.loader = loader
         self.problem: str | None = None  # why /readyz says 503 although models are loaded
         self.metrics = ServiceMetrics()
-        self.sessions = SessionTable(config.max_sessions, config.session_ttl, self._session_change)
+        self.peers = peers
+        self.sessions = SessionTable(config.max_sessions, config.session_ttl, self._session_change, quota=quota)
         self.batcher = Batcher(self.metrics.step_rows.observe)
         self.streams = Streams(config, self.batcher, self.metrics)
         self._reload_lock = asyncio.Lock()
@@ -99,6 +109,8 @@ class Service:
         for transport in ("ws", "http"):
             for session in self.sessions.all(transport):
                 self.sessions.close(session, "shutdown")
+        if self.peers is not None:
+            await self.peers.close()
 
     async def _sweep(self) -> None:
         """Closes the sessions idle past the TTL (a WebSocket with 1001 "idle timeout"), every TTL / 4 at most."""
@@ -220,16 +232,22 @@ def _fail(status: int, reason: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": reason, "detail": detail}, status_code=status)
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    """The request's JSON body, read up to `limit` bytes (MessageError beyond, or when it is not JSON)."""
+async def _raw_body(request: Request, limit: int) -> bytes:
+    """The request's body, read up to `limit` bytes (MessageError beyond)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise MessageError("body_too_large", f"request body over {limit} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body, read up to `limit` bytes (MessageError beyond, or when it is not JSON)."""
+    body = await _raw_body(request, limit)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise MessageError("invalid_json", one_line(e)[:200]) from e
 
@@ -253,9 +271,10 @@ def classify_texts(body: Any, config: ServiceConfig) -> list[str]:
 
 
 def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Sequence[str],
-               loader: Callable[..., ModelSet] = load_models) -> Starlette:
-    """The Starlette app; ``app.state.service`` is its `Service`."""
-    service = Service(config, models, model_values, loader)
+               loader: Callable[..., ModelSet] = load_models, peers: Peers | None = None,
+               quota: Quota | None = None) -> Starlette:
+    """The Starlette app; ``app.state.service`` is its `Service` (`peers`, `quota`: see `Service`)."""
+    service = Service(config, models, model_values, loader, peers, quota)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
@@ -264,17 +283,48 @@ def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Seq
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
+    def own_readiness() -> tuple[int, dict[str, Any]]:
         if service.models is None:
-            return JSONResponse({"ready": False, "reason": service.problem or NOT_READY}, status_code=503)
+            return 503, {"ready": False, "reason": service.problem or NOT_READY}
         body = {"ready": service.problem is None, "models": list(service.models.names),
                 "streaming_model": service.models.stream.name if service.models.stream else None}
         if service.problem is not None:
-            return JSONResponse({**body, "reason": service.problem}, status_code=503)
+            return 503, {**body, "reason": service.problem}
+        return 200, body
+
+    def whole_service(request: Request) -> bool:
+        """Whether to answer for every worker (not for a peer's ``?scope=worker`` request, nor with one worker)."""
+        return service.peers is not None and request.query_params.get("scope") != WORKER_SCOPE
+
+    async def readyz(request: Request) -> Response:
+        status, body = own_readiness()
+        if not whole_service(request):
+            return JSONResponse(body, status_code=status)
+        peers = service.peers
+        reasons = {peers.index: body.get("reason")} if status != 200 else {}
+        for index, answer in (await peers.ask_others("/readyz")).items():
+            if isinstance(answer, httpx.HTTPError):
+                reasons[index] = f"it does not answer ({type(answer).__name__})"
+            elif answer.status_code != 200:
+                reasons[index] = answer.json().get("reason", f"HTTP {answer.status_code}")
+        body["workers"] = peers.count
+        if reasons:
+            why = "; ".join(f"worker {i}: {reason}" for i, reason in sorted(reasons.items()))
+            return JSONResponse({**body, "ready": False, "reason": why}, status_code=503)
         return JSONResponse(body)
 
     async def metrics(request: Request) -> Response:
-        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
+        own = service.metrics.exposition()
+        if not whole_service(request):
+            return Response(own, media_type=CONTENT_TYPE)
+        texts = [own]
+        for index, answer in (await service.peers.ask_others("/metrics")).items():
+            if isinstance(answer, httpx.HTTPError) or answer.status_code != 200:
+                # a partial sum would read as a counter reset: no answer rather than a wrong one
+                return Response(f"worker {index} did not answer its metrics\n", status_code=503,
+                                media_type="text/plain")
+            texts.append(answer.content)
+        return Response(merge_expositions(texts), media_type=CONTENT_TYPE)
 
     async def classify(request: Request) -> Response:
         models = service.models
@@ -295,10 +345,38 @@ def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Seq
         session_id = request.path_params["session_id"]
         return session_id if SESSION_ID_RE.fullmatch(session_id) else None
 
+    def _owner_elsewhere(session_id: str) -> int | None:
+        """The worker that holds `session_id` when it is another one (else None)."""
+        if service.peers is None:
+            return None
+        owner = service.peers.owner(session_id)
+        return owner if owner != service.peers.index else None
+
+    async def forward(request: Request, owner: int, session_id: str) -> Response:
+        """The owner worker's answer to this /v1/stream request, unchanged."""
+        body = None
+        if request.method == "POST":
+            try:
+                body = await _raw_body(request, config.max_body_bytes)
+            except MessageError as e:
+                service.metrics.errors.labels(e.reason).inc()
+                return _fail(400, e.reason, e.detail)
+        try:
+            answer = await service.peers.request(owner, request.method, f"/v1/stream/{session_id}", body)
+        except httpx.HTTPError as e:
+            LOG.error("Worker %d did not answer a /v1/stream request: %s", owner, one_line(e)[:200] or type(e).__name__)
+            return _fail(503, "worker_unavailable", f"the worker holding session {session_id} did not answer")
+        service.metrics.forwarded.inc()
+        return Response(answer.content, status_code=answer.status_code,
+                        media_type=answer.headers.get("content-type"))
+
     async def stream_post(request: Request) -> Response:
         session_id = _session_id(request)
         if session_id is None:
             return _fail(400, "bad_session_id", f"a session id matches {SESSION_ID_RE.pattern}")
+        owner = _owner_elsewhere(session_id)
+        if owner is not None:
+            return await forward(request, owner, session_id)
         models = service.models
         if models is None:
             return _fail(503, "not_ready", NOT_READY)
@@ -328,6 +406,9 @@ def create_app(config: ServiceConfig, models: ModelSet | None, model_values: Seq
 
     async def stream_get_or_delete(request: Request) -> Response:
         session_id = _session_id(request)
+        owner = _owner_elsewhere(session_id) if session_id else None
+        if owner is not None:
+            return await forward(request, owner, session_id)
         session = service.sessions.get("http", session_id) if session_id else None
         if session is None:
             return _fail(404, "unknown_session", f"no open session {request.path_params['session_id']!r}")

@@ -14,6 +14,7 @@ from beam_rnn.stream.config import DEFAULT_MAX_EVENT_CHARS, max_raw_event_chars
 from beam_rnn.stream.tokenizer import DEFAULT_MAX_PENDING_CHARS
 
 LOOPBACK_NAMES = ("localhost",)
+MAX_WORKERS = 64  # a process per worker, each with its own copy of the models
 
 
 def is_loopback(host: str) -> bool:
@@ -37,7 +38,8 @@ class ServiceConfig:
         decide_at: The decision policy's threshold (None: no decision frames;
             `StreamingClassifier.decide`).
         min_tokens: The policy's earliest token position.
-        max_sessions: Open sessions (WebSocket and HTTP stream together) at most.
+        max_sessions: Open sessions (WebSocket and HTTP stream together) at most, in the whole service
+            (with `workers` > 1 a count the workers share, `beam_rnn.service.workers.SessionQuota`).
         session_ttl: Close a session idle (no client message) for this many seconds.
         max_message_chars: Longest text of one message (a WebSocket chunk, an HTTP stream
             chunk, one text of /v1/classify), the semantics of ``stream --max-event-chars``;
@@ -47,6 +49,7 @@ class ServiceConfig:
         max_pending_chars: Text a session holds after an unclosed ``<``.
         watch: Poll the model directories' manifest.json every this many seconds and
             reload when one changes (None: reload on SIGHUP only).
+        workers: Server processes sharing the listening socket (`beam_rnn.service.workers`).
     """
 
     host: str = option("127.0.0.1", "Address to listen on. Anything but a loopback address needs --allow-remote.")
@@ -57,8 +60,8 @@ class ServiceConfig:
         None, "Decision policy: send one decision frame per text when the top class probability first reaches P "
         "(with the token position).", metavar="P", show_default="no decision", greater_than=0.0, maximum=1.0)
     min_tokens: int = option(1, "With --decide-at: no decision before this many tokens.", minimum=1)
-    max_sessions: int = option(10000, "Open sessions (WebSocket and /v1/stream) at most; a new WebSocket beyond "
-                               "it is closed with code 1013.", minimum=1)
+    max_sessions: int = option(10000, "Open sessions (WebSocket and /v1/stream) at most, in all workers together; "
+                               "a new WebSocket beyond it is closed with code 1013.", minimum=1)
     session_ttl: float = option(300.0, "Close a session idle for this many seconds (WebSocket code 1001).",
                                 metavar="SECONDS", greater_than=0.0)
     max_message_chars: int = option(
@@ -73,6 +76,10 @@ class ServiceConfig:
     watch: float | None = option(
         None, "Poll the model directories' manifest.json every this many seconds and reload when one changes "
         "(besides SIGHUP).", metavar="SECONDS", show_default="SIGHUP only", greater_than=0.0)
+    workers: int = option(
+        1, "Server processes sharing the port (each loads the models and serves the connections it accepts; "
+        "/v1/stream sessions, --max-sessions, /metrics and /readyz are the whole service's).", metavar="N", minimum=1,
+        maximum=MAX_WORKERS)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -6,6 +6,9 @@ Prometheus families when /metrics is read.  A prometheus_client ``Counter.inc`` 
 ``Histogram.observe`` take a lock and several calls each, several per message
 (`benchmarks/load_service.py --compare`, RESULTS.md).  The rare ones (sessions, errors,
 reloads, classified texts) stay prometheus_client metrics.
+
+With ``--workers N`` each worker has its own numbers; `merge_expositions` sums the
+workers' expositions into the service's (what ``GET /metrics`` answers).
 """
 
 import bisect
@@ -14,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 PREFIX = "beam_rnn_serve_"
@@ -69,6 +73,8 @@ class ServiceMetrics:
         self.reloads = Counter(PREFIX + "model_reloads", "Model reloads, by outcome (loaded, refused).",
                                ["outcome"], registry=r)
         self.classified = Counter(PREFIX + "classified_texts", "Texts answered by /v1/classify.", registry=r)
+        self.forwarded = Counter(PREFIX + "forwarded_requests", "/v1/stream requests passed on to the worker that "
+                                 "holds the session (--workers).", registry=r)
         self.messages = dict.fromkeys(TRANSPORTS, 0)
         self.tokens = 0
         self.latency = {kind: Buckets(LATENCY_BUCKETS) for kind in LATENCY_KINDS}
@@ -105,3 +111,44 @@ class _PerMessage:
         rows = HistogramMetricFamily(PREFIX + "step_batch_rows", "Sessions advanced by one batched NumPy step.")
         rows.add_metric([], m.step_rows.cumulative(), m.step_rows.sum)
         yield rows
+
+
+class _Fixed:
+    """A collector of fixed families (what `merge_expositions` exports)."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merge_expositions(texts: Sequence[bytes]) -> bytes:
+    """The workers' Prometheus texts as one service's: every sample with the same name and labels summed.
+
+    Counters, the open-session gauges and histogram buckets, sums and counts add up
+    across processes; a ``_created`` timestamp is the earliest one.  Families and
+    samples keep the order of their first appearance.
+    """
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                values[family.name] = {}
+            merged = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))
+                if key not in merged:
+                    merged[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    merged[key] = min(merged[key], sample.value)
+                else:
+                    merged[key] += sample.value
+    registry = CollectorRegistry(auto_describe=False)
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)

@@ -13,10 +13,11 @@ access log too).
 
 import asyncio
 import importlib.util
+import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from beam_rnn.core.errors import InputError, RunFailed
@@ -25,6 +26,7 @@ from beam_rnn.service.config import ServiceConfig
 from beam_rnn.service.models import ModelSet
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
+ORPHAN_POLL_SECONDS = 0.5
 
 
 def _installed(module: str) -> bool:
@@ -70,13 +72,31 @@ def url(host: str, sock: socket.socket) -> str:
 
 def serve(config: ServiceConfig, models: ModelSet, model_values: Sequence[str], sock: socket.socket, *,
           verbose: bool = False, out: TextIO | None = None) -> int:
-    """Serves until SIGINT / SIGTERM; returns the exit status (0)."""
-    import uvicorn  # pylint: disable=import-outside-toplevel
+    """Serves until SIGINT / SIGTERM; returns the exit status (0).
 
+    With ``config.workers`` > 1 the processes of `beam_rnn.service.workers` serve on `sock` instead.
+    """
+    if config.workers > 1:
+        from beam_rnn.service.workers import supervise  # pylint: disable=import-outside-toplevel
+
+        return supervise(config, models.names, model_values, sock, verbose=verbose, out=out or sys.stdout)
     from beam_rnn.service.app import create_app  # pylint: disable=import-outside-toplevel
 
     limit_blas_threads()  # a batched step is a few small matrix products (beam_rnn.core.threads)
     app = create_app(config, models, model_values)
+    line = f"serving {', '.join(models.names)} on {url(config.host, sock)}"
+    out = out or sys.stdout
+    run_app(app, config, [sock], lambda: print(line, file=out, flush=True), verbose=verbose)
+    return 0
+
+
+def run_app(app, config: ServiceConfig, sockets: Sequence[socket.socket], on_started: Callable[[], None], *,
+            verbose: bool = False, parent_pid: int | None = None) -> None:
+    """Runs `app` with uvicorn on `sockets` until SIGINT / SIGTERM (graceful) and calls `on_started` once it
+    accepts connections; SIGHUP reloads its models.  `parent_pid`: stop as well when that process is gone
+    (a worker whose supervisor was killed)."""
+    import uvicorn  # pylint: disable=import-outside-toplevel
+
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=verbose, lifespan="on", ws_max_size=config.max_body_bytes,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
@@ -85,31 +105,39 @@ def serve(config: ServiceConfig, models: ModelSet, model_values: Sequence[str], 
     # a no-op one here, so that Ctrl-C / SIGTERM end in exit status 0 rather than a KeyboardInterrupt.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    line = f"serving {', '.join(models.names)} on {url(config.host, sock)}"
     run = asyncio.run
     if UVICORN_OPTIONS["loop"] == "uvloop":
         import uvloop  # pylint: disable=import-outside-toplevel
 
         run = uvloop.run
-    run(_run(server, app.state.service, sock, line, out or sys.stdout))
-    return 0
+    run(_run(server, app.state.service, list(sockets), on_started, parent_pid))
 
 
-async def _run(server, service, sock: socket.socket, line: str, out: TextIO) -> None:
+async def _run(server, service, sockets: list[socket.socket], on_started: Callable[[], None],
+               parent_pid: int | None) -> None:
     loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task] = set()
+    tasks: set[asyncio.Task] = set()
+
+    def keep(task: asyncio.Task) -> None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def on_sighup() -> None:
-        task = asyncio.ensure_future(service.reload("SIGHUP"))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        keep(asyncio.ensure_future(service.reload("SIGHUP")))
 
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async def orphaned() -> None:
+        while os.getppid() == parent_pid:
+            await asyncio.sleep(ORPHAN_POLL_SECONDS)
+        server.should_exit = True
+
+    task = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        print(line, file=out, flush=True)
+        if parent_pid is not None:
+            keep(asyncio.create_task(orphaned()))
+        on_started()
     await task
     if not server.started:
         raise RunFailed("the service did not start (its lifespan failed; --verbose shows why)")

@@ -16,6 +16,7 @@ import codecs
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -107,18 +108,28 @@ class Session:
             self.pool.release(self.row)
 
 
+class Quota(Protocol):
+    """A limit shared with other processes (`beam_rnn.service.workers.SessionQuota`): one unit per open session."""
+
+    def take(self) -> bool: ...  # a unit, if one is free
+
+    def give(self) -> None: ...  # the unit of a closed session back
+
+
 class SessionTable:
     """The open sessions: at most `max_sessions` of both transports, each idle for at most `ttl` seconds.
 
     WebSocket sessions and /v1/stream sessions have separate id spaces (a client of
-    one cannot reach the other's sessions).
+    one cannot reach the other's sessions).  With several workers, `quota` holds the
+    limit of the whole service and each open session takes one unit of it.
     """
 
     def __init__(self, max_sessions: int, ttl: float, on_change: Callable[[str, str, int], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, quota: Quota | None = None):
         self.max_sessions = max_sessions
         self.ttl = ttl
         self.clock = clock
+        self.quota = quota
         self._by_transport: dict[str, dict[str, Session]] = {"ws": {}, "http": {}}
         self._pools: dict[int, StatePool] = {}  # id(classifier) -> its pool, while it has sessions
         self._on_change = on_change  # (transport, close reason or "", open count of the transport)
@@ -131,7 +142,7 @@ class SessionTable:
 
     def open(self, transport: str, session_id: str, classifier: StreamingClassifier) -> Session | None:
         """A new session on `classifier`; None when `max_sessions` are open."""
-        if len(self) >= self.max_sessions:
+        if len(self) >= self.max_sessions or (self.quota is not None and not self.quota.take()):
             return None
         pool = self._pools.get(id(classifier))
         if pool is None:
@@ -148,6 +159,8 @@ class SessionTable:
             return
         del sessions[session.id]
         session.close()
+        if self.quota is not None:
+            self.quota.give()
         if not session.pool.in_use:
             self._pools.pop(id(session.classifier), None)
         self._on_change(session.transport, reason, len(sessions))
