@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict:
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict | None:
     """Parses the flags and runs `beam_rnn.preprocess.pipeline.run_preprocess`; returns stats.json's contents.
+
+    None when the job was not waited for (``--template_location``: a Flex Template launch), see `main`.
 
     Args:
         argv: Command-line arguments (default: sys.argv[1:]); unknown flags are
@@ -57,10 +59,27 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> di
 
 def main(argv: Sequence[str] | None = None) -> int:
     stats = run(argv)  # parses first: --help answers before TensorFlow is imported
+    if stats is None:  # staged, not run: the job's last stage writes stats.json and, if usable, the manifest
+        print(staged_line(argv))
+        return 0
     from beam_rnn.preprocess.pipeline import summary_line
 
     print(json.dumps(summary_line(stats)))
     return 0
+
+
+def staged_line(argv: Sequence[str] | None) -> str:
+    """The line printed for a job that was not waited for: where its output will be."""
+    import os
+
+    from beam_rnn.cli.runtime import pipeline_options, staged_message
+    from beam_rnn.core import constants as C
+    from beam_rnn.core.manifest import MANIFEST_FILE
+
+    known, pipeline_args = parse_known_flags(build_parser(), argv)
+    return staged_message(pipeline_options(pipeline_args), (
+        f"{os.path.join(known.output, C.STATS_FILE)}, and {os.path.join(known.output, MANIFEST_FILE)} "
+        "if the output is usable (else the job fails)"))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if known.unlabelled:
         raise InputError("run-all trains classifiers and needs a labelled corpus")
+    from beam_rnn.cli.runtime import driver_waits, pipeline_options
+
+    if not driver_waits(pipeline_options(beam_args)):
+        raise InputError("run-all waits for each stage's output before the next one starts: it cannot be staged "
+                         "(--template_location) or left running (--no_wait_until_finish); use the "
+                         "preprocess and score templates instead")
     corpus = resolve_corpus(known)
     if known.quick and corpus.sample_fraction == 1.0:
         corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])

@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
+def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any] | None:
     """Parse the flags and run `beam_rnn.serve.run.run_score`; returns its report.
+
+    None when the job was not waited for (``--template_location``: a Flex Template launch), see `main`.
 
     Args:
         argv: Command-line arguments (default: sys.argv[1:]); unknown flags are
@@ -67,6 +69,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     report = run(argv)
+    if report is None:  # staged, not run: the job's last stage fails it when too many rows are dead letters
+        print(staged_line(argv))
+        return 0
     brief = {k: report.get(k) for k in ("rows_in", "documents_in", "scored", "dead_lettered", "reconciled",
                                         "duplicate_ids")}
     summary = report.get("summary")
@@ -81,6 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     brief["outputs"] = report["outputs"]
     print(json.dumps(brief))
     return 0
+
+
+
+def staged_line(argv: Sequence[str] | None) -> str:
+    """The line printed for a job that was not waited for: where its output will be."""
+    from beam_rnn.cli.runtime import pipeline_options, staged_message
+    from beam_rnn.serve.write import output_patterns
+
+    known, pipeline_args = parse_known_flags(build_parser(), argv)
+    outputs = output_patterns(known.output, known.output_format)
+    return staged_message(pipeline_options(pipeline_args), (
+        f"{outputs['summary']}, the scores {outputs['scores']}, the dead letters {outputs['dead_letter']} "
+        "(the job fails when too many rows are dead letters)"))
 
 
 if __name__ == "__main__":

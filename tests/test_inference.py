@@ -243,6 +243,21 @@ def test_dead_letters_and_counts_reconcile_for_malformed_rows(env, lstm_run):
         "read": {"empty_text": 1, "invalid_label": 1, "missing_label": 1}
     }
     assert summary["counters"]["reconciled"] is True
+    # The reader's own counts, computed in the pipeline where the rows are read.
+    read = summary["counters"]["read"]
+    assert (read["rows_in"], read["documents_out"], read["dead_letter"]) == (n + 3, n, 3)
+
+
+def test_reconciled_needs_the_readers_counts_to_agree():
+    summary = {"counters": {"rows_in": 10, "documents_in": 8, "reconciled": True}}
+    agree = {"rows_in": 10, "documents_out": 8, "dead_letter": 2}
+    assert score_lib.with_reader_counts(summary, agree)["counters"]["reconciled"] is True
+    for wrong in ({"rows_in": 11, "documents_out": 8, "dead_letter": 3},   # a row the summary lost
+                  {"rows_in": 10, "documents_out": 8, "dead_letter": 1},   # the reader's own sum
+                  {"rows_in": 10, "documents_out": 9, "dead_letter": 1}):  # a document that never reached scoring
+        assert score_lib.with_reader_counts(summary, wrong)["counters"]["reconciled"] is False, wrong
+    unreconciled = {"counters": dict(summary["counters"], reconciled=False)}
+    assert score_lib.with_reader_counts(unreconciled, agree)["counters"]["reconciled"] is False
 
 
 def _p(record: dict, prefix: str = ""):
@@ -671,6 +686,30 @@ def test_a_run_that_is_mostly_dead_letters_fails(env, tmp_path, capsys):
     code, errors, _ = _cli_in_process(
         "score", base + ["--output", str(tmp_path / "b" / "s"), "--max-dead-letter-fraction", "0.6"], capsys)
     assert code == 0 and errors == []
+
+
+def test_score_without_a_waiting_driver_finishes_or_fails_the_job_itself(env, tmp_path, capsys):
+    # --no_wait_until_finish: run_score returns at submission, as under a Flex Template launcher
+    # (--template_location, Dataflow only); the DirectRunner still runs the whole job inside run().
+    from pipelines import score
+
+    good = tmp_path / "good.csv"
+    good.write_text("id,text,label\ng1,a good film,1\ng2,a bad film,0\nb0,,1\n")
+    base = ["--model", env["dirs"]["lstm"], "--format", "csv", "--id-column", "id", *SMALL_BATCHES,
+            "--runner=DirectRunner", "--no_wait_until_finish"]
+    prefix = str(tmp_path / "a" / "s")
+    assert score.main(base + ["--input", str(good), "--output", prefix]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"Job submitted, not waited for; when it has run: {prefix}-summary.json, the scores ")
+    assert len(read_jsonl(prefix)) == 2 and len(read_dead(prefix)) == 1
+    # Too many dead letters: the job's last stage fails it, after the outputs and the summary are written.
+    bad = tmp_path / "mostly_bad.csv"
+    bad.write_text("id,text,label\ng1,a good film,1\nb0,,1\nb1,,0\ng2,a bad film,0\nb2,,1\n")
+    prefix = str(tmp_path / "b" / "s")
+    with pytest.raises(Exception, match=r"3 of 5 rows \(60%\) were dead-lettered \(most: empty_text 3\)"):
+        score.run(base + ["--input", str(bad), "--output", prefix])
+    assert json.loads(Path(prefix + "-summary.json").read_text())["dead_lettered"] == 3
+    assert len(read_jsonl(prefix)) == 2
 
 
 def test_evaluate_on_zero_documents_is_an_error(env, tmp_path, capsys):

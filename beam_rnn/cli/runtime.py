@@ -268,6 +268,30 @@ def pipeline_options(pipeline_args: Sequence[str], *, streaming: bool = False) -
     return options
 
 
+def driver_waits(options: Any) -> bool:
+    """Whether the driver waits for the job it submits (and may read its outputs back afterwards).
+
+    Not with ``--template_location`` (Beam writes the job description and returns
+    without running it: a Dataflow Flex Template launcher runs the driver so, and
+    submits the job once the program has exited) or ``--no_wait_until_finish``.
+    The pipelines finish their outputs themselves, as their last stage; a driver
+    that does not wait only reports where they will appear (`staged_message`).
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    return not (options.view_as(GoogleCloudOptions).template_location
+                or options.view_as(StandardOptions).no_wait_until_finish)
+
+
+def staged_message(options: Any, outputs: str) -> str:
+    """The one line a driver prints when it submitted (or staged) a job without waiting for it."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    template = options.view_as(GoogleCloudOptions).template_location
+    job = f"staged as a template at {template}" if template else "submitted, not waited for"
+    return f"Job {job}; when it has run: {outputs}"
+
+
 _MAX_LISTED_PROBLEMS = 3
 
 

@@ -105,6 +105,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "line_ranges",
         ),
         "read": (
+            "READ_COUNTS_TAG",
+            "CountedReadResult",
             "FileRange",
             "ReadCorpus",
             "ReadCorpusResult",
@@ -112,6 +114,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "match_aclimdb",
             "read_corpus_file",
             "reshuffle_documents_default",
+            "sum_read_counts",
         ),
         "records": (
             "COUNTER_DEAD_LETTER",

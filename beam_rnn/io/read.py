@@ -1,14 +1,15 @@
 """`ReadCorpus`: matching corpus files, splitting them into ranges, reading them into documents.
 
     files ─ SplitFiles ─ Reshuffle ─ ReadFiles ─┬─ documents (─ RedistributeDocuments)
-                                                └─ dead_letter
+                                                ├─ dead_letter
+                                                └─ read counts (with_counts=True: summed into one dict)
 """
 
 import csv
 import gzip
 import logging
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -132,6 +133,26 @@ def match_aclimdb(root: str) -> list[tuple[str, str]]:
 
 
 # --- Beam transforms ------------------------------------------------------------------------
+# The reader's counts as data (`ReadCorpus(with_counts=True)`): the same numbers as its counters,
+# for stages that must use them inside the pipeline (a runner's counters are only readable by a
+# driver that waits for the job).
+READ_COUNTS_TAG = "read_counts"
+READ_COUNT_KEYS = (
+    records.COUNTER_ROWS_IN, records.COUNTER_DOCUMENTS_OUT, records.COUNTER_DEAD_LETTER,
+    records.COUNTER_REPLACED_CHARS, records.COUNTER_ROWS_WITH_REPLACED_BYTES, records.COUNTER_FILES_TRUNCATED,
+    records.COUNTER_FILES_UNREADABLE, records.COUNTER_DOCUMENTS_WITHOUT_GROUP,
+)
+
+
+def sum_read_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Sums read-count dicts key by key; every `READ_COUNT_KEYS` key is present (0 for an empty corpus)."""
+    out = dict.fromkeys(READ_COUNT_KEYS, 0)
+    for part in counts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
 def _counter(name: str) -> Any:
     """A `beam_rnn.io` counter (`records.METRICS_NAMESPACE`)."""
     return Metrics.counter(records.METRICS_NAMESPACE, name)
@@ -185,23 +206,31 @@ class _ReadFileFn(beam.DoFn):
 
     def process(self, element: FileRange) -> Iterator[Any]:
         id_root, path, start, end, first_line = element
+        # The counters (monitoring) and, once the range is read, the same counts as data (READ_COUNTS_TAG).
+        counts = dict.fromkeys(READ_COUNT_KEYS, 0)
+
+        def count(key: str, counter: Any, n: int = 1) -> None:
+            counts[key] += n
+            counter.inc(n)
+
         for outcome in read_corpus_file(path, id_root, self._config, start=start, end=end, first_line=first_line):
-            self._rows_in.inc()
+            count(records.COUNTER_ROWS_IN, self._rows_in)
             if outcome.file_error == REASON_TRUNCATED_FILE:
-                self._files_truncated.inc()
+                count(records.COUNTER_FILES_TRUNCATED, self._files_truncated)
             elif outcome.file_error is not None:
-                self._files_unreadable.inc()
+                count(records.COUNTER_FILES_UNREADABLE, self._files_unreadable)
             if outcome.replaced_chars:
-                self._replaced_chars.inc(outcome.replaced_chars)
-                self._rows_with_replaced.inc()
+                count(records.COUNTER_REPLACED_CHARS, self._replaced_chars, outcome.replaced_chars)
+                count(records.COUNTER_ROWS_WITH_REPLACED_BYTES, self._rows_with_replaced)
             if outcome.document is not None:
-                self._documents_out.inc()
+                count(records.COUNTER_DOCUMENTS_OUT, self._documents_out)
                 if self._config.group_column is not None and GROUP_KEY not in outcome.document:
-                    self._without_group.inc()
+                    count(records.COUNTER_DOCUMENTS_WITHOUT_GROUP, self._without_group)
                 yield outcome.document
             else:
-                self._dead_letter.inc()
+                count(records.COUNTER_DEAD_LETTER, self._dead_letter)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, outcome.dead_letter)
+        yield beam.pvalue.TaggedOutput(READ_COUNTS_TAG, counts)
 
 
 # Runners that run a pipeline inside this machine's memory: a GroupByKey / Reshuffle
@@ -255,6 +284,14 @@ class ReadCorpusResult(NamedTuple):
     dead_letter: beam.PCollection
 
 
+class CountedReadResult(NamedTuple):
+    """The outputs of `ReadCorpus(with_counts=True)`."""
+
+    documents: beam.PCollection
+    dead_letter: beam.PCollection
+    counts: beam.PCollection  # one dict {READ_COUNT_KEYS: int}, counted where the rows are read
+
+
 class ReadCorpus(beam.PTransform):
     """Reads a text corpus into ``{"id", "text", "label"[, "group"]}`` documents and dead letters.
 
@@ -289,6 +326,7 @@ class ReadCorpus(beam.PTransform):
         *,
         reshuffle_documents: bool | None = None,
         split_bytes: int = DEFAULT_SPLIT_BYTES,
+        with_counts: bool = False,
         **settings: Any,
     ):
         """Validates the settings.
@@ -326,6 +364,10 @@ class ReadCorpus(beam.PTransform):
             scan (ids and dead letters are exactly those of a whole-file read).
             0 reads every file whole.  CSV / TSV (quoted newlines), TFRecord,
             Parquet and compressed files are always read whole.
+          with_counts: Also return the reader's counts (rows in, documents out,
+            dead letters, replaced characters, damaged files, documents without a
+            group) as one dict, a `CountedReadResult`: for steps inside the
+            pipeline that need them (the counters are read only after the job).
 
         Raises:
           ValueError: Invalid settings.
@@ -343,6 +385,7 @@ class ReadCorpus(beam.PTransform):
         if split_bytes < 0:
             raise ValueError(f"split_bytes must be >= 0, got {split_bytes}.")
         self._split_bytes = int(split_bytes)
+        self._with_counts = bool(with_counts)
         # label_set is normalised (and type-checked) by CorpusConfig.
         self._config = CorpusConfig(**settings)
 
@@ -353,7 +396,7 @@ class ReadCorpus(beam.PTransform):
 
     # No return annotation: Beam warns about any output hint that is not a PCollection.
     def expand(self, pbegin: beam.pvalue.PBegin):
-        """Returns the `ReadCorpusResult`."""
+        """Returns the `ReadCorpusResult` (`CountedReadResult` with ``with_counts``)."""
         if self._config.format == FORMAT_ACLIMDB:
             files = (
                 pbegin
@@ -378,7 +421,7 @@ class ReadCorpus(beam.PTransform):
             # Spread files / ranges over workers: the match step emits them all from one bundle.
             | "Reshuffle" >> beam.Reshuffle()
             | "ReadFiles"
-            >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, main="documents")
+            >> beam.ParDo(_ReadFileFn(self._config)).with_outputs(DEAD_LETTER_TAG, READ_COUNTS_TAG, main="documents")
         )
         documents = outputs.documents
         reshuffle = self._reshuffle_documents
@@ -386,5 +429,8 @@ class ReadCorpus(beam.PTransform):
             reshuffle = reshuffle_documents_default(self._config.format, pbegin.pipeline)
         if reshuffle:
             documents = documents | "RedistributeDocuments" >> beam.Reshuffle()
+        if self._with_counts:
+            counts = outputs[READ_COUNTS_TAG] | "SumReadCounts" >> beam.CombineGlobally(sum_read_counts)
+            return CountedReadResult(documents, outputs[DEAD_LETTER_TAG], counts)
         return ReadCorpusResult(documents, outputs[DEAD_LETTER_TAG])
 

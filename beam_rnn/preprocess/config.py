@@ -125,11 +125,12 @@ class Corpus:
         if not 0.0 <= self.max_dead_letter_fraction <= 1.0:
             raise InputError(f"--max-dead-letter-fraction must be in [0, 1], got {self.max_dead_letter_fraction}")
 
-    def read(self, *, group_column: str | None = None) -> ReadCorpus:
+    def read(self, *, group_column: str | None = None, with_counts: bool = False) -> ReadCorpus:
         """The `ReadCorpus` transform of this corpus (sampling is `SampleDocuments`).
 
         Args:
             group_column: Also read this column as each document's group (the split's).
+            with_counts: Also output the reader's counts (see `ReadCorpus`).
         """
         from beam_rnn.io import ReadCorpus
 
@@ -137,7 +138,7 @@ class Corpus:
         settings["label_set"] = self.labels
         settings["group_column"] = group_column
         pattern = self.patterns[0] if len(self.patterns) == 1 else list(self.patterns)
-        return ReadCorpus(pattern, **settings)
+        return ReadCorpus(pattern, with_counts=with_counts, **settings)
 
     def check_group_column(self, group_column: str | None) -> None:
         """Raises InputError (one line, before work) when this corpus cannot be grouped by `group_column`."""

@@ -61,11 +61,19 @@ def in_sample(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
-class KeepSample(beam.DoFn):
-    """Keeps documents `in_sample`; counts the others (counter beam_rnn.transform/sampled_out)."""
+SAMPLED_OUT_TAG = "sampled_out"
 
-    def __init__(self, fraction: float):
+
+class KeepSample(beam.DoFn):
+    """Keeps documents `in_sample`; counts the others (counter beam_rnn.preprocess.transform/sampled_out).
+
+    With `tag_sampled_out`, each document left out is also a 1 on the `SAMPLED_OUT_TAG` output
+    (declare it with ``with_outputs``), for a count inside the pipeline.
+    """
+
+    def __init__(self, fraction: float, *, tag_sampled_out: bool = False):
         self._fraction = fraction
+        self._tag = tag_sampled_out
         self._sampled_out = beam.metrics.Metrics.counter("beam_rnn.preprocess.transform", "sampled_out")
 
     def process(self, doc):
@@ -73,6 +81,8 @@ class KeepSample(beam.DoFn):
             yield doc
         else:
             self._sampled_out.inc()
+            if self._tag:
+                yield beam.pvalue.TaggedOutput(SAMPLED_OUT_TAG, 1)
 
 
 def raw_arrow_schema(config: PreprocessConfig) -> pa.Schema:
@@ -213,6 +223,7 @@ class TransformResult(NamedTuple):
     eval: beam.PCollection  # serialized tf.Example
     stats: beam.PCollection  # one dict {"train": {...}, "eval": {...}}
     transform_fn_written: beam.PCollection
+    examples_written: beam.PCollection  # the names of the transformed/*.tfrecord.gz files, once written
 
 
 class AnalyzeAndTransform(beam.PTransform):
@@ -294,15 +305,17 @@ class AnalyzeAndTransform(beam.PTransform):
             >> beam.Map(lambda train, ev: {"train": train, "eval": ev}, beam.pvalue.AsSingleton(stats["eval"]))
         )
         written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._output_dir)
+        examples_written = []
         if self._write:
             for name, examples in outputs.items():
                 prefix = os.path.join(self._output_dir, C.TRANSFORMED_DIR, name.lower())
-                _ = examples | f"Write{name}Examples" >> beam.io.WriteToTFRecord(
+                examples_written.append(examples | f"Write{name}Examples" >> beam.io.WriteToTFRecord(
                     prefix,
                     file_name_suffix=TFRECORD_SUFFIX,
                     compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-                )
-        return TransformResult(outputs["Train"], outputs["Eval"], merged_stats, written)
+                ))
+        files = (tuple(examples_written) | "ExamplesWritten" >> beam.Flatten(pipeline=written.pipeline))
+        return TransformResult(outputs["Train"], outputs["Eval"], merged_stats, written, files)
 
 
 def dead_letter_reason_counts(dead_letter: beam.PCollection) -> beam.PCollection:
@@ -317,18 +330,28 @@ def dead_letter_reason_counts(dead_letter: beam.PCollection) -> beam.PCollection
     )
 
 
-def write_partial_stats(stats: beam.PCollection, reasons: beam.PCollection, tmp_dir: str) -> beam.PCollection:
-    """Write split statistics and dead-letter counts as one JSON file under tmp_dir."""
+def _partial_stats(split_stats: dict, reason_counts: dict) -> dict[str, Any]:
+    return {"splits": split_stats, "dead_letter_by_reason": dict(sorted(reason_counts.items()))}
 
-    def combine(split_stats: dict, reason_counts: dict) -> str:
-        return json.dumps({"splits": split_stats, "dead_letter_by_reason": dict(sorted(reason_counts.items()))})
 
+def partial_stats(stats: beam.PCollection, reasons: beam.PCollection) -> beam.PCollection:
+    """One dict: the split statistics and the dead-letter counts by reason (what `finalize_stats` completes)."""
+    return stats | "AttachReasons" >> beam.Map(_partial_stats, beam.pvalue.AsSingleton(reasons, default_value={}))
+
+
+def write_partial(partial: beam.PCollection, tmp_dir: str) -> beam.PCollection:
+    """Writes the `partial_stats` dict to ``tmp_dir/stats_partial-*.json``; returns the file's name once written."""
     return (
-        stats
-        | "AttachReasons" >> beam.Map(combine, beam.pvalue.AsSingleton(reasons, default_value={}))
+        partial
+        | "PartialStatsJson" >> beam.Map(json.dumps)
         | "WritePartialStats"
         >> beam.io.WriteToText(os.path.join(tmp_dir, PARTIAL_STATS_PREFIX), file_name_suffix=".json", num_shards=1)
     )
+
+
+def write_partial_stats(stats: beam.PCollection, reasons: beam.PCollection, tmp_dir: str) -> beam.PCollection:
+    """Write split statistics and dead-letter counts as one JSON file under tmp_dir."""
+    return write_partial(partial_stats(stats, reasons), tmp_dir)
 
 
 def finalize_stats(
@@ -336,25 +359,31 @@ def finalize_stats(
     *,
     config: PreprocessConfig,
     counters: Mapping[str, int],
+    partial: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Complete stats.json after the pipeline: vocabulary, labels, reconciliation.
+    """Complete stats.json once the outputs are written: vocabulary, labels, reconciliation.
 
     Args:
         output_dir: The preprocessing output directory.
         config: The preprocessing configuration used.
-        counters: Pipeline counters (`rows_in`, `documents_out`, `dead_letter`,
-            `replaced_chars`, `sampled_out`, `files_truncated`,
-            `files_unreadable`) from the run's metrics.
+        counters: The reader's counts (`rows_in`, `replaced_chars`,
+            `files_truncated`, `files_unreadable`, `documents_without_group`,
+            see `beam_rnn.io.sum_read_counts`) and `sampled_out`, computed in the
+            pipeline (`beam_rnn.preprocess.pipeline.PreprocessCorpus`); without
+            `rows_in`, rows in are taken as documents + dead letters + sampled out.
+        partial: The `partial_stats` dict; default: read from
+            ``tmp/stats_partial-*.json``.
 
     Returns:
         The statistics written to `output_dir/stats.json`.
     """
     import tensorflow as tf
 
-    tmp_dir = os.path.join(output_dir, C.TMP_DIR)
-    [partial_path] = tf.io.gfile.glob(os.path.join(tmp_dir, PARTIAL_STATS_PREFIX + "*.json"))
-    with tf.io.gfile.GFile(partial_path) as f:
-        partial = json.loads(f.read())
+    if partial is None:
+        tmp_dir = os.path.join(output_dir, C.TMP_DIR)
+        [partial_path] = tf.io.gfile.glob(os.path.join(tmp_dir, PARTIAL_STATS_PREFIX + "*.json"))
+        with tf.io.gfile.GFile(partial_path) as f:
+            partial = json.loads(f.read())
     vocab = read_vocabulary(output_dir)
     label_vocab = read_label_vocabulary(output_dir)
     splits = partial["splits"]

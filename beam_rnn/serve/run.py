@@ -97,8 +97,13 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
 
 
 def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
-              pipeline_args: Sequence[str] = (), *, save_main_session: bool = False) -> dict[str, Any]:
+              pipeline_args: Sequence[str] = (), *, save_main_session: bool = False) -> dict[str, Any] | None:
     """Scores `corpus` with `models` into files under the prefix `output` (see `beam_rnn.serve.write`).
+
+    The pipeline's last stage runs once every file is written and applies the
+    dead-letter limit (`score_problem`).  One check, two reporters: it raises
+    (the job fails) only when no driver waits; a waiting driver raises the same
+    `RunFailed` line itself from the summary.
 
     Args:
       models: Model dirs or ``NAME=DIR`` entries (`beam_rnn.core.artifacts.resolve_models`).
@@ -110,7 +115,9 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
 
     Returns:
       The summary's counters (rows in, scored, dead-lettered, reconciled, ...), the
-      models, the output patterns, the summary itself and ``duplicate_ids``.
+      models, the output patterns, the summary itself and ``duplicate_ids``; None
+      when the driver does not wait for the job (`beam_rnn.cli.runtime.driver_waits`,
+      e.g. ``--template_location``).
 
     Raises:
       InputError: Before any work: a model is unusable, the settings are, or the
@@ -118,8 +125,10 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
       RunFailed: More than the corpus's ``max_dead_letter_fraction`` of the rows
         were dead letters (the outputs are written).
     """
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    from beam_rnn.cli.runtime import driver_waits  # pylint: disable=import-outside-toplevel
     from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
     from beam_rnn.io.progress import Progress  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.score import ScoreCorpus  # pylint: disable=import-outside-toplevel
@@ -137,57 +146,72 @@ def run_score(models: Any, corpus: Any, config: ScoreConfig, output: str,
         raise InputError("--sample-fraction is a preprocessing option; score scores every document "
                          "(sample the corpus files instead)")
     try:
-        score = ScoreCorpus.from_config(infos, config, corpus=corpus.read())
+        score = ScoreCorpus.from_config(infos, config, corpus=corpus.read(with_counts=True))
     except ValueError as e:
         raise InputError(str(e)) from e
     parent = output.rsplit("/", 1)[0] if "/" in output else ""
     if parent and "://" not in parent:
         tf.io.gfile.makedirs(parent)
     delete_stale_outputs(output, config.output_format)
-    with progress.task("score"), _pipeline(pipeline_args, save_main_session) as p:
-        result = p | "ScoreCorpus" >> score
-        _ = result.scores | "ProgressScored" >> Progress("scored")
-        _ = result.scores | "WriteScores" >> WriteScores(
-            output, output_format=config.output_format, columns=score.columns, num_shards=config.num_shards
-        )
-        _ = result.dead_letter | "WriteDeadLetter" >> WriteJsonLines(output + "-dead_letter")
-        _ = write_summary(result.summary, output)
     outputs = output_patterns(output, config.output_format)
+    p = _pipeline(pipeline_args, save_main_session)
+    waits = driver_waits(p.options)
+    result = p | "ScoreCorpus" >> score
+    _ = result.scores | "ProgressScored" >> Progress("scored")
+    written = [
+        result.scores | "WriteScores" >> WriteScores(
+            output, output_format=config.output_format, columns=score.columns, num_shards=config.num_shards),
+        result.dead_letter | "WriteDeadLetter" >> WriteJsonLines(output + "-dead_letter"),
+        write_summary(result.summary, output),
+    ]
+    # The last stage: its side inputs are complete before it runs, so every file is written by then.
+    _ = (p | "Finish" >> beam.Create([None])
+         | "CheckRun" >> beam.Map(_finish_stage, *map(beam.pvalue.AsList, written),
+                                  summary=beam.pvalue.AsSingleton(result.summary),
+                                  max_dead_letter_fraction=corpus.max_dead_letter_fraction,
+                                  dead_letters=outputs["dead_letter"], fail_on_problem=not waits))
+    with progress.task("score"):
+        run = p.run()
+        if not waits:
+            return None
+        run.wait_until_finish()
     summary = read_summary(outputs["summary"])
     report = dict(summary["counters"], models={i.name: i.model_dir for i in infos}, outputs=outputs, summary=summary)
-    reader_check = _reader_reconciles(p.result, report)
-    report["reconciled"] = bool(summary["counters"]["reconciled"]) and reader_check is not False
+    report["reconciled"] = bool(summary["counters"]["reconciled"])
     report["duplicate_ids"] = summary.get("duplicate_ids")
-    if summary.get("duplicate_ids"):
-        logging.getLogger("beam_rnn").warning(
-            "%d of %d scored documents repeat an earlier document id (%d distinct ids)",
-            summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
+    _warn_duplicate_ids(summary)
+    problem = score_problem(summary, corpus.max_dead_letter_fraction, outputs["dead_letter"])
+    if problem:
+        raise RunFailed(problem)
+    return report
+
+
+def score_problem(summary: dict[str, Any], max_dead_letter_fraction: float, dead_letters: str) -> str | None:
+    """Why a finished score run failed (more than `max_dead_letter_fraction` of its rows dead-lettered), or None."""
+    counters = summary["counters"]
     reasons: dict[str, int] = {}
     for by_reason in summary.get("dead_letter_by_stage_and_reason", {}).values():
         for reason, n in by_reason.items():
             reasons[reason] = reasons.get(reason, 0) + n
-    problem = dead_letter_problem(report["dead_lettered"], report["rows_in"], corpus.max_dead_letter_fraction, reasons)
-    if problem:
-        raise RunFailed(f"{problem}; the dead letters are in {outputs['dead_letter']}")
-    return report
+    problem = dead_letter_problem(counters["dead_lettered"], counters["rows_in"], max_dead_letter_fraction, reasons)
+    return f"{problem}; the dead letters are in {dead_letters}" if problem else None
 
 
-def _reader_reconciles(result: Any, report: dict[str, Any]) -> bool | None:
-    """The reader's own counters agree: rows in = documents out + dead letters, documents out = scored + dead.
+def _warn_duplicate_ids(summary: dict[str, Any]) -> None:
+    if summary.get("duplicate_ids"):
+        logging.getLogger("beam_rnn").warning(
+            "%d of %d scored documents repeat an earlier document id (%d distinct ids)",
+            summary["duplicate_ids"], summary["ids"], summary["distinct_ids"])
 
-    None when the runner reports no counters (the summary's in-pipeline check stands alone).
-    """
-    from beam_rnn.cli.runtime import counters  # pylint: disable=import-outside-toplevel
-    from beam_rnn.io import METRICS_NAMESPACE  # pylint: disable=import-outside-toplevel
 
-    read = counters(result, METRICS_NAMESPACE)
-    if not read:
-        return None
-    return (
-        read.get("rows_in", 0) == read.get("documents_out", 0) + read.get("dead_letter", 0)
-        and read.get("rows_in", 0) == report["rows_in"]
-        and read.get("documents_out", 0) == report["documents_in"]
-    )
+def _finish_stage(_: None, *written: list, summary: dict[str, Any], max_dead_letter_fraction: float,
+                  dead_letters: str, fail_on_problem: bool) -> None:
+    """`run_score`'s last stage (`written`: the file names of every write, only waited for)."""
+    if fail_on_problem:  # no driver reports it: the job fails here (the line is in the worker's log)
+        _warn_duplicate_ids(summary)
+        problem = score_problem(summary, max_dead_letter_fraction, dead_letters)
+        if problem:
+            raise RunFailed(problem)
 
 
 def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,

@@ -289,7 +289,9 @@ class ScoreCorpus(beam.PTransform):
 
     Apply it to a PCollection of ``{"id", "text", "label"?}`` dicts, or to the
     pipeline (``p | ScoreCorpus(models=..., corpus=ReadCorpus(...))``), in which
-    case the reader's dead letters are part of the result too.
+    case the reader's dead letters are part of the result too, and with
+    ``ReadCorpus(..., with_counts=True)`` the reader's counts are checked against
+    the summary's in the pipeline (`with_reader_counts`).
     """
 
     def __init__(
@@ -389,11 +391,13 @@ class ScoreCorpus(beam.PTransform):
         return score_columns(self.infos, labelled=self._labelled)
 
     def expand(self, pvalue: Any):  # returns a NamedTuple of PCollections (Beam only checks PCollection hints)
-        read_dead = None
+        read_dead = read_counts = None
         if isinstance(pvalue, beam.pvalue.PBegin):
             if self._corpus is None:
                 raise ValueError("ScoreCorpus applied to a pipeline needs corpus=ReadCorpus(...).")
-            documents, read_dead = pvalue | "ReadCorpus" >> self._corpus
+            read = pvalue | "ReadCorpus" >> self._corpus
+            documents, read_dead = read[0], read[1]
+            read_counts = getattr(read, "counts", None)  # ReadCorpus(with_counts=True)
         else:
             documents = pvalue
         checked = documents | "Validate" >> beam.ParDo(_ValidateFn()).with_outputs(DEAD_LETTER_TAG, main="keyed")
@@ -416,4 +420,20 @@ class ScoreCorpus(beam.PTransform):
             ids=checked.keyed | "DocumentIds" >> beam.Map(lambda keyed_text: keyed_text[0][0]),
             failures=inferred.failures,
         )
+        if read_counts is not None:
+            summary = summary | "CheckReader" >> beam.Map(with_reader_counts, beam.pvalue.AsSingleton(read_counts))
         return ScoreResult(scores, dead, summary)
+
+
+def with_reader_counts(summary: Mapping[str, Any], read: Mapping[str, int]) -> dict[str, Any]:
+    """The summary with the reader's own counts (``counters.read``) and ``reconciled`` also requiring that
+    they agree: rows read = documents out + dead letters, rows read = the summary's rows in, documents out =
+    the documents that entered scoring."""
+    counters = dict(summary["counters"])
+    counters["read"] = dict(read)
+    counters["reconciled"] = bool(
+        counters["reconciled"]
+        and read["rows_in"] == read["documents_out"] + read["dead_letter"]
+        and read["rows_in"] == counters["rows_in"]
+        and read["documents_out"] == counters["documents_in"])
+    return dict(summary, counters=counters)
