@@ -90,14 +90,18 @@ class Server:
         return total
 
     def cpu_seconds(self) -> float:
-        total = 0.0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds (user + system) of the server and of each process it started (``--workers``), by pid."""
+        out = {}
         for p in [self.ps, *self.ps.children(recursive=True)]:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                out[p.pid] = t.user + t.system
             except psutil.Error:
                 pass
-        return total
+        return out
 
     def stop(self) -> int | None:
         """SIGTERM and the exit status (None if it had to be killed after 30 s)."""
@@ -355,7 +359,7 @@ async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespa
     open_seconds = time.perf_counter() - t_open
     rss_open = server.rss()
     metric_start = await read_tokens_metric(server, args.tokens_metric)
-    cpu_client0, cpu_server0, cpu_all0 = sum(me.cpu_times()[:2]), server.cpu_seconds(), busy_cpu_seconds()
+    cpu_client0, cpu_server0, cpu_all0 = sum(me.cpu_times()[:2]), server.cpu_by_process(), busy_cpu_seconds()
     load_start = os.getloadavg()[0]
     run.t_start = time.perf_counter()  # the sessions start typing now
     while not run.stop and time.perf_counter() - run.t_start < args.seconds:  # or --max-messages halts it
@@ -363,7 +367,8 @@ async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespa
     run.halt()
     window = run.t_stop - run.t_start
     cpu_client = (sum(me.cpu_times()[:2]) - cpu_client0) / window
-    cpu_server = (server.cpu_seconds() - cpu_server0) / window
+    cpu_server1 = server.cpu_by_process()  # a process started in the window counts from 0; one gone takes its time
+    cpu_server = sum(cpu - cpu_server0.get(pid, 0.0) for pid, cpu in cpu_server1.items()) / window
     cpu_all = (busy_cpu_seconds() - cpu_all0) / window
     load_stop = os.getloadavg()[0]
     metric_stop = await read_tokens_metric(server, args.tokens_metric)
@@ -381,6 +386,7 @@ async def websocket_run(server: Server, pool: ReviewPool, args: argparse.Namespa
         "latency_ms": percentiles(run.latencies),
         "p99_ms_by_second": [1e3 * float(np.percentile(run.latency_by_second.get(s, [0.0]), 99)) for s in range(int(window))],
         "cpu_cores_client": cpu_client, "cpu_cores_server": cpu_server, "cpu_cores_machine": cpu_all,
+        "server_processes": len(cpu_server1),
         "load_average_1min": [load_start, load_stop],
         "finals": run.finals,
     }

@@ -25,10 +25,15 @@ and the in-process NumPy full pass (`StreamingClassifier.predict_text` of each p
 too; the tokens/s ratios are printed.
 
 ``--compare VARIANT`` (repeatable) runs only the typing load, ``--rounds`` times, against a fresh server
-of this tree and of each VARIANT: ``rev:REV`` (the server of another commit, from ``git archive``) or
+of this tree and of each VARIANT: ``rev:REV`` (the server of another commit, from ``git archive``),
 ``uvicorn:KEY=VALUE[,...]`` (this tree with `beam_rnn.service.server.UVICORN_OPTIONS` overridden, e.g.
-``uvicorn:loop=asyncio``), and prints each one's server CPU per message (process CPU seconds / typing
-messages: far less moved by other jobs than wall-clock numbers) with its ratio to this tree.
+``uvicorn:loop=asyncio``) or ``args:FLAGS`` (this tree with more ``beam-rnn serve`` flags, after the
+others, e.g. ``args:--workers=2``), and prints each one's server CPU per message (process CPU seconds /
+typing messages: far less moved by other jobs than wall-clock numbers) with its ratio to this tree.
+
+The server's CPU and RSS are those of the ``beam-rnn serve`` process and all its children, so with
+``--serve-arg=--workers=N`` (or ``args:--workers=N``) the supervisor and every worker count; a worker
+that died during the window takes its CPU time with it (the server's stderr says so).
 """
 
 from __future__ import annotations
@@ -80,11 +85,13 @@ class Variant:
     name: str
     root: Path = ROOT
     prelude: str = ""
+    extra: tuple[str, ...] = ()  # serve flags after the run's own (argparse: the last value of a flag wins)
 
 
 def parse_variant(spec: str, workdir: Path) -> Variant:
-    """``rev:REV`` (the server of commit REV, from ``git archive``) or ``uvicorn:KEY=VALUE[,KEY=VALUE]``
-    (`beam_rnn.service.server.UVICORN_OPTIONS` overridden, e.g. ``uvicorn:loop=asyncio,ws=wsproto``)."""
+    """``rev:REV`` (the server of commit REV, from ``git archive``), ``uvicorn:KEY=VALUE[,KEY=VALUE]``
+    (`beam_rnn.service.server.UVICORN_OPTIONS` overridden, e.g. ``uvicorn:loop=asyncio,ws=wsproto``) or
+    ``args:FLAGS`` (more serve flags, split at white space, e.g. ``args:--workers=2``)."""
     kind, _, value = spec.partition(":")
     if kind == "rev" and value:
         root = workdir / re.sub(r"[^A-Za-z0-9_.-]", "_", value)
@@ -95,7 +102,9 @@ def parse_variant(spec: str, workdir: Path) -> Variant:
     if kind == "uvicorn" and value:
         options = dict(item.split("=", 1) for item in value.split(","))
         return Variant(spec, prelude=f"import beam_rnn.service.server as s; s.UVICORN_OPTIONS.update({options!r}); ")
-    raise SystemExit(f"load_service: --compare {spec!r}: give rev:REV or uvicorn:KEY=VALUE[,KEY=VALUE]")
+    if kind == "args" and value.split():
+        return Variant(spec, extra=tuple(value.split()))
+    raise SystemExit(f"load_service: --compare {spec!r}: give rev:REV, uvicorn:KEY=VALUE[,KEY=VALUE] or args:FLAGS")
 
 
 def server_us_per_message(ws: dict[str, Any]) -> float:
@@ -118,7 +127,8 @@ def compare_run(args: argparse.Namespace, reviews: list[list[str]], extra: list[
             for variant in variants if round_index % 2 == 0 else variants[::-1]:
                 print(f"load_service: round {round_index + 1}/{args.rounds}, {variant.name}: {args.sessions} sessions "
                       f"for up to {args.seconds:.0f} s", file=sys.stderr)
-                server = Server([args.model], extra, args.startup_seconds, root=variant.root, prelude=variant.prelude)
+                server = Server([args.model], [*extra, *variant.extra], args.startup_seconds, root=variant.root,
+                                prelude=variant.prelude)
                 try:
                     asyncio.run(wait_ready(server, args.startup_seconds))
                     ws = asyncio.run(websocket_run(server, ReviewPool(reviews), args))
@@ -177,7 +187,8 @@ def report(r: dict[str, Any]) -> str:
         f"  server RSS start / all open / peak / end   {mb(r['rss']['start'])} / {mb(ws['rss_all_open'])} / "
         f"{mb(r['rss']['peak'])} / {mb(r['rss']['end'])}",
         f"  CPU (cores of {psutil.cpu_count()}) client / server / others  {ws['cpu_cores_client']:.2f} / "
-        f"{ws['cpu_cores_server']:.2f} / {max(0.0, ws['cpu_cores_machine'] - ws['cpu_cores_client'] - ws['cpu_cores_server']):.2f}"
+        f"{ws['cpu_cores_server']:.2f} ({ws['server_processes']} processes) / "
+        f"{max(0.0, ws['cpu_cores_machine'] - ws['cpu_cores_client'] - ws['cpu_cores_server']):.2f}"
         f"  (load average {ws['load_average_1min'][0]:.1f} -> {ws['load_average_1min'][1]:.1f})",
         f"  per message: client {client_us_per_message(ws):.0f} us CPU, server {server_us_per_message(ws):.0f} us CPU; "
         f"server tokens per server CPU-second {ws['tokens_per_s_client'] / max(ws['cpu_cores_server'], 1e-9):,.0f}",
@@ -265,9 +276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--startup-seconds", type=float, default=180.0)
     p.add_argument("--compare", action="append", default=[], metavar="VARIANT",
                    help="Instead of the full run: the typing load (no restart-incremental, no serving_default check) "
-                   "against this tree's server and against each VARIANT, rev:REV (another commit's server) or "
-                   "uvicorn:KEY=VALUE[,...] (uvicorn options overridden), --rounds times; prints server CPU per message "
-                   "and its ratio (repeatable).")
+                   "against this tree's server and against each VARIANT, rev:REV (another commit's server), "
+                   "uvicorn:KEY=VALUE[,...] (uvicorn options overridden) or args:FLAGS (more serve flags, e.g. "
+                   "args:--workers=2), --rounds times; prints server CPU per message and its ratio (repeatable).")
     p.add_argument("--rounds", type=int, default=3, help="With --compare: rounds (each runs every variant once).")
     p.add_argument("--json", help="Write the results (without per-text finals) here.")
     p.add_argument("--figure", help="Write tokens/s, p99 latency and RSS over time here (PNG).")
