@@ -56,3 +56,24 @@ def test_project_value_errors_are_one_line_naming_the_flag(tmp_path):
         "beam-rnn train: error: --epochs must be >= 1, got 0"]
     proc = _cli("train", "--transformed", str(tmp_path), "--output", str(tmp_path / "o"), "--epoch", "3")
     assert proc.returncode == 2 and "unrecognized arguments: --epoch 3" in proc.stderr
+
+
+def test_verbose_takes_true_or_false_like_every_switch(monkeypatch, capsys):
+    """``--verbose=true|false`` (as a Flex Template launcher would pass it) is taken out before the driver parses."""
+    from beam_rnn import cli
+    from beam_rnn.cli import runtime
+
+    seen = {}
+    quiet = runtime.console_output
+
+    def console_output(verbose=False):
+        seen["verbose"] = verbose
+        return quiet(verbose=False)
+
+    monkeypatch.setattr(runtime, "console_output", console_output)
+    for flag, verbose in (("--verbose", True), ("--verbose=true", True), ("--verbose=False", False),
+                          ("--verbose=0", False)):
+        code = cli.run_command("preprocess", [flag, "--help"])  # argparse's --help exit, caught
+        assert code == 0 and seen["verbose"] is verbose, flag
+    code = cli.run_command("preprocess", ["--verbose=maybe", "--output", "o"])
+    assert code == 2 and "argument --verbose: expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -129,7 +129,9 @@ def flag_action(parser, parameter: str):
 
 
 def sample(action) -> str:
-    """A value of the flag's own kind: a choice, its default, or a number or a gs:// path."""
+    """A value of the flag's own kind: a choice, its default, true for a switch, or a number or a gs:// path."""
+    if action.nargs == 0:
+        return "true"
     if action.choices:
         return str(action.choices[0])
     if action.default is not None and not isinstance(action.default, (bool, list, tuple)):
@@ -138,6 +140,8 @@ def sample(action) -> str:
 
 
 def parsed_value(action, text: str):
+    if action.nargs == 0:  # a switch given "true": the switch, as if given alone
+        return action.const if action.const is not None else True
     value = action.type(text) if action.type else text
     return [value] if action.nargs == "+" else value
 
@@ -165,7 +169,6 @@ def test_every_template_parameter_is_a_driver_flag_and_parses_as_the_launcher_pa
     argv, expected = [], {}
     for p in parameters:
         action = flag_action(parser, p["name"])
-        assert action.nargs != 0, f"{p['name']}: a switch cannot take --{p['name']}=value from a template"
         argv.append(f"--{p['name']}={sample(action)}")
         expected[action.dest] = parsed_value(action, sample(action))
     known, rest = parse_known_flags(parser, argv + LAUNCHER_FLAGS)
@@ -220,12 +223,25 @@ def test_docs_list_every_parameter_and_every_flag_left_out(name):
     left_out = {row[0] for row in docs_table("not-exposed", name)}
     exposed = {"--" + n.replace("_", "-") for n in parameters}
     assert left_out == flags_of(parser) - exposed
-    for flag in left_out:  # the switches really cannot be set with --name=value
-        action = flag_action(parser, flag[2:])
-        if action.nargs == 0:
-            required = [f"{a.option_strings[0]}=gs://b/x" for a in parser._actions if a.required]
-            with pytest.raises(SystemExit):
-                parse_known_flags(parser, [f"--{flag[2:].replace('-', '_')}=true", *required])
+
+
+@pytest.mark.parametrize("name", sorted(DRIVERS))
+def test_every_switch_takes_true_or_false_as_the_launcher_passes_it(name, capsys):
+    parser = DRIVERS[name].build_parser()
+    required = [f"{a.option_strings[0]}=gs://b/x" for a in parser._actions if a.required]
+    switches = [a for a in parser._actions if a.nargs == 0 and a.option_strings[0] != "-h"]
+    assert {"--unlabelled", "--verbose"} <= {a.option_strings[0] for a in switches}
+    for action in switches:
+        flag = "--" + action.option_strings[0][2:].replace("-", "_")  # as a template parameter
+        off, _ = parse_known_flags(parser, required)
+        alone, _ = parse_known_flags(parser, [action.option_strings[0], *required])
+        assert getattr(alone, action.dest) != getattr(off, action.dest), flag
+        for value, like in (("true", alone), ("TRUE", alone), ("yes", alone), ("false", off), ("0", off)):
+            known, rest = parse_known_flags(parser, [f"{flag}={value}", *required])
+            assert rest == [] and getattr(known, action.dest) == getattr(like, action.dest), (flag, value)
+        with pytest.raises(SystemExit):
+            parse_known_flags(parser, [f"{flag}=maybe", *required])
+        assert "expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
 def test_sdk_image_is_the_installed_beam_release_on_a_python_pyproject_admits():

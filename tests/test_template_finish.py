@@ -9,6 +9,7 @@ the whole job before returning (so its outputs can be checked).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import apache_beam as beam
@@ -101,19 +102,13 @@ def test_rows_in_are_counted_by_the_reader_and_the_sample_in_the_pipeline(tmp_pa
     (corpus_dir / "b.csv.gz").write_bytes(gzip.compress(payload)[:-8])  # 20 rows, then truncated_file
     out = tmp_path / "out"
     corpus = _corpus(corpus_dir / "*", id_column="id")
-    _run_preprocess_corpus(dataclass_replace(corpus, sample_fraction=0.5), out)
+    _run_preprocess_corpus(dataclasses.replace(corpus, sample_fraction=0.5), out)
     stats = json.loads((out / C.STATS_FILE).read_text())
     ids = ["g1", "g2", "g3", "g4", "g5", "g6", "g7"] + [f"z{i}" for i in range(20)]
     kept = [i for i in ids if in_sample(i, 0.5)]
     assert (stats["rows_in"], stats["dead_lettered"], stats["files_truncated"]) == (32, 5, 1)
     assert (stats["sampled_out"], stats["documents_out"]) == (27 - len(kept), len(kept))
     assert stats["reconciled"] is True and (out / MANIFEST_FILE).exists()
-
-
-def dataclass_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def _mostly_dead(tmp_path):

@@ -65,21 +65,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     hard_exit(run_command(command, rest))
 
 
+def _verbose(arg: str) -> bool | None:
+    """What `arg` says about ``--verbose`` (True, False), None when it is another argument.
+
+    A value other than true/false stays in the arguments, for the parser's error.
+    """
+    from beam_rnn.cli.flags import FALSE_WORDS, TRUE_WORDS
+    from beam_rnn.cli.runtime import VERBOSE_FLAG
+
+    name, eq, value = arg.partition("=")
+    if name != VERBOSE_FLAG:
+        return None
+    word = value.strip().lower()
+    if not eq or word in TRUE_WORDS:
+        return True
+    return False if word in FALSE_WORDS else None
+
+
 def run_command(command: str, argv: Sequence[str]) -> int:
     """Runs one driver's ``main(argv)``; the project's errors become one line and their exit code.
 
     `beam_rnn.core.errors` maps each kind of error to its status (2: bad input
     found before work; 1: the run failed); argparse's own exits keep theirs.
-    ``--verbose`` anywhere in `argv` is taken out and shows every library's logging;
-    without it only the project's lines and progress are shown
-    (`beam_rnn.cli.runtime.console_output`).
+    ``--verbose`` (or ``--verbose=true|false``) anywhere in `argv` is taken out and
+    shows every library's logging; without it only the project's lines and progress
+    are shown (`beam_rnn.cli.runtime.console_output`).
     """
-    from beam_rnn.cli.runtime import VERBOSE_FLAG, console_output
+    from beam_rnn.cli.runtime import console_output
     from beam_rnn.core import progress
     from beam_rnn.core.errors import BeamRnnError, exit_code
 
-    args = [arg for arg in argv if arg != VERBOSE_FLAG]
-    with console_output(verbose=len(args) < len(argv)):
+    args = [arg for arg in argv if _verbose(arg) is None]
+    with console_output(verbose=any(_verbose(arg) for arg in argv)):
         if command not in INTERACTIVE:  # the elapsed time shows (or is logged) between the stages' own lines
             progress.BOARD.open(command)
         module = importlib.import_module(COMMANDS[command])

@@ -272,18 +272,57 @@ def config_from_flags(config_cls: type, namespace: argparse.Namespace, *, dest_p
     return config_cls(**kwargs)
 
 
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
+_SWITCH_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction,  # pylint: disable=protected-access
+                   argparse.BooleanOptionalAction)
+
+
+def switch_value(flag: str, value: str) -> bool:
+    """``true``/``yes``/``1`` or ``false``/``no``/``0`` (any case) given to a switch as ``--flag=value``.
+
+    Raises:
+      argparse.ArgumentTypeError: Any other value.
+    """
+    word = value.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise argparse.ArgumentTypeError(f"argument {flag}: expected true or false, got {value!r}")
+
+
 def normalise_flag_spelling(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """Rewrites ``--a_b`` to ``--a-b`` for the parser's own flags (Beam's keep their spelling)."""
+    """Rewrites ``--a_b`` to ``--a-b`` for the parser's own flags (Beam's keep their spelling), and
+    ``--switch=true|false`` to the switch, its ``--no-`` form, or nothing.
+
+    So every switch can also be given a value, as a Flex Template launcher passes its parameters
+    (``--name=value``): ``--switch=true`` is ``--switch``, ``--switch=false`` leaves it off (the
+    ``--no-switch`` of a flag that has one).
+    """
     known = set()
+    switches = {}
     for action in parser._actions:  # argparse has no public list of option strings
         known.update(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, _SWITCH_ACTIONS):
+            switches.update((s, action) for s in action.option_strings)
     out = []
     for arg in argv:
-        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
-            name, eq, value = arg.partition("=")
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and "_" in name:
             dashed = name.replace("_", "-")
             if dashed in known and name not in known:
-                arg = dashed + eq + value
+                name = dashed
+                arg = name + eq + value
+        if eq and name in switches:
+            try:
+                on = switch_value(name, value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(str(e))
+            if on:
+                arg = name
+            elif isinstance(switches[name], argparse.BooleanOptionalAction):
+                arg = "--" + name[len("--no-"):] if name.startswith("--no-") else "--no-" + name[2:]
+            else:
+                continue
         out.append(arg)
     return out
 
