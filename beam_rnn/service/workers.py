@@ -18,6 +18,7 @@ workers reach each other (`beam_rnn.service.cluster`).
 * A worker stops by itself if the parent is gone (no orphans after a SIGKILL).
 """
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -146,6 +147,10 @@ def _serve_worker(spec: WorkerSpec) -> None:
 
     run_app(app, spec.config, [spec.sock, spec.unix_sock], on_started, verbose=spec.verbose,
             parent_pid=spec.parent_pid)
+    if os.getppid() != spec.parent_pid:  # the parent was killed and cannot remove the socket directory
+        with contextlib.suppress(OSError):
+            os.unlink(spec.paths[spec.index])
+            os.rmdir(os.path.dirname(spec.paths[spec.index]))  # the last worker to leave removes it
 
 
 @dataclasses.dataclass
@@ -208,8 +213,8 @@ class Supervisor:
             worker.fast_crashes = worker.fast_crashes + 1 if lived < FAST_CRASH_SECONDS else 0
             what = f"Worker {index} (pid {worker.process.pid}) {_exit_description(worker.process.exitcode)}"
             if worker.fast_crashes >= MAX_FAST_CRASHES:
-                raise RunFailed(f"{what}, its {worker.fast_crashes}th crash within {FAST_CRASH_SECONDS:.0f} s of its "
-                                "start in a row; stopping the service")
+                raise RunFailed(f"{what}: {worker.fast_crashes} crashes, each within {FAST_CRASH_SECONDS:.0f} s of its "
+                                "start, in a row; stopping the service")
             LOG.error("%s after %.1f s; starting another (its sessions are lost)", what, lived)
             self._start(index)
 
@@ -219,7 +224,8 @@ class Supervisor:
     def _on_hup(self, *_: Any) -> None:
         for worker in self.workers:
             if worker is not None and worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGHUP)
+                with contextlib.suppress(ProcessLookupError):  # it died meanwhile: its successor loads afresh
+                    os.kill(worker.process.pid, signal.SIGHUP)
 
     def _wait(self) -> None:
         sentinels = [w.process.sentinel for w in self.workers if w is not None]
@@ -262,8 +268,7 @@ class Supervisor:
         for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                LOG.error("Worker %s (pid %d) did not stop within %d s; killed", process.name, process.pid,
-                          STOP_SECONDS)
+                LOG.error("%s (pid %d) did not stop within %d s; killed", process.name, process.pid, STOP_SECONDS)
                 process.kill()
                 process.join()
         for unix_sock in self.unix_socks:
