@@ -249,6 +249,31 @@ def test_sighup_reloads_every_worker_a_killed_worker_is_replaced_and_sigterm_sto
     assert not os.path.exists(next(iter(socket_dirs)))
 
 
+def test_watch_reloads_in_every_worker_and_workers_leave_with_a_killed_parent(model_dir, tmp_path):
+    served = str(tmp_path / "lstm")
+    shutil.copytree(model_dir, served)
+    server, url = start(["--model", served, "--workers", "2", "--watch", "0.2"])
+    try:
+        parent = psutil.Process(server.proc.pid)
+        socket_dir = {os.path.dirname(c.laddr) for c in parent.net_connections(kind="unix") if c.laddr}.pop()
+        workers = [psutil.Process(pid) for pid in worker_pids(server)]
+        build_streaming_model_dir(served, seed=6)  # a new manifest.json: each worker's poller sees it
+        deadline = time.monotonic() + 30
+        while sample(metrics(url), "beam_rnn_serve_model_reloads_total", outcome="loaded") != 2:
+            assert time.monotonic() < deadline, "--watch did not reload both workers"
+            time.sleep(0.1)
+        server.proc.kill()  # no chance to stop its workers: they notice and stop by themselves
+        server.proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive
+        deadline = time.monotonic() + 5
+        while os.path.exists(socket_dir):  # the last worker out removes the socket directory
+            assert time.monotonic() < deadline, os.listdir(socket_dir)
+            time.sleep(0.1)
+    finally:
+        server.stop()
+
+
 def test_repeated_fast_crashes_end_the_service_with_exit_1(model_dir):
     server, _ = start(["--model", model_dir, "--workers", "2"])
     killed = set()
