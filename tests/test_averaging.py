@@ -52,7 +52,7 @@ def test_average_updates_with_warmup_and_swaps_back(tmp_path):
 
 
 def test_ema_model_is_the_average_validation_saw(binary_dir, tmp_path):  # noqa: F811
-    plain = trainer.train(binary_dir, str(tmp_path / "plain"), TrainConfig(**RESUME))["metrics"]
+    plain = trainer.train(binary_dir, str(tmp_path / "plain"), TrainConfig(**RESUME, ema_momentum=0.0))["metrics"]
     ema = trainer.train(binary_dir, str(tmp_path / "ema"), TrainConfig(**EMA))["metrics"]
     plain_history = _history(str(tmp_path / "plain" / C.MODEL_LSTM))
     ema_history = _history(str(tmp_path / "ema" / C.MODEL_LSTM))
@@ -73,6 +73,7 @@ def test_ema_model_is_the_average_validation_saw(binary_dir, tmp_path):  # noqa:
     kernels = [k for k in averaged if "kernel" in k and "optimizer" not in k]
     assert kernels and any(not np.array_equal(raw[k], averaged[k]) for k in kernels)
     assert json.loads((model_dir / trainer.TRAIN_CONFIG_FILE).read_text())["ema_momentum"] == 0.9
+    assert ema["ema_momentum"] == 0.9 and plain["ema_momentum"] == 0.0  # metrics.json, hence the model card
     assert plain["best_epoch"] >= 1 and exported.get_weights()
 
 

@@ -57,7 +57,7 @@ class WeightAverage(keras.callbacks.Callback):
         n = tf.cast(self.state.updates.assign_add(1) - 1, tf.float32)
         decay = tf.minimum(self.momentum, (1.0 + n) / (WARMUP + n))
         for average, variable in zip(self.state.averages, self._variables):
-            average.assign(decay * average + (1.0 - decay) * tf.cast(variable, average.dtype))
+            average.assign_sub((1.0 - decay) * (average - variable))  # = d * a + (1 - d) * w, one temporary less
 
     def swap(self) -> None:
         """Exchanges the model's weights and the averages (twice: back as before)."""

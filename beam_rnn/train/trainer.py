@@ -322,6 +322,8 @@ def _metrics(kind: str, results: Mapping[str, Any], history: list[dict[str, Any]
         "best_epoch": best,
         "monitor": facts["monitor"],
         "learning_rate": facts["learning_rate"],
+        "ema_momentum": facts["ema_momentum"],  # 0: the raw weights; else the kept weights are their average
+        "weight_decay": facts["weight_decay"],
         "stopped_early": facts["stopped_early"],
         "train_seconds": round(train_seconds, 3),
         "examples_per_second": round(train_examples * epochs_this_run / train_seconds, 2) if train_seconds > 0 else None,
@@ -466,6 +468,7 @@ def train(
 
     metrics = _metrics(kind, results, history, best, epoch_log, resumed, train_seconds,
                        monitor=config.monitor, learning_rate=config.learning_rate_for(kind),
+                       ema_momentum=config.ema_momentum, weight_decay=config.weight_decay,
                        stopped_early=early_stopping.stopped_epoch > 0, train_examples=len(lengths),
                        eval_examples=eval_documents, num_classes=num_classes,
                        vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start,
