@@ -35,12 +35,12 @@ def preprocess_docs(out: str, docs: list[dict], cfg: Any, *, keep_tmp: bool = Fa
     import tensorflow_transform.beam as tft_beam
 
     from beam_rnn.preprocess.pipeline import finish_preprocess
-    from beam_rnn.preprocess.transform import AnalyzeAndTransform, write_partial_stats
+    from beam_rnn.preprocess.transform import AnalyzeAndTransform, partial_stats, write_partial
 
     tmp = os.path.join(out, C.TMP_DIR)
     with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):
         result = p | beam.Create(docs) | AnalyzeAndTransform(config=cfg, output_dir=out, batch_size=64)
-        write_partial_stats(result.stats, p | "NoDeadLetters" >> beam.Create([{}]), tmp)
+        write_partial(partial_stats(result.stats, p | "NoDeadLetters" >> beam.Create([{}])), tmp)
     return finish_preprocess(out, cfg, {}, keep_tmp=keep_tmp)
 
 

@@ -93,12 +93,12 @@ def _docs(texts, labels=None):
 def run_transform(docs, out_dir, config):
     import tensorflow_transform.beam as tft_beam
 
-    from beam_rnn.preprocess.transform import AnalyzeAndTransform, finalize_stats, write_partial_stats
+    from beam_rnn.preprocess.transform import AnalyzeAndTransform, finalize_stats, partial_stats, write_partial
 
     tmp = os.path.join(out_dir, C.TMP_DIR)
     with beam.Pipeline(argv=["--runner=DirectRunner"]) as p, tft_beam.Context(temp_dir=tmp):
         result = p | beam.Create(docs) | AnalyzeAndTransform(config=config, output_dir=out_dir, batch_size=4)
-        write_partial_stats(result.stats, p | "NoDeadLetters" >> beam.Create([{}]), tmp)
+        write_partial(partial_stats(result.stats, p | "NoDeadLetters" >> beam.Create([{}])), tmp)
     return finalize_stats(out_dir, config=config, counters={})
 
 

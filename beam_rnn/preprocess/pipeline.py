@@ -175,9 +175,7 @@ def _finish_stage(_: None, *written: list, partial: Mapping[str, Any], read_coun
     stats, problem = finish_output(output, config, counts, partial=partial, keep_tmp=keep_tmp,
                                    max_dead_letter_fraction=max_dead_letter_fraction)
     if fail_on_problem:  # no driver reports it: the job fails here (the line is in the worker's log)
-        warn_documents_without_group(stats, config)
-        if problem:
-            raise PreprocessError(problem_message(output, problem))
+        report_finished(output, stats, config, problem)
     return stats
 
 
@@ -256,33 +254,28 @@ def run_preprocess(
 
 def check_finished(output: str, stats: dict[str, Any], config: PreprocessConfig,
                    max_dead_letter_fraction: float) -> dict[str, Any]:
-    """A waiting driver's report on a finished output: the group warning; `PreprocessError` if unusable.
+    """A waiting driver's report on a finished output (`report_finished`).
 
     The check is the `output_problem` the last stage applied before it wrote (or did not write) the manifest.
     """
     from beam_rnn.preprocess.transform import output_problem
 
-    warn_documents_without_group(stats, config)
-    problem = output_problem(stats, config, max_dead_letter_fraction)
-    if problem:
-        raise PreprocessError(problem_message(output, problem))
-    return stats
+    return report_finished(output, stats, config, output_problem(stats, config, max_dead_letter_fraction))
 
 
-def problem_message(output: str, problem: str) -> str:
-    """The one line of the `PreprocessError` of an unusable output."""
+def report_finished(output: str, stats: dict[str, Any], config: PreprocessConfig, problem: str | None) -> dict[str, Any]:
+    """Logs how many documents had no group value (when some, not all, had none); raises `PreprocessError` for a
+    `problem`; else returns `stats`."""
     from beam_rnn.core.manifest import MANIFEST_FILE
 
-    return f"{problem} (see {os.path.join(output, C.STATS_FILE)}; no {MANIFEST_FILE} written)"
-
-
-def warn_documents_without_group(stats: Mapping[str, Any], config: PreprocessConfig) -> None:
-    """Logs how many documents had no group value, when some (not all) had none."""
     without = stats.get("documents_without_group", 0)
     if 0 < without < stats["documents_out"]:
         logging.getLogger(__name__).warning(
             "%s of %s documents had no value in the group column %r: each of them is split by its id",
             f"{without:,}", f"{stats['documents_out']:,}", config.group_column)
+    if problem:
+        raise PreprocessError(f"{problem} (see {os.path.join(output, C.STATS_FILE)}; no {MANIFEST_FILE} written)")
+    return stats
 
 
 def finish_output(output: str, config: PreprocessConfig, counts: Mapping[str, int], *,
@@ -335,10 +328,7 @@ def finish_preprocess(output: str, config: PreprocessConfig, counters: Mapping[s
     """
     stats, problem = finish_output(output, config, counters, keep_tmp=keep_tmp,
                                    max_dead_letter_fraction=max_dead_letter_fraction)
-    warn_documents_without_group(stats, config)
-    if problem:
-        raise PreprocessError(problem_message(output, problem))
-    return stats
+    return report_finished(output, stats, config, problem)
 
 
 def summary_line(stats: Mapping[str, Any]) -> dict[str, Any]:

@@ -349,11 +349,6 @@ def write_partial(partial: beam.PCollection, tmp_dir: str) -> beam.PCollection:
     )
 
 
-def write_partial_stats(stats: beam.PCollection, reasons: beam.PCollection, tmp_dir: str) -> beam.PCollection:
-    """Write split statistics and dead-letter counts as one JSON file under tmp_dir."""
-    return write_partial(partial_stats(stats, reasons), tmp_dir)
-
-
 def finalize_stats(
     output_dir: str,
     *,

@@ -15,13 +15,10 @@ initial weights with no warm-up and only validate on it through a Keras 3 callba
 (``SwapEMAWeights``) that tf_keras lacks.
 """
 
-import logging
-import os
 
 import tensorflow as tf
 import tf_keras as keras
 
-logger = logging.getLogger(__name__)
 WARMUP = 10.0  # d = min(M, (1 + n) / (WARMUP + n))
 
 
@@ -31,8 +28,8 @@ class WeightAverage(keras.callbacks.Callback):
     Args:
         model: The model being trained (its trainable variables are averaged).
         momentum: M above, in (0, 1).
-        checkpoint_template: ``.../epoch_{epoch:03d}``: the averaged weights are saved there after every
-            epoch (in place of `keras.callbacks.ModelCheckpoint`).
+        checkpoint_template: ``.../epoch_{epoch:03d}`` in an existing directory: the averaged weights are saved
+            there after every epoch (in place of `keras.callbacks.ModelCheckpoint`).
 
     ``state`` (a `tf.Module` holding the averages and the update count) belongs in
     the training state's checkpoint (`beam_rnn.train.callbacks.TrainingState`).
@@ -81,8 +78,6 @@ class WeightAverage(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.swap()
         try:
-            path = self.checkpoint_template.format(epoch=epoch + 1)
-            tf.io.gfile.makedirs(os.path.dirname(path))
-            self.model.save_weights(path)
+            self.model.save_weights(self.checkpoint_template.format(epoch=epoch + 1))
         finally:
             self.swap()

@@ -147,13 +147,14 @@ def prefix_fraction(config: TrainConfig, kind: str) -> float:
 
 
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
-    kwargs = {"clipnorm": config.clipnorm} if config.clipnorm is not None else {}
+    kwargs = {"learning_rate": config.learning_rate_for(kind)}
+    if config.clipnorm is not None:
+        kwargs["clipnorm"] = config.clipnorm
     if config.weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate_for(kind),
-                                           weight_decay=config.weight_decay, **kwargs)
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_for(kind), **kwargs)
+        optimizer = keras.optimizers.Adam(**kwargs)
     if distill.distilling(config, kind):
         loss, metrics = distill.loss_and_metrics(num_classes, config.teacher_weight)
     elif num_classes == 2:
@@ -271,13 +272,11 @@ def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: b
              callbacks: Sequence[keras.callbacks.Callback]):
     """Restores the committed state; returns (start epoch, early stopping, epoch log, all callbacks)."""
     checkpoints = os.path.join(model_dir, CHECKPOINTS_DIR, CHECKPOINT_TEMPLATE)
-    if config.ema_momentum > 0:  # the epoch checkpoints hold the averaged weights
-        average = WeightAverage(model, config.ema_momentum, checkpoints)
-        checkpoint: keras.callbacks.Callback = average
-        state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model, weight_average=average.state)
-    else:
-        checkpoint = keras.callbacks.ModelCheckpoint(checkpoints, save_weights_only=True, save_freq="epoch")
-        state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model)
+    # With an average, it is what the epoch checkpoints hold, and part of the training state.
+    average = WeightAverage(model, config.ema_momentum, checkpoints) if config.ema_momentum > 0 else None
+    checkpoint = average or keras.callbacks.ModelCheckpoint(checkpoints, save_weights_only=True, save_freq="epoch")
+    state = TrainingState(os.path.join(model_dir, BACKUP_DIR), model,
+                          weight_average=average.state if average else None)
     history_path = os.path.join(model_dir, HISTORY_FILE)
     start_epoch = state.restore() if resumed else 0
     # Epochs after the last commit were cut short by the kill: they run again.
