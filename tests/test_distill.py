@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import InputError
-from beam_rnn.train import data, distill, trainer
+from beam_rnn.train import data, distill, losses, trainer
 from beam_rnn.train.config import TrainConfig
 from beam_rnn.train.errors import TrainerInputError
 from tests.test_trainer import REPO_ROOT, SMALL, _documents, _preprocess
@@ -36,9 +36,9 @@ def test_the_loss_mixes_the_label_with_the_teacher_and_the_metrics_read_the_labe
     for w in (0.3, 1.0):
         target = (1 - w) * packed[:, :1] + w * packed[:, 1:]
         want = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
-        got = distill.DistillationLoss(2, w)(packed, logits)
+        got = losses.ClassifierLoss(2, w)(packed, logits)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
-    loss, metrics = distill.loss_and_metrics(2, 1.0)
+    loss, metrics = losses.loss_and_metrics(2, teacher_weight=1.0)
     accuracy = metrics[0]
     accuracy.update_state(packed, logits)  # logits > 0: 1, 0, 1 -> the true labels 1, 0, 1, whatever the teacher says
     assert accuracy.result().numpy() == 1.0
@@ -48,8 +48,8 @@ def test_the_loss_mixes_the_label_with_the_teacher_and_the_metrics_read_the_labe
     w = 0.25
     target3 = 0.75 * tf.one_hot([2, 1], 3) + w * packed3[:, 1:]
     want3 = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=target3, logits=logits3))
-    np.testing.assert_allclose(distill.DistillationLoss(3, w)(packed3, logits3).numpy(), want3.numpy(), rtol=1e-6)
-    _, metrics3 = distill.loss_and_metrics(3, w)
+    np.testing.assert_allclose(losses.ClassifierLoss(3, w)(packed3, logits3).numpy(), want3.numpy(), rtol=1e-6)
+    _, metrics3 = losses.loss_and_metrics(3, teacher_weight=w)
     metrics3[0].update_state(packed3, logits3)
     assert metrics3[0].result().numpy() == pytest.approx(0.5)  # row 0 predicts class 0 (label 2), row 1 class 1
 

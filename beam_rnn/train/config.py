@@ -192,6 +192,8 @@ class TrainConfig:
             (`beam_rnn.train.cv`); None: none.
         prefix_training: "lstm" only: the share of training documents cut to a random
             prefix each epoch (`data.make_dataset`'s ``prefix_fraction``); 0: off.
+        timestep_loss: "lstm" only: this share of the loss is on the prediction after every
+            token, weighted toward later tokens (`beam_rnn.train.losses`); 0: off.
         teacher: "lstm" only: a BiLSTM export to distil from (`beam_rnn.train.distill`); None: off.
         teacher_weight: The teacher's share of the training target.
         weight_decay: > 0: AdamW with this decay (times the learning rate, per step), biases excluded.
@@ -240,6 +242,10 @@ class TrainConfig:
     prefix_training: float = option(
         0.0, "Streaming LSTM only: each epoch, cut this share of the training documents to a random prefix "
         "(truncated training, Madureira & Schlangen 2020), so it learns to be right before the end.",
+        metavar="SHARE", minimum=0.0, maximum=1.0)
+    timestep_loss: float = option(
+        0.0, "Streaming LSTM only: put this share of the loss on the prediction after every token (token t of n "
+        "weighted t / (1 + ... + n)), the rest on the whole text's, so it learns to be right before the end.",
         metavar="SHARE", minimum=0.0, maximum=1.0)
     teacher: str | None = option(
         None, "Streaming LSTM only: distil from this BiLSTM export (or a training output holding bilstm/), trained "

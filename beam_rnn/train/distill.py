@@ -11,15 +11,14 @@ Each batch's target is packed as ``[label, teacher probabilities...]`` (binary:
 ``[label, P(1)]``, K classes: ``[label, p_1..p_K]``) so the loss mixes them while
 the accuracy and AUC metrics still read the true label, whatever w.  The validation
 data carries the teacher too: ``val_loss`` is the distillation loss, ``val_accuracy``
-(the default early-stopping monitor) is plain accuracy.  The exported model is the
-plain classifier; nothing of the teacher is in it.
+(the default early-stopping monitor) is plain accuracy (the loss and metrics:
+`beam_rnn.train.losses`).  The exported model is the plain classifier; nothing of
+the teacher is in it.
 """
 
-from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
-import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import ModelDirError, available_models, join_path, read_model_card, read_model_info
@@ -87,48 +86,3 @@ class Teacher:
         if self.num_classes == 2:
             return tf.concat([labels, tf.reshape(probabilities, [-1, 1])], axis=1)
         return tf.concat([tf.cast(labels, tf.float32)[:, tf.newaxis], probabilities], axis=1)
-
-
-class DistillationLoss(keras.losses.Loss):
-    """Cross-entropy against (1 - w) * one_hot(label) + w * p_teacher, from logits."""
-
-    def __init__(self, num_classes: int, weight: float, name: str = "distillation", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-        self.num_classes, self.weight = int(num_classes), float(weight)
-
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        w = tf.constant(self.weight, tf.float32)
-        if self.num_classes == 2:
-            target = (1.0 - w) * y_true[:, :1] + w * y_true[:, 1:2]
-            return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=y_pred), axis=-1)
-        one_hot = tf.one_hot(tf.cast(y_true[:, 0], tf.int32), self.num_classes)
-        target = (1.0 - w) * one_hot + w * y_true[:, 1:]
-        return tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=y_pred)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_classes": self.num_classes, "weight": self.weight}
-
-
-class _LabelAUC(keras.metrics.AUC):
-    """AUC of the true label (column 0 of a packed target)."""
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(y_true[:, :1], y_pred, sample_weight)
-
-
-def _true_label(metric: Callable[..., tf.Tensor], **kwargs: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    def on_label(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        return metric(y_true[:, :1], y_pred, **kwargs)
-    return on_label
-
-
-def loss_and_metrics(num_classes: int, weight: float) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
-    """The compile arguments of a distilled model: `DistillationLoss`, and accuracy (and AUC) of the true label."""
-    if num_classes == 2:
-        metrics = [keras.metrics.MeanMetricWrapper(_true_label(keras.metrics.binary_accuracy, threshold=0.0),
-                                                   name="accuracy"),
-                   _LabelAUC(name="auc", from_logits=True)]
-    else:
-        metrics = [keras.metrics.MeanMetricWrapper(_true_label(keras.metrics.sparse_categorical_accuracy),
-                                                   name="accuracy")]
-    return DistillationLoss(num_classes, weight), metrics

@@ -108,16 +108,39 @@ def _bidirectional(config: ModelConfig, units: int, seeds: _Seeds, name: str, re
     return keras.layers.Bidirectional(forward, backward_layer=backward, name=name)
 
 
-def build_classifier(config: ModelConfig) -> keras.Model:
+class PerTokenOutputs(keras.layers.Layer):
+    """Appends the token mask to per-token logits: ``[batch, time, out]`` -> ``[batch, time, out + 1]``.
+
+    The loss (`beam_rnn.train.losses`) needs to know which steps are tokens; the mask
+    travels in the output so it needs no input of its own, and stops here.
+    """
+
+    def call(self, logits: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
+        if mask is None:
+            mask = tf.ones(tf.shape(logits)[:2], tf.bool)
+        return tf.concat([logits, tf.cast(mask, logits.dtype)[..., tf.newaxis]], axis=-1)
+
+    def compute_mask(self, inputs: tf.Tensor, mask: tf.Tensor | None = None) -> None:
+        return None
+
+
+def build_classifier(config: ModelConfig, *, per_token: bool = False) -> keras.Model:
     """Builds the (untrained, uncompiled) classifier described by `config`.
 
     Args:
         config: Model hyper-parameters.
+        per_token: "lstm" only: the training view of ``train --timestep-loss``: the last
+            recurrent layer returns every step and the head runs on each, followed by
+            `PerTokenOutputs`.  Its weights are the plain model's, in the same order
+            (``plain.set_weights(per_token_model.get_weights())``).
 
     Returns:
         A functional tf_keras model: int token ids ``[batch, time]`` (right
-        0-padded; int32 is accepted too) -> float32 logits ``[batch, out]``.
+        0-padded; int32 is accepted too) -> float32 logits ``[batch, out]``
+        (per_token: ``[batch, time, out + 1]``, the logits after each token and the token mask).
     """
+    if per_token:
+        _require_streaming(config)
     seeds = _Seeds(config.seed)
     inputs = keras.Input(shape=(None,), dtype="int64", name=INPUT_NAME)
     x = keras.layers.Embedding(
@@ -146,7 +169,8 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     else:
         for index in range(config.layers):
             last = index == config.layers - 1
-            x = _recurrent_layer(config, config.units, seeds, rnn_layer_name(index), return_sequences=not last)(x)
+            x = _recurrent_layer(config, config.units, seeds, rnn_layer_name(index),
+                                 return_sequences=per_token or not last)(x)
 
     x = keras.layers.Dense(
         config.dense_units,
@@ -164,6 +188,8 @@ def build_classifier(config: ModelConfig) -> keras.Model:
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),
         name=LOGITS_LAYER,
     )(x)
+    if per_token:
+        logits = PerTokenOutputs(name="per_token_outputs")(logits)
     return keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
 
 

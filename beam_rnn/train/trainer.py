@@ -54,7 +54,7 @@ import tf_keras as keras
 
 from beam_rnn.core import constants as C
 from beam_rnn.core import progress
-from beam_rnn.train import auto, data, distill, models
+from beam_rnn.train import auto, data, distill, losses, models
 from beam_rnn.train.averaging import WeightAverage
 from beam_rnn.train.callbacks import (
     CommitState,
@@ -146,6 +146,11 @@ def prefix_fraction(config: TrainConfig, kind: str) -> float:
     return config.prefix_training if kind == models.KIND_LSTM else 0.0
 
 
+def timestep_share(config: TrainConfig, kind: str) -> float:
+    """The share of the loss on every token's prediction: `config.timestep_loss` for the streaming model only."""
+    return config.timestep_loss if kind == models.KIND_LSTM else 0.0
+
+
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"learning_rate": config.learning_rate_for(kind)}
     if config.clipnorm is not None:
@@ -155,17 +160,9 @@ def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: in
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     else:
         optimizer = keras.optimizers.Adam(**kwargs)
-    if distill.distilling(config, kind):
-        loss, metrics = distill.loss_and_metrics(num_classes, config.teacher_weight)
-    elif num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)
-        metrics = [
-            keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),  # logit 0 == probability 0.5
-            keras.metrics.AUC(name="auc", from_logits=True),
-        ]
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    teacher_weight = config.teacher_weight if distill.distilling(config, kind) else 0.0
+    loss, metrics = losses.loss_and_metrics(num_classes, teacher_weight=teacher_weight,
+                                            timestep_share=timestep_share(config, kind))
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
@@ -253,8 +250,12 @@ def _length_buckets(train_files: str, config: TrainConfig, fold: data.Fold | Non
 
 def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str,
            vectors: Any = None) -> tuple[keras.Model, Any]:
-    """The compiled model (warm-started when configured) and the warm start's report."""
-    model = models.build_classifier(model_config)
+    """The compiled model (warm-started when configured) and the warm start's report.
+
+    With ``--timestep-loss`` it is the per-token training view (`models.build_classifier`'s
+    ``per_token``); the plain model gets its weights when training ends.
+    """
+    model = models.build_classifier(model_config, per_token=timestep_share(config, model_config.kind) > 0)
     warm_start = None
     if config.pretrained_embeddings:
         from beam_rnn.embeddings import warm_start_from_file
@@ -373,7 +374,8 @@ def train(
     Returns:
         A dict with:
             "kind": the model kind,
-            "model": the trained tf_keras model (best epoch's weights),
+            "model": the trained classifier (the kept epoch's weights; the plain model also
+                when it trained in the per-token view of ``--timestep-loss``),
             "model_config": its `ModelConfig`,
             "model_dir": `output_dir/<kind>`,
             "metrics": JSON-able metrics, also written to `metrics.json`: eval
@@ -432,6 +434,8 @@ def train(
                 f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
     logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
     logger.info("%s: %s", kind, auto.describe(hyperparameters))
+    if timestep_share(config, kind):
+        logger.info("%s: %g of the loss on the prediction after every token", kind, config.timestep_loss)
     if "teacher" in dataset:
         logger.info("%s: distilling from %s (teacher weight %g)", kind, distill.teacher_dir(config.teacher),
                     config.teacher_weight)
@@ -472,13 +476,15 @@ def train(
                        eval_examples=eval_documents, num_classes=num_classes,
                        vocab_size=vocab_size, bucket_boundaries=list(boundaries), warm_start=warm_start,
                        hyperparameters=hyperparameters)
+    if timestep_share(config, kind):
+        metrics["timestep_loss"] = config.timestep_loss
     if "teacher" in dataset:
         metrics["teacher"] = {"model_dir": distill.teacher_dir(config.teacher), "weight": config.teacher_weight}
     write_metrics(model_dir, metrics)
     # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
     tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
     logger.debug("Trained %s: %s", kind, metrics)
-    return {"kind": kind, "model": model, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}
+    return {"kind": kind, "model": final, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}
 
 
 def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
