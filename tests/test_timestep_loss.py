@@ -19,8 +19,9 @@ def test_position_weights_grow_with_the_position_and_sum_to_one_per_document():
                                [[1 / 6, 2 / 6, 3 / 6, 0], [1, 0, 0, 0], [0, 0, 0, 0]], rtol=1e-6)
 
 
-def _by_hand(target, logits, mask, share, binary):
-    """(1 - s) CE(last step) + s sum_t t / (1+..+n) CE(step t), one document at a time, in NumPy."""
+def _by_hand(target, logits, mask, share, binary, smoothness=0.0):
+    """(1 - s) CE(last step) + s sum_t t / (1+..+n) CE(step t) + W mean_t |z_t - z_(t-1)|^2, one document at a
+    time, in NumPy."""
     def ce(p, z):
         if binary:
             q = 1 / (1 + np.exp(-z))
@@ -32,7 +33,9 @@ def _by_hand(target, logits, mask, share, binary):
     for b in range(logits.shape[0]):
         n = int(mask[b].sum())
         steps = sum((t + 1) / (n * (n + 1) / 2) * ce(target[b], logits[b, t]) for t in range(n))
-        out.append((1 - share) * ce(target[b], logits[b, -1]) + share * steps)
+        changes = [float(np.sum((logits[b, t] - logits[b, t - 1]) ** 2)) for t in range(1, n)]
+        smooth = smoothness * np.mean(changes) if changes else 0.0
+        out.append((1 - share) * ce(target[b], logits[b, -1]) + share * steps + smooth)
     return np.mean(out)
 
 
@@ -57,9 +60,10 @@ def test_the_loss_weights_every_prefix_by_position_and_the_metrics_read_the_whol
     else:
         y_true = labels[:, None].astype(np.float32) if num_classes == 2 else labels
         target = hard
-    for share in (0.3, 1.0):
-        loss, metrics = losses.loss_and_metrics(num_classes, teacher_weight=teacher_weight, timestep_share=share)
-        want = _by_hand(target, logits, mask, share, num_classes == 2)
+    for share, smoothness in ((0.3, 0.0), (1.0, 0.0), (0.5, 2.0), (0.0, 0.7)):
+        loss, metrics = losses.loss_and_metrics(num_classes, teacher_weight=teacher_weight, timestep_share=share,
+                                                smoothness=smoothness)
+        want = _by_hand(target, logits, mask, share, num_classes == 2, smoothness)
         np.testing.assert_allclose(loss(tf.constant(y_true), y_pred).numpy(), want, rtol=1e-5)
     final = logits[:, -1]
     predicted = (final[:, 0] > 0).astype(int) if num_classes == 2 else final.argmax(1)
@@ -82,20 +86,26 @@ def test_the_per_token_view_has_the_plain_models_weights_and_its_last_step_is_th
         models.build_classifier(ModelConfig(kind="bilstm", vocab_size=20), per_token=True)
 
 
-def test_the_option_reaches_the_streaming_model_only_and_is_checked():
-    config = TrainConfig(timestep_loss=0.5)
+def test_the_options_reach_the_streaming_model_only_and_are_checked():
+    config = TrainConfig(timestep_loss=0.5, smoothness=1.0)
     assert trainer.timestep_share(config, "lstm") == 0.5 and trainer.timestep_share(config, "bilstm") == 0.0
-    assert TrainConfig().timestep_loss == 0.0
+    assert trainer.per_token(config, "lstm") and not trainer.per_token(config, "bilstm")
+    assert trainer.per_token(TrainConfig(smoothness=1.0), "lstm") and not trainer.per_token(TrainConfig(), "lstm")
+    assert TrainConfig().timestep_loss == 0.0 and TrainConfig().smoothness == 0.0
     with pytest.raises(InputError):
         TrainConfig(timestep_loss=1.5)
+    with pytest.raises(InputError):
+        TrainConfig(smoothness=-1.0)
 
 
 def test_a_streaming_lstm_trains_with_the_timestep_loss_and_exports_the_plain_classifier(tmp_path):
     prep = _preprocess(str(tmp_path / "prep"), _documents(320, 2, seed=0))
     common = dict(kinds=("lstm",), epochs=4, **SMALL)
     plain = trainer.train(prep, str(tmp_path / "plain"), TrainConfig(**common))
-    metrics = trainer.run_training(prep, str(tmp_path / "steps"), TrainConfig(timestep_loss=0.5, **common))["lstm"]
-    assert metrics["timestep_loss"] == 0.5 and "timestep_loss" not in plain["metrics"]
+    metrics = trainer.run_training(prep, str(tmp_path / "steps"), TrainConfig(timestep_loss=0.5, smoothness=0.5,
+                                                                                  **common))["lstm"]
+    assert metrics["timestep_loss"] == 0.5 and metrics["smoothness"] == 0.5
+    assert "timestep_loss" not in plain["metrics"] and "smoothness" not in plain["metrics"]
     assert metrics["accuracy"] > 0.75, metrics  # whole-document accuracy of a learnable task
     # The weights went elsewhere than plain training's (the loss did something), into the plain classifier.
     model, _ = trainer.load_trained_model(str(tmp_path / "steps" / "lstm"))

@@ -194,6 +194,8 @@ class TrainConfig:
             prefix each epoch (`data.make_dataset`'s ``prefix_fraction``); 0: off.
         timestep_loss: "lstm" only: this share of the loss is on the prediction after every
             token, weighted toward later tokens (`beam_rnn.train.losses`); 0: off.
+        smoothness: "lstm" only: the weight of a penalty on the logits' squared change from
+            one token to the next (fewer changes of mind); 0: off.
         teacher: "lstm" only: a BiLSTM export to distil from (`beam_rnn.train.distill`); None: off.
         teacher_weight: The teacher's share of the training target.
         weight_decay: > 0: AdamW with this decay (times the learning rate, per step), biases excluded.
@@ -247,6 +249,9 @@ class TrainConfig:
         0.0, "Streaming LSTM only: put this share of the loss on the prediction after every token (token t of n "
         "weighted t / (1 + ... + n)), the rest on the whole text's, so it learns to be right before the end.",
         metavar="SHARE", minimum=0.0, maximum=1.0)
+    smoothness: float = option(
+        0.0, "Streaming LSTM only: add this weight times the mean squared change of the logits from one token to "
+        "the next, so the prediction changes its mind less often (a lower edit overhead).", metavar="W", minimum=0.0)
     teacher: str | None = option(
         None, "Streaming LSTM only: distil from this BiLSTM export (or a training output holding bilstm/), trained "
         "on the same preprocessing: the target mixes the true label with the teacher's probabilities on the whole "

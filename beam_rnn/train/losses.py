@@ -18,6 +18,9 @@ Outputs (y_pred) too:
 With the per-token view the loss is (1 - s) * CE(whole document) + s * sum_t w_t CE(after
 token t), s = ``--timestep-loss``, w_t = t / (1 + ... + n) for a document of n tokens:
 every prefix is asked for the answer, later prefixes (which have read more) more firmly.
+``--smoothness W`` adds W times the mean over a document's tokens of the squared change of
+the logits from the token before (also in the per-token view): a penalty on changing one's
+mind, which is what the edit overhead counts.
 Accuracy and AUC always read the true label and the whole document's logits, so
 ``val_accuracy`` (early stopping, the kept epoch) means the same with every loss.
 """
@@ -66,20 +69,29 @@ class ClassifierLoss(keras.losses.Loss):
     """Cross-entropy against the label (mixed with a teacher's probabilities), optionally after every token too."""
 
     def __init__(self, num_classes: int, teacher_weight: float = 0.0, timestep_share: float = 0.0,
-                 name: str = "classifier_loss", **kwargs: Any):
+                 smoothness: float = 0.0, name: str = "classifier_loss", **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
         self.teacher_weight, self.timestep_share = float(teacher_weight), float(timestep_share)
+        self.smoothness = float(smoothness)
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         target = soft_target(y_true, self.num_classes, self.teacher_weight)
-        if not self.timestep_share:
+        if not self.timestep_share and not self.smoothness:
             return cross_entropy(target, y_pred, self.num_classes)
         logits, mask = y_pred[..., :-1], y_pred[..., -1]
         whole = cross_entropy(target, logits[:, -1], self.num_classes)
-        steps = cross_entropy(target[:, tf.newaxis, :], logits, self.num_classes)  # [batch, time]
         s = tf.constant(self.timestep_share, tf.float32)
-        return (1.0 - s) * whole + s * tf.reduce_sum(position_weights(mask) * steps, axis=1)
+        loss = (1.0 - s) * whole
+        if self.timestep_share:
+            steps = cross_entropy(target[:, tf.newaxis, :], logits, self.num_classes)  # [batch, time]
+            loss += s * tf.reduce_sum(position_weights(mask) * steps, axis=1)
+        if self.smoothness:
+            change = tf.reduce_sum(tf.square(logits[:, 1:] - logits[:, :-1]), axis=-1)  # [batch, time - 1]
+            pairs = mask[:, 1:]  # right-padded: token t and t-1 both present
+            mean_change = tf.math.divide_no_nan(tf.reduce_sum(pairs * change, axis=1), tf.reduce_sum(pairs, axis=1))
+            loss += tf.constant(self.smoothness, tf.float32) * mean_change
+        return loss
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_classes": self.num_classes, "teacher_weight": self.teacher_weight,
@@ -104,7 +116,7 @@ def _on_label(metric: Any, per_token: bool, **kwargs: Any) -> Any:
 
 
 def loss_and_metrics(num_classes: int, *, teacher_weight: float = 0.0,
-                     timestep_share: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
+                     timestep_share: float = 0.0, smoothness: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
     """The compile arguments: the loss, and accuracy (and AUC when binary) of the true label.
 
     Args:
@@ -112,7 +124,7 @@ def loss_and_metrics(num_classes: int, *, teacher_weight: float = 0.0,
         teacher_weight: > 0: targets are packed with a teacher's probabilities (`beam_rnn.train.distill`).
         timestep_share: > 0: the model gives the per-token view (see the module docstring).
     """
-    per_token = timestep_share > 0
+    per_token = timestep_share > 0 or smoothness > 0
     if not teacher_weight and not per_token:  # plain labels and logits: Keras's own
         if num_classes == 2:
             return keras.losses.BinaryCrossentropy(from_logits=True), [
@@ -127,4 +139,4 @@ def loss_and_metrics(num_classes: int, *, teacher_weight: float = 0.0,
     else:
         metrics = [keras.metrics.MeanMetricWrapper(_on_label(keras.metrics.sparse_categorical_accuracy, per_token),
                                                    name="accuracy")]
-    return ClassifierLoss(num_classes, teacher_weight, timestep_share), metrics
+    return ClassifierLoss(num_classes, teacher_weight, timestep_share, smoothness), metrics

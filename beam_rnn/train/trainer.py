@@ -151,6 +151,16 @@ def timestep_share(config: TrainConfig, kind: str) -> float:
     return config.timestep_loss if kind == models.KIND_LSTM else 0.0
 
 
+def smoothness(config: TrainConfig, kind: str) -> float:
+    """The weight of the logits' change from token to token: `config.smoothness` for the streaming model only."""
+    return config.smoothness if kind == models.KIND_LSTM else 0.0
+
+
+def per_token(config: TrainConfig, kind: str) -> bool:
+    """Whether `kind` trains in the per-token view (`models.build_classifier(per_token=True)`)."""
+    return timestep_share(config, kind) > 0 or smoothness(config, kind) > 0
+
+
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
     kwargs = {"learning_rate": config.learning_rate_for(kind)}
     if config.clipnorm is not None:
@@ -162,7 +172,8 @@ def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: in
         optimizer = keras.optimizers.Adam(**kwargs)
     teacher_weight = config.teacher_weight if distill.distilling(config, kind) else 0.0
     loss, metrics = losses.loss_and_metrics(num_classes, teacher_weight=teacher_weight,
-                                            timestep_share=timestep_share(config, kind))
+                                            timestep_share=timestep_share(config, kind),
+                                            smoothness=smoothness(config, kind))
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
@@ -252,10 +263,10 @@ def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str,
            vectors: Any = None) -> tuple[keras.Model, Any]:
     """The compiled model (warm-started when configured) and the warm start's report.
 
-    With ``--timestep-loss`` it is the per-token training view (`models.build_classifier`'s
+    With ``--timestep-loss`` or ``--smoothness`` it is the per-token training view (`models.build_classifier`'s
     ``per_token``); the plain model gets its weights when training ends.
     """
-    model = models.build_classifier(model_config, per_token=timestep_share(config, model_config.kind) > 0)
+    model = models.build_classifier(model_config, per_token=per_token(config, model_config.kind))
     warm_start = None
     if config.pretrained_embeddings:
         from beam_rnn.embeddings import warm_start_from_file
@@ -436,6 +447,8 @@ def train(
     logger.info("%s: %s", kind, auto.describe(hyperparameters))
     if timestep_share(config, kind):
         logger.info("%s: %g of the loss on the prediction after every token", kind, config.timestep_loss)
+    if smoothness(config, kind):
+        logger.info("%s: smoothness %g (the logits' squared change from token to token)", kind, config.smoothness)
     if "teacher" in dataset:
         logger.info("%s: distilling from %s (teacher weight %g)", kind, distill.teacher_dir(config.teacher),
                     config.teacher_weight)
@@ -478,6 +491,8 @@ def train(
                        hyperparameters=hyperparameters)
     if timestep_share(config, kind):
         metrics["timestep_loss"] = config.timestep_loss
+    if smoothness(config, kind):
+        metrics["smoothness"] = config.smoothness
     if "teacher" in dataset:
         metrics["teacher"] = {"model_dir": distill.teacher_dir(config.teacher), "weight": config.teacher_weight}
     write_metrics(model_dir, metrics)
