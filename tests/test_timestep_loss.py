@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from beam_rnn.core import constants as C
 from beam_rnn.core.errors import InputError
 from beam_rnn.train import losses, models, trainer
 from beam_rnn.train.config import ModelConfig, TrainConfig
-from tests.test_trainer import SMALL, _documents, _preprocess
+from tests.test_trainer import (  # the trainer tests' corpus, configs and fault injection
+    RESUME,
+    SMALL,
+    _assert_same_training,
+    _Killed,
+    _KillAt,
+    binary_dir,  # noqa: F401  (a fixture)
+)
 
 
 def test_position_weights_grow_with_the_position_and_sum_to_one_per_document():
@@ -98,8 +106,8 @@ def test_the_options_reach_the_streaming_model_only_and_are_checked():
         TrainConfig(smoothness=-1.0)
 
 
-def test_a_streaming_lstm_trains_with_the_timestep_loss_and_exports_the_plain_classifier(tmp_path):
-    prep = _preprocess(str(tmp_path / "prep"), _documents(320, 2, seed=0))
+def test_a_streaming_lstm_trains_with_the_timestep_loss_and_exports_the_plain_classifier(binary_dir, tmp_path):  # noqa: F811
+    prep = binary_dir
     common = dict(kinds=("lstm",), epochs=4, **SMALL)
     plain = trainer.train(prep, str(tmp_path / "plain"), TrainConfig(**common))
     metrics = trainer.run_training(prep, str(tmp_path / "steps"), TrainConfig(timestep_loss=0.5, smoothness=0.5,
@@ -116,3 +124,17 @@ def test_a_streaming_lstm_trains_with_the_timestep_loss_and_exports_the_plain_cl
     saved = json.loads((tmp_path / "steps" / "lstm" / trainer.TRAIN_CONFIG_FILE).read_text())
     assert saved["timestep_loss"] == 0.5
     assert os.path.isdir(tmp_path / "steps" / "lstm" / "saved_model")
+
+
+def test_the_per_token_view_resumes_bit_identically(binary_dir, tmp_path):  # noqa: F811
+    """Killed mid-epoch and rerun, a --timestep-loss --smoothness run (Dropout, averaged weights) ends where an
+    uninterrupted one does: the per-token view's training state is the plain model's."""
+    config = TrainConfig(**dict(RESUME, timestep_loss=0.5, smoothness=0.5))
+    reference = tmp_path / "reference"
+    trainer.train(binary_dir, str(reference), config)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(resumed), config, callbacks=[_KillAt(1, batch=3)])
+    metrics = trainer.train(binary_dir, str(resumed), config)["metrics"]
+    assert metrics["resumed"] and metrics["start_epoch"] == 1 and metrics["timestep_loss"] == 0.5
+    _assert_same_training(reference / C.MODEL_LSTM, resumed / C.MODEL_LSTM)
