@@ -37,6 +37,11 @@ def _rows(y_true: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y_true, [tf.shape(y_true)[0], -1])
 
 
+def per_token_view(timestep_share: float, smoothness: float) -> bool:
+    """Whether the model trains in the per-token view: the one rule the model, its loss and its metrics share."""
+    return timestep_share > 0 or smoothness > 0
+
+
 def _final_logits(y_pred: tf.Tensor, per_token: bool) -> tf.Tensor:
     return y_pred[:, -1, :-1] if per_token else y_pred
 
@@ -74,10 +79,11 @@ class ClassifierLoss(keras.losses.Loss):
         self.num_classes = int(num_classes)
         self.teacher_weight, self.timestep_share = float(teacher_weight), float(timestep_share)
         self.smoothness = float(smoothness)
+        self.per_token = per_token_view(self.timestep_share, self.smoothness)
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         target = soft_target(y_true, self.num_classes, self.teacher_weight)
-        if not self.timestep_share and not self.smoothness:
+        if not self.per_token:
             return cross_entropy(target, y_pred, self.num_classes)
         logits, mask = y_pred[..., :-1], y_pred[..., -1]
         whole = cross_entropy(target, logits[:, -1], self.num_classes)
@@ -95,7 +101,7 @@ class ClassifierLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_classes": self.num_classes, "teacher_weight": self.teacher_weight,
-                "timestep_share": self.timestep_share}
+                "timestep_share": self.timestep_share, "smoothness": self.smoothness}
 
 
 class _LabelAUC(keras.metrics.AUC):
@@ -115,16 +121,18 @@ def _on_label(metric: Any, per_token: bool, **kwargs: Any) -> Any:
     return on_label
 
 
-def loss_and_metrics(num_classes: int, *, teacher_weight: float = 0.0,
-                     timestep_share: float = 0.0, smoothness: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
+def loss_and_metrics(num_classes: int, *, teacher_weight: float = 0.0, timestep_share: float = 0.0,
+                     smoothness: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
     """The compile arguments: the loss, and accuracy (and AUC when binary) of the true label.
 
     Args:
         num_classes: 2 (one logit) or K.
         teacher_weight: > 0: targets are packed with a teacher's probabilities (`beam_rnn.train.distill`).
-        timestep_share: > 0: the model gives the per-token view (see the module docstring).
+        timestep_share: The share of the loss after every token (``--timestep-loss``).
+        smoothness: The weight of the logits' change from token to token (``--smoothness``).
+        Either > 0: the model gives the per-token view (`per_token_view`; see the module docstring).
     """
-    per_token = timestep_share > 0 or smoothness > 0
+    per_token = per_token_view(timestep_share, smoothness)
     if not teacher_weight and not per_token:  # plain labels and logits: Keras's own
         if num_classes == 2:
             return keras.losses.BinaryCrossentropy(from_logits=True), [

@@ -129,7 +129,7 @@ def build_classifier(config: ModelConfig, *, per_token: bool = False) -> keras.M
 
     Args:
         config: Model hyper-parameters.
-        per_token: "lstm" only: the training view of ``train --timestep-loss``: the last
+        per_token: "lstm" only: the training view of ``train --timestep-loss`` / ``--smoothness``: the last
             recurrent layer returns every step and the head runs on each, followed by
             `PerTokenOutputs`.  Its weights are the plain model's, in the same order
             (``plain.set_weights(per_token_model.get_weights())``).

@@ -158,7 +158,7 @@ def smoothness(config: TrainConfig, kind: str) -> float:
 
 def per_token(config: TrainConfig, kind: str) -> bool:
     """Whether `kind` trains in the per-token view (`models.build_classifier(per_token=True)`)."""
-    return timestep_share(config, kind) > 0 or smoothness(config, kind) > 0
+    return losses.per_token_view(timestep_share(config, kind), smoothness(config, kind))
 
 
 def _compile(model: keras.Model, config: TrainConfig, kind: str, num_classes: int) -> None:
@@ -386,7 +386,7 @@ def train(
         A dict with:
             "kind": the model kind,
             "model": the trained classifier (the kept epoch's weights; the plain model also
-                when it trained in the per-token view of ``--timestep-loss``),
+                when it trained in the per-token view of ``--timestep-loss`` / ``--smoothness``),
             "model_config": its `ModelConfig`,
             "model_dir": `output_dir/<kind>`,
             "metrics": JSON-able metrics, also written to `metrics.json`: eval
