@@ -4,8 +4,8 @@ The streaming LSTM at IMDB's size (20,002 ids, widths 64) is trained on the same
 batches (64 documents, lengths uniform in [length/2, length], right-padded) in its plain form
 (Keras's binary cross-entropy on the whole text) and in the per-token view that
 ``--timestep-loss`` trains (`models.build_classifier(per_token=True)`: the head on every step,
-`losses.ClassifierLoss` over every prefix).  Both are compiled with the same optimizer and
-metrics the trainer uses; each batch is stepped by one arm then the other (the order
+`losses.ClassifierLoss` over every prefix).  Both are built and compiled by the trainer's own
+`_build` (its optimizer, loss and metrics); each batch is stepped by one arm then the other (the order
 alternating), so both see the same machine load, and the median time per batch of each is
 printed with their ratio.
 
@@ -29,15 +29,15 @@ import beam_rnn  # noqa: E402,F401  (pins tf_keras before TensorFlow is imported
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from beam_rnn.train import losses, models  # noqa: E402
+from beam_rnn.train import trainer  # noqa: E402
 from beam_rnn.train.config import TrainConfig  # noqa: E402
 
 
-def _compiled(config, share: float) -> keras.Model:
-    model = models.build_classifier(config, per_token=share > 0)
-    loss, metrics = losses.loss_and_metrics(2, timestep_share=share)
-    model.compile(optimizer=keras.optimizers.Adam(5e-4, clipnorm=1.0), loss=loss, metrics=metrics)
-    return model
+def _compiled(share: float, vocab: int) -> keras.Model:
+    """The streaming LSTM as `train --timestep-loss share` builds and compiles it (the trainer's own `_build`)."""
+    config = TrainConfig(kinds=("lstm",), timestep_loss=share)
+    model_config = config.model_config("lstm", vocab_size=vocab, num_classes=2)
+    return trainer._build(model_config, config, transformed_dir="")[0]  # pylint: disable=protected-access
 
 
 def main(argv=None) -> int:
@@ -48,8 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=20_002)
     args = p.parse_args(argv)
 
-    config = TrainConfig(kinds=("lstm",)).model_config("lstm", vocab_size=args.vocab, num_classes=2)
-    arms = {"plain": _compiled(config, 0.0), "timestep": _compiled(config, args.share)}
+    arms = {"plain": _compiled(0.0, args.vocab), "timestep": _compiled(args.share, args.vocab)}
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(args.batches + 2):
