@@ -63,15 +63,15 @@ def cli(*args: str) -> str:
 
 
 def run_corpus(name: str, work: str, seed: int, warm_start: bool = False, arm: str | None = None,
-               train_flags: Sequence[str] = ()) -> dict[str, float]:
+               train_flags: Sequence[str] = (), kinds: Sequence[str] = KINDS) -> dict[str, float]:
     """Accuracy per model kind for one corpus and seed (warm-started from the corpus' own CBOW vectors;
-    `train_flags` added to `train`, the models and reports named by `arm`)."""
+    `train_flags` added to `train`, the models and reports named by `arm`; only `kinds` trained)."""
     spec = CORPORA[name]
     arm = arm or ("warm" if warm_start else "cold")
     prep, models = os.path.join(work, name, "prep"), os.path.join(work, name, f"models_{arm}_seed{seed}")
     if not os.path.exists(os.path.join(prep, "manifest.json")):
         cli("preprocess", *spec["preprocess"], "--output", prep, "--runner", "DirectRunner")
-    train = ["train", "--transformed", prep, "--output", models, "--kind", "both", "--seed", str(seed), *train_flags]
+    train = ["train", "--transformed", prep, "--output", models, "--kind", "both" if len(kinds) > 1 else kinds[0], "--seed", str(seed), *train_flags]
     if warm_start:  # CBOW on the train split only (never the eval split or dev), width of the classifiers' Embedding
         vectors = os.path.join(work, name, f"vectors_seed{seed}")
         if not os.path.exists(os.path.join(vectors, "vectors.txt")):
@@ -80,15 +80,15 @@ def run_corpus(name: str, work: str, seed: int, warm_start: bool = False, arm: s
         train += ["--pretrained-embeddings", os.path.join(vectors, "vectors.txt")]
     if spec.get("folds"):
         printed = json.loads(cli(*train, "--folds", str(spec["folds"])))
-        return {kind: printed[kind]["cv_accuracy_mean"] for kind in KINDS}
+        return {kind: printed[kind]["cv_accuracy_mean"] for kind in kinds}
     printed = json.loads(cli(*train))
     if "dev" not in spec:
-        return {kind: printed[kind]["validation_accuracy"] for kind in KINDS}
+        return {kind: printed[kind]["validation_accuracy"] for kind in kinds}
     report = os.path.join(work, name, f"dev_{arm}_seed{seed}")
     cli("evaluate", "--model", models, *spec["dev"], "--output", report, "--runner", "DirectRunner")
     with open(os.path.join(report, "metrics.json")) as f:
         metrics = json.load(f)
-    return {kind: metrics["models"][kind]["accuracy"] for kind in KINDS}
+    return {kind: metrics["models"][kind]["accuracy"] for kind in kinds}
 
 
 def _cell(values: list[float]) -> str:
@@ -107,25 +107,29 @@ def main(argv=None) -> int:
                              "(gensim backend, one worker: deterministic per seed).")
     parser.add_argument("--arm", help="Name of this variant (models_ARM_seedS, dev_ARM_seedS, summary_ARM.json); "
                         "default cold / warm.")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="The models to train (default both).")
     parser.add_argument("--train-flags", default="", help='More `train` flags, e.g. --train-flags="--embedding-dropout 0.2".')
     args = parser.parse_args(argv)
     summary = {}
     arm = args.arm or ("warm" if args.warm_start else "cold")
+    kinds = tuple(k for k in KINDS if k in args.kinds)
     for name in args.corpora:
         start = time.time()
-        runs = [run_corpus(name, args.work, seed, args.warm_start, arm, shlex.split(args.train_flags))
+        runs = [run_corpus(name, args.work, seed, args.warm_start, arm, shlex.split(args.train_flags), kinds)
                 for seed in args.seeds]
         summary[name] = {"seeds": args.seeds, "warm_start": args.warm_start, "train_flags": args.train_flags,
-                         "accuracy": {k: [r[k] for r in runs] for k in KINDS},
+                         "accuracy": {k: [r[k] for r in runs] for k in kinds},
                          "reference": CORPORA[name]["reference"], "seconds": round(time.time() - start, 1)}
-        print(f"{name}: " + ", ".join(f"{k} {_cell(summary[name]['accuracy'][k])}" for k in KINDS), flush=True)
+        print(f"{name}: " + ", ".join(f"{k} {_cell(summary[name]['accuracy'][k])}" for k in kinds), flush=True)
     os.makedirs(args.work, exist_ok=True)
     with open(os.path.join(args.work, f"summary_{arm}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print("| corpus | BiLSTM | streaming LSTM | reference |\n| --- | --- | --- | --- |")
     for name, s in summary.items():
         ref, value = s["reference"]
-        print(f"| {name} | {_cell(s['accuracy']['bilstm'])} | {_cell(s['accuracy']['lstm'])} | {ref}: {value:.3f} |")
+        cells = [_cell(s["accuracy"][k]) if k in kinds else "–" for k in KINDS]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {ref}: {value:.3f} |")
     return 0
 
 

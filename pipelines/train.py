@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = {"validation_documents": m.get("eval_examples"),
                     **{f"validation_{k}": m.get(k) for k in ("accuracy", "auc", "loss")},
                     **{k: m.get(k) for k in keys}}
+        if m.get("refit"):  # the exported model was trained again on train + eval (the figures above are not its)
+            line.update({"refit_epochs": m["refit"]["epochs"], "refit_train_documents": m["refit"]["train_examples"]})
         cv = m.get("cross_validation")
         if cv:
             line.update({"cv_folds": cv["folds"], "cv_accuracy_mean": round(cv["accuracy"]["mean"], 4),

@@ -890,7 +890,7 @@ def test_run_training_checks_the_inputs_once_for_every_kind(binary_dir, tmp_path
         checked.append(real(*args, **kwargs))
         return checked[-1]
 
-    def fake_train(transformed_dir, output_dir, config, *, kind, position, inputs):
+    def fake_train(transformed_dir, output_dir, config, *, kind, position, inputs, keep_backup=False):
         trained.append((kind, inputs))
         os.makedirs(os.path.join(output_dir, kind), exist_ok=True)
         return {"metrics": {"kind": kind}, "model_dir": os.path.join(output_dir, kind)}

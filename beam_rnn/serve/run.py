@@ -249,6 +249,11 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     infos = check_models(models, streaming_files=True)
     corpus = fit_corpus_to_models(corpus, infos)
     card = read_model_card(infos[0].model_dir)
+    if config.split == "eval":
+        refit = [info.name for info in infos if (read_model_card(info.model_dir).get("metrics") or {}).get("refit")]
+        if refit:
+            raise InputError(f"--split eval is not held out for {', '.join(refit)}: refit on the train and eval "
+                             "splits together (train --refit); evaluate it on other data")
     keep, group_column = model_split(card, config.split)
     if group_column is not None:
         try:

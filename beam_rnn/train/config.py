@@ -200,6 +200,7 @@ class TrainConfig:
         teacher_weight: The teacher's share of the training target.
         weight_decay: > 0: AdamW with this decay (times the learning rate, per step), biases excluded.
         ema_momentum: > 0: the model is an exponential moving average of the weights (`beam_rnn.train.averaging`).
+        refit: Train the exported model again on train + eval for the chosen epochs (`beam_rnn.train.refit`).
         verbose: Keras `fit` verbosity (2 = one line per epoch).
 
     `to_dict` is flat (the model settings beside the training fields), the layout
@@ -268,6 +269,10 @@ class TrainConfig:
         0.99, "Validate, keep and export an exponential moving average of the weights, updated after every batch "
         "with this momentum (beam_rnn.train.averaging; 0: the raw weights).", metavar="M", minimum=0.0,
         less_than=1.0)
+    refit: bool = option(
+        False, "After early stopping has chosen the epoch on the eval split, train a fresh model on the train and "
+        "eval splits together for that many epochs and export it (beam_rnn.train.refit): more data for the "
+        "exported model; the validation figures reported stay the selection run's.")
     verbose: int = option(2, cli=False)
 
     def __post_init__(self) -> None:

@@ -27,10 +27,15 @@ def eval_pattern(transformed_dir: str) -> str:
     return os.path.join(transformed_dir, C.TRANSFORMED_DIR, f"{C.EVAL_PREFIX}-*")
 
 
-def shard_files(file_pattern: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    if not files:
-        raise TrainerInputError(f"no files match {file_pattern!r}")
+def shard_files(file_pattern: str | Sequence[str]) -> list[str]:
+    """The files of a glob, or of several (the train and eval splits of `beam_rnn.train.refit`), in order."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise TrainerInputError(f"no files match {pattern!r}")
+        files += matched
     return files
 
 
@@ -116,7 +121,7 @@ def _parsed(files: Sequence[str], num_classes: int, max_length: int | None,
     return ds.map(_at_least_one)
 
 
-def sequence_lengths(file_pattern: str, max_length: int | None = None, fold: Fold | None = None) -> np.ndarray:
+def sequence_lengths(file_pattern: str | Sequence[str], max_length: int | None = None, fold: Fold | None = None) -> np.ndarray:
     """Token counts (after truncation, at least 1) of every document in the files (of `fold`)."""
     ds = _parsed(shard_files(file_pattern), 2, max_length, fold).map(lambda ids, _: tf.size(ids)).batch(4096)
     parts = [b.numpy() for b in ds]
@@ -169,7 +174,7 @@ def batches_per_epoch(lengths: np.ndarray, batch_size: int, bucket_boundaries: S
 
 
 def make_dataset(
-    file_pattern: str,
+    file_pattern: str | Sequence[str],
     *,
     batch_size: int,
     max_length: int | None = None,
@@ -186,7 +191,7 @@ def make_dataset(
     """`(token_ids, label)` batches from gzipped TFRecords of transformed tf.Examples.
 
     Args:
-        file_pattern: Glob of `*.tfrecord.gz` shards (read in sorted order).
+        file_pattern: Glob of `*.tfrecord.gz` shards (read in sorted order), or a list of globs.
         batch_size: Documents per batch.
         max_length: Keep the first `max_length` token ids of each document (None: all).
         shuffle: Shuffle every epoch over the WHOLE split (the input may be sorted,

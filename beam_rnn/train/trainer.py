@@ -182,10 +182,11 @@ def run_signature(model_config: models.ModelConfig, config: TrainConfig, train_f
     """What a backup was made for: a restart may continue it only when all of this is unchanged.
 
     Not included: `epochs` (a rerun may train longer: epoch e's shuffle does not
-    depend on the number of epochs), `verbose` and `kinds` (a rerun may train
-    fewer kinds).  A cross-validation fold (i, K) is part of it.
+    depend on the number of epochs), `verbose`, `kinds` (a rerun may train
+    fewer kinds) and `refit` (a later phase, `beam_rnn.train.refit`, with a
+    backup of its own).  A cross-validation fold (i, K) is part of it.
     """
-    train_config = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "verbose", "kinds")}
+    train_config = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "verbose", "kinds", "refit")}
     shards = {os.path.basename(f): int(tf.io.gfile.stat(f).length) for f in train_files}
     signature = {"model_config": model_config.to_dict(), "train_config": train_config, "train_shards": shards}
     if fold is not None:
@@ -251,7 +252,7 @@ def _keras_output_to_logging() -> Iterator[None]:
             keras.utils.enable_interactive_logging()
 
 
-def _length_buckets(train_files: str, config: TrainConfig, fold: data.Fold | None = None):
+def _length_buckets(train_files: str | Sequence[str], config: TrainConfig, fold: data.Fold | None = None):
     """(training lengths, bucket boundaries): fixed ones, or quantiles of the lengths."""
     lengths = data.sequence_lengths(train_files, config.max_length, fold)
     if config.bucket_boundaries is not None:
@@ -358,6 +359,7 @@ def train(
     position: tuple[int, int] | None = None,
     inputs: TrainingInputs | None = None,
     fold: tuple[int, int] | None = None,
+    keep_backup: bool = False,
 ) -> dict[str, Any]:
     """Train one model kind on a preprocessing output, resuming an interrupted run exactly.
 
@@ -381,6 +383,8 @@ def train(
         fold: (i, K): train on the train split without its fold i of K and validate
             on fold i (`data.Fold`; cross-validation, `beam_rnn.train.cv`) instead of
             on the eval split.
+        keep_backup: Leave the finished run's backup in place (a phase that follows, `beam_rnn.train.refit`,
+            removes it when it is done): a rerun after a kill then resumes with no epoch left to run.
 
     Returns:
         A dict with:
@@ -441,8 +445,8 @@ def train(
     name = f"{kind} ({position[0]} of {position[1]})" if position else kind
     if fold is not None:
         name = f"{kind}, fold {fold[0] + 1} of {fold[1]}"
-    logger.info("training %s: %s train / %s validation documents, up to %d epochs%s", name, f"{len(lengths):,}",
-                f"{eval_documents:,}", config.epochs, f" (resuming at epoch {start_epoch + 1})" if resumed else "")
+    logger.info("training %s: %s train / %s validation documents, up to %d epoch%s%s", name, f"{len(lengths):,}",
+                f"{eval_documents:,}", config.epochs, "" if config.epochs == 1 else "s", f" (resuming at epoch {start_epoch + 1})" if resumed else "")
     logger.debug("%s: %s, bucket boundaries %s", kind, model_config, list(boundaries))
     logger.info("%s: %s", kind, auto.describe(hyperparameters))
     if timestep_share(config, kind):
@@ -497,7 +501,8 @@ def train(
         metrics["teacher"] = {"model_dir": distill.teacher_dir(config.teacher), "weight": config.teacher_weight}
     write_metrics(model_dir, metrics)
     # Finished: nothing left to resume (a kill before this line resumes with no epoch to run).
-    tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
+    if not keep_backup:
+        tf.io.gfile.rmtree(os.path.join(model_dir, BACKUP_DIR))
     logger.debug("Trained %s: %s", kind, metrics)
     return {"kind": kind, "model": final, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}
 
@@ -510,6 +515,9 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
     every kind) before the first one trains or anything is written.  After a model is
     trained it is exported (`beam_rnn.train.export.export_model`) into its
     directory, then its metrics.json is written (again, with what the export added).
+
+    With ``config.refit`` the exported model is trained again on the train and eval
+    splits for the kept epochs (`beam_rnn.train.refit`).
 
     With ``config.folds`` each kind is cross-validated first (`beam_rnn.train.cv`),
     its summary kept in metrics.json (and so the model card) as ``cross_validation``;
@@ -534,7 +542,11 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
                 results[kind] = {"kind": kind, "cross_validation": summary}
                 continue
         result = train(transformed_dir, output_dir, config, kind=kind, position=(number, len(config.kinds)),
-                       inputs=inputs)
+                       inputs=inputs, keep_backup=config.refit)
+        if config.refit:
+            from beam_rnn.train.refit import refit
+
+            result = refit(transformed_dir, config, selection=result, inputs=inputs)
         metrics = result["metrics"]
         if summary is not None:
             metrics["cross_validation"] = summary
