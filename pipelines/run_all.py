@@ -1,4 +1,4 @@
-"""The main job: corpus → preprocess → train both models → score → evaluate (report).
+"""The main job: corpus → preprocess → train both models → score → evaluate (report) [→ refit].
 
     python -m pipelines.run_all --output runs/imdb              # IMDB (see --imdb)
     python -m pipelines.run_all --output runs/quick --quick     # a small subset, a few minutes
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Small run: {QUICK['sample_fraction'] * 100:g}%% of the corpus, {QUICK['epochs']} epochs, "
                         f"{QUICK['vocab_size']} words, documents cut to {QUICK['max_length']} tokens.")
     parser.add_argument("--epochs", type=int, default=None, help="Training epochs (default: the trainer's, or quick's).")
+    parser.add_argument("--refit", action="store_true",
+                        help="After the report, refit both models on the train and eval splits together for their "
+                        "kept epochs (train --refit) into OUTPUT/models-refit: the models to ship; the report "
+                        "describes OUTPUT/models, trained without the eval split.")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help=f"Vocabulary size (default {PreprocessConfig.vocab_size}, quick {QUICK['vocab_size']}).")
     add_config_flags(parser, PreprocessConfig, exclude=[f.name for f in dataclasses.fields(PreprocessConfig)
@@ -91,7 +95,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = known.output
     prep, models, scores, report = (os.path.join(out, d) for d in ("prep", "models", "scores", "report"))
     results: dict[str, Any] = {}
-    total = 4
+    total = 5 if known.refit else 4
 
     def run_preprocess() -> dict:
         try:
@@ -120,6 +124,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lambda: serve.run_evaluate(models, corpus, EvaluateConfig(split="eval"), report, beam_args),
         lambda m: "accuracy " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in m["models"].items())
         + _on_documents(m.get("documents")) + " (eval split)")
+    if known.refit:
+        from beam_rnn.train.refit import refit_copy
+
+        refitted = os.path.join(out, "models-refit")
+        results["refit"] = _stage(
+            5, total, "refit (bilstm + lstm, train + eval splits)", lambda: refit_copy(prep, models, refitted, train_config),
+            lambda r: ", ".join(f"{k} {m['refit']['epochs']} epoch{'' if m['refit']['epochs'] == 1 else 's'}"
+                                for k, m in r.items())
+            + f" on {next(iter(r.values()))['refit']['train_examples']:,} documents -> {refitted} (the models to ship)")
     print(f"Report: {results['evaluate']['report']}", flush=True)
     return results
 

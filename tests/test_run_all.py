@@ -27,13 +27,22 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "beam_rnn.cli", "run-all", "--input", str(corpus), "--format", "csv",
-         "--id-column", "id", "--output", str(out), "--quick", "--runner", "DirectRunner"],
+         "--id-column", "id", "--output", str(out), "--quick", "--refit", "--runner", "DirectRunner"],
         capture_output=True, text=True, cwd=str(ROOT), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
-    for stage in ("[1/4] preprocess done", "[2/4] train", "[3/4] score", "[4/4] evaluate"):
+    for stage in ("[1/5] preprocess done", "[2/5] train", "[3/5] score", "[4/5] evaluate", "[5/5] refit"):
         assert any(line.startswith(stage) for line in lines), proc.stdout
     assert lines[-1] == f"Report: {out / 'report' / 'report.html'}"
+    # --refit: the models to ship, trained on train + eval for the kept epochs, beside the report's models.
+    [refit_line] = [line for line in lines if line.startswith("[5/5] refit") and " done in " in line]
+    assert refit_line.endswith(f"-> {out / 'models-refit'} (the models to ship)"), refit_line
+    for kind in ("bilstm", "lstm"):
+        selected = json.loads((out / "models" / kind / "metrics.json").read_text())
+        refitted = json.loads((out / "models-refit" / kind / "model_card.json").read_text())["metrics"]
+        assert "refit" not in selected and refitted["refit"]["epochs"] == selected["best_epoch"]
+        assert refitted["refit"]["train_examples"] == selected["train_examples"] + selected["eval_examples"]
+        assert (out / "models-refit" / kind / "saved_model" / "saved_model.pb").exists()
     stats = json.loads((out / "prep" / "stats.json").read_text())
     assert stats["reconciled"] and stats["dead_lettered"] == 1 and stats["sampled_out"] > 1000
     for kind in ("bilstm", "lstm"):

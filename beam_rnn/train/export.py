@@ -219,7 +219,7 @@ def _data_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
 # --- Export -----------------------------------------------------------------------------
 
 
-def _copy_tree(src: str, dst: str) -> None:
+def copy_tree(src: str, dst: str) -> None:
     """Recursive copy that also works for remote (gs://...) destinations."""
     if tf.io.gfile.exists(dst):
         tf.io.gfile.rmtree(dst)
@@ -346,7 +346,7 @@ def _publish(staging: str, model_dir: str, streaming: bool) -> None:
         src = os.path.join(staging, name)
         dst = os.path.join(model_dir, name)
         if os.path.isdir(src):
-            _copy_tree(src, dst)
+            copy_tree(src, dst)
         else:
             tf.io.gfile.copy(src, dst, overwrite=True)
     if not streaming and tf.io.gfile.exists(os.path.join(model_dir, C.STEP_WEIGHTS_FILE)):

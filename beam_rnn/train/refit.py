@@ -34,7 +34,7 @@ from beam_rnn.core import progress
 from beam_rnn.train import data, distill, models, trainer
 from beam_rnn.train.averaging import WeightAverage
 from beam_rnn.train.callbacks import CommitState, EpochLog, TrainingProgress, TrainingState
-from beam_rnn.train.checks import TrainingInputs
+from beam_rnn.train.checks import TrainingInputs, check_training_inputs
 from beam_rnn.train.config import TrainConfig
 
 REFIT_DIR = "refit"
@@ -138,3 +138,26 @@ def refit(transformed_dir: str, config: TrainConfig, *, selection: Mapping[str, 
             tf.io.gfile.rmtree(done)
     logger.info("%s: refit done; exporting the refit model (validation figures above are the selection run's)", kind)
     return {**selection, "model": final, "metrics": metrics}
+
+
+def refit_copy(transformed_dir: str, models_dir: str, out_dir: str, config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Refits a copy of finished training outputs: ``models_dir/<kind>`` to ``out_dir/<kind>``, then exported.
+
+    What `run-all --refit` runs after its report (the report's models stay as they are), and
+    `benchmarks/refit.py` (the refit of a selection run it already has).
+
+    Returns:
+        {kind: metrics} for every kind of `config.kinds`, as `trainer.run_training` returns them.
+    """
+    from beam_rnn.train.export import copy_tree, export_model  # pylint: disable=import-outside-toplevel
+
+    inputs = check_training_inputs(transformed_dir, config)
+    results = {}
+    for kind in config.kinds:
+        model_dir = os.path.join(out_dir, kind)
+        copy_tree(os.path.join(models_dir, kind), model_dir)
+        result = refit(transformed_dir, config, selection=load_selection(model_dir), inputs=inputs)
+        export_model(result["model"], result["model_config"], transformed_dir, model_dir, result["metrics"])
+        trainer.write_metrics(model_dir, result["metrics"])
+        results[kind] = result["metrics"]
+    return results
