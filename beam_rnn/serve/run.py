@@ -248,9 +248,10 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
         raise InputError("evaluate needs a labelled corpus")
     infos = check_models(models, streaming_files=True)
     corpus = fit_corpus_to_models(corpus, infos)
-    card = read_model_card(infos[0].model_dir)
+    cards = [read_model_card(info.model_dir) for info in infos]
+    card = cards[0]
     if config.split == "eval":
-        refit = [info.name for info in infos if (read_model_card(info.model_dir).get("metrics") or {}).get("refit")]
+        refit = [info.name for info, c in zip(infos, cards) if (c.get("metrics") or {}).get("refit")]
         if refit:
             raise InputError(f"--split eval is not held out for {', '.join(refit)}: refit on the train and eval "
                              "splits together (train --refit); evaluate it on other data")

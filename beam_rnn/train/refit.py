@@ -32,8 +32,7 @@ import tf_keras as keras
 
 from beam_rnn.core import progress
 from beam_rnn.train import data, distill, models, trainer
-from beam_rnn.train.averaging import WeightAverage
-from beam_rnn.train.callbacks import CommitState, EpochLog, TrainingProgress, TrainingState
+from beam_rnn.train.callbacks import CommitState, EpochLog, TrainingProgress
 from beam_rnn.train.checks import TrainingInputs, check_training_inputs
 from beam_rnn.train.config import TrainConfig
 
@@ -94,15 +93,8 @@ def refit(transformed_dir: str, config: TrainConfig, *, selection: Mapping[str, 
     resumed = trainer._prepare_model_dir(work, model_config, config, signature)  # pylint: disable=protected-access
     model, _ = trainer._build(model_config, config, transformed_dir, inputs.vectors)  # pylint: disable=protected-access
 
-    checkpoints = os.path.join(work, trainer.CHECKPOINTS_DIR, trainer.CHECKPOINT_TEMPLATE)
-    average = WeightAverage(model, config.ema_momentum, checkpoints) if config.ema_momentum > 0 else None
-    checkpoint = average or keras.callbacks.ModelCheckpoint(checkpoints, save_weights_only=True, save_freq="epoch")
-    state = TrainingState(os.path.join(work, trainer.BACKUP_DIR), model,
-                          weight_average=average.state if average else None)
-    start_epoch = state.restore() if resumed else 0
+    start_epoch, _, checkpoint, state = trainer._committed_state(model, work, config, resumed)  # pylint: disable=protected-access
     history_path = os.path.join(work, trainer.HISTORY_FILE)
-    trainer._write_history(  # pylint: disable=protected-access
-        history_path, [h for h in trainer._read_history(history_path) if int(h["epoch"]) <= start_epoch])  # pylint: disable=protected-access
 
     logger.info("refitting %s on the train and eval splits: %s documents, %d epoch%s (the selection run's kept "
                 "epoch)%s", kind, f"{len(lengths):,}", epochs, "" if epochs == 1 else "s",

@@ -281,9 +281,13 @@ def _build(model_config: ModelConfig, config: TrainConfig, transformed_dir: str,
     return model, warm_start
 
 
-def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: bool,
-             callbacks: Sequence[keras.callbacks.Callback]):
-    """Restores the committed state; returns (start epoch, early stopping, epoch log, all callbacks)."""
+def _committed_state(model: keras.Model, model_dir: str, config: TrainConfig, resumed: bool):
+    """The training state under `model_dir`, restored when resuming (also `beam_rnn.train.refit`'s).
+
+    Returns:
+        (start epoch, the committed epochs' history records, the epoch-checkpoint callback, the
+        `TrainingState`); history.jsonl is cut back to the committed epochs.
+    """
     checkpoints = os.path.join(model_dir, CHECKPOINTS_DIR, CHECKPOINT_TEMPLATE)
     # With an average, it is what the epoch checkpoints hold, and part of the training state.
     average = WeightAverage(model, config.ema_momentum, checkpoints) if config.ema_momentum > 0 else None
@@ -295,6 +299,14 @@ def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: b
     # Epochs after the last commit were cut short by the kill: they run again.
     committed = [h for h in _read_history(history_path) if int(h["epoch"]) <= start_epoch]
     _write_history(history_path, committed)
+    return start_epoch, committed, checkpoint, state
+
+
+def _restore(model: keras.Model, model_dir: str, config: TrainConfig, resumed: bool,
+             callbacks: Sequence[keras.callbacks.Callback]):
+    """Restores the committed state; returns (start epoch, early stopping, epoch log, all callbacks)."""
+    start_epoch, committed, checkpoint, state = _committed_state(model, model_dir, config, resumed)
+    history_path = os.path.join(model_dir, HISTORY_FILE)
 
     mode = "min" if config.monitor.endswith("loss") else "max"
     early_stopping = ResumableEarlyStopping(
