@@ -94,6 +94,26 @@ def test_a_refit_killed_mid_epoch_resumes_bit_identically_without_training_the_s
     assert [h["loss"] for h in _history(str(ref_dir))] == [h["loss"] for h in _history(str(res_dir))]
 
 
+def test_a_run_without_refit_after_a_killed_refit_exports_the_selection_and_drops_the_stale_refit(
+        binary_dir, tmp_path):  # noqa: F811
+    trainer.run_training(binary_dir, str(tmp_path / "plain"), TrainConfig(**CONFIG), export=False)
+    out = tmp_path / "out"
+    with pytest.raises(_Killed):
+        _selection_then_refit(binary_dir, str(out), TrainConfig(**CONFIG, refit=True), callbacks=[_KillAt(0, batch=2)])
+    model_dir = out / C.MODEL_LSTM
+    assert (model_dir / refit.REFIT_DIR).exists()
+    metrics = trainer.run_training(binary_dir, str(out), TrainConfig(**CONFIG), export=False)[C.MODEL_LSTM]
+    assert metrics["resumed"] and metrics["epochs_this_run"] == 0 and "refit" not in metrics
+    assert not (model_dir / refit.REFIT_DIR).exists() and not (model_dir / trainer.BACKUP_DIR).exists()
+    for a, b in zip(_weights(str(model_dir)), _weights(str(tmp_path / "plain" / C.MODEL_LSTM))):
+        assert np.array_equal(a, b)  # the selection run's model, as a plain run exports it
+    # A finished refit is wiped too when a changed config starts the model afresh.
+    trainer.run_training(binary_dir, str(out), TrainConfig(**CONFIG, refit=True), export=False)
+    assert (model_dir / refit.REFIT_DIR).exists()
+    trainer.run_training(binary_dir, str(out), TrainConfig(**dict(CONFIG, learning_rate=1e-3)), export=False)
+    assert not (model_dir / refit.REFIT_DIR).exists()
+
+
 def test_the_refit_of_a_finished_selection_read_back_from_its_directory(binary_dir, tmp_path):  # noqa: F811
     config = TrainConfig(**CONFIG)
     trainer.run_training(binary_dir, str(tmp_path), config, export=False)

@@ -36,7 +36,7 @@ from beam_rnn.train.callbacks import CommitState, EpochLog, TrainingProgress
 from beam_rnn.train.checks import TrainingInputs, check_training_inputs
 from beam_rnn.train.config import TrainConfig
 
-REFIT_DIR = "refit"
+REFIT_DIR = trainer.REFIT_DIR
 NOTE = ("the validation figures are the selection run's (trained on the train split alone); the exported model was "
         "refit on the train and eval splits together, so no split of its preprocessing is held out")
 

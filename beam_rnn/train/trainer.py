@@ -75,6 +75,7 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_TEMPLATE = "epoch_{epoch:03d}"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
+REFIT_DIR = "refit"  # train --refit's own run (beam_rnn.train.refit)
 HISTORY_FILE = "history.jsonl"
 METRICS_FILE = "metrics.json"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -207,7 +208,7 @@ def _prepare_model_dir(model_dir: str, model_config: models.ModelConfig, config:
                            "starting fresh.", backup_dir)
             resume = False
     if not resume:
-        for name in (BACKUP_DIR, CHECKPOINTS_DIR, LOGS_DIR, WEIGHTS_DIR):
+        for name in (BACKUP_DIR, CHECKPOINTS_DIR, LOGS_DIR, WEIGHTS_DIR, REFIT_DIR):
             path = os.path.join(model_dir, name)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
@@ -519,6 +520,14 @@ def train(
     return {"kind": kind, "model": final, "model_config": model_config, "model_dir": model_dir, "metrics": metrics}
 
 
+def _drop_stale_refit(model_dir: str) -> None:
+    """Removes the run of an earlier ``--refit`` (e.g. one killed mid-refit) that this run without it replaces."""
+    stale = os.path.join(model_dir, REFIT_DIR)
+    if tf.io.gfile.exists(stale):
+        logger.info("removing %s: an earlier --refit's run; this model was trained without --refit", stale)
+        tf.io.gfile.rmtree(stale)
+
+
 def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
                  export: bool = True) -> dict[str, dict[str, Any]]:
     """Trains (and exports) every kind of `config.kinds`: what ``beam-rnn train`` runs.
@@ -559,6 +568,8 @@ def run_training(transformed_dir: str, output_dir: str, config: TrainConfig, *,
             from beam_rnn.train.refit import refit
 
             result = refit(transformed_dir, config, selection=result, inputs=inputs)
+        else:
+            _drop_stale_refit(result["model_dir"])
         metrics = result["metrics"]
         if summary is not None:
             metrics["cross_validation"] = summary
