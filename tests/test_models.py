@@ -154,6 +154,27 @@ def test_embedding_dropout_drops_whole_dimensions_in_training_only_and_keeps_the
             models.extract_step_weights(plain, models.ModelConfig(**small)))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "bilstm"])
+def test_recurrent_dropout_acts_in_training_only_with_seeded_saveable_generators(kind):
+    from beam_rnn.train.callbacks import random_generators
+
+    small = dict(kind=kind, vocab_size=40, embedding_dim=8, units=6, dense_units=5)
+    plain = models.build_classifier(models.ModelConfig(**small))
+    dropped = models.build_classifier(models.ModelConfig(**small, recurrent_dropout=0.5))
+    for a, b in zip(plain.get_weights(), dropped.get_weights()):  # the generators are seeded aside
+        np.testing.assert_array_equal(a, b)
+    ids = tf.constant([[3, 4, 5, 6, 0, 0]])
+    np.testing.assert_allclose(plain(ids).numpy(), dropped(ids, training=False).numpy(), rtol=1e-6)
+    first = dropped(ids, training=True).numpy()
+    assert not np.allclose(first, dropped(ids, training=False).numpy())
+    assert not np.array_equal(first, dropped(ids, training=True).numpy()), "a new mask per call"
+    again = models.build_classifier(models.ModelConfig(**small, recurrent_dropout=0.5))
+    np.testing.assert_array_equal(first, again(ids, training=True).numpy())  # seeded: the same masks
+    # Every recurrent layer's generator is one the trainer can save (none is a TF1 stateful op).
+    assert len(random_generators(dropped)) >= (2 if kind == "lstm" else 4)
+    assert not random_generators(plain)
+
+
 def test_bilstm_stacked_tutorial_variant():
     config = models.ModelConfig(kind="bilstm", vocab_size=1000, stacked_tutorial=True)
     model = models.build_classifier(config)

@@ -263,6 +263,19 @@ def test_resume_after_kill_is_bit_identical(binary_dir, tmp_path, resume_referen
     assert not (model_dir / trainer.BACKUP_DIR).exists()
 
 
+def test_recurrent_dropout_resumes_bit_identically(binary_dir, tmp_path):
+    # The masks come from the cells' seeded generators, whose state the backup saves: a resumed run
+    # draws epoch 2's masks, not epoch 1's again.
+    config = TrainConfig(**dict(RESUME, model=dataclasses.replace(RESUME["model"], recurrent_dropout=0.3)))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    trainer.train(binary_dir, str(reference), config)
+    with pytest.raises(_Killed):
+        trainer.train(binary_dir, str(resumed), config, callbacks=[_KillAt(1, batch=3)])
+    metrics = trainer.train(binary_dir, str(resumed), config)["metrics"]
+    assert metrics["resumed"] and metrics["start_epoch"] == 1
+    _assert_same_training(reference / C.MODEL_LSTM, resumed / C.MODEL_LSTM)
+
+
 def test_resume_drops_epochs_that_were_not_committed(binary_dir, tmp_path, resume_reference):
     """Killed between writing epoch 2's history line (torn) and committing its state: epoch 2 runs again."""
     config = TrainConfig(**RESUME)

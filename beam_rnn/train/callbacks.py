@@ -19,6 +19,7 @@ import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
 
 from beam_rnn.core import progress
+from beam_rnn.train import models
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def random_generators(model: keras.Model) -> dict[str, tf.random.Generator]:
     layer on a legacy stateful RNG (TF1 random ops, state inside the kernel)
     could not be resumed exactly: refuse it.
     """
+    models.forget_dropout_masks(model)
     generators = {}
     for index, layer in enumerate(model.submodules):
         rng = getattr(layer, "_random_generator", None)

@@ -58,6 +58,9 @@ class ModelSettings:
             Bi(LSTM(units, return_sequences)) -> Bi(LSTM(units // 2)) ->
             Dense(dense_units, relu) -> Dropout(dropout or 0.5) -> Dense(out).
         embedding_dropout: Rate of a SpatialDropout1D after the Embedding (0 = no layer).
+        recurrent_dropout: Variational dropout in every recurrent layer (Gal & Ghahramani
+            2016): Keras's ``dropout`` and ``recurrent_dropout`` of the cell, both this rate
+            (one mask per document on the inputs and one on the state, while training).
         seed: Seed of every initialiser and of the Dropout layers' random generators
             (training also seeds the global random state and the shuffle with it).
     """
@@ -73,6 +76,9 @@ class ModelSettings:
     embedding_dropout: float = option(
         0.0, "Spatial dropout after the Embedding: this share of the embedding dimensions is zeroed for a whole "
         "document at a time while training (0: no layer).", minimum=0.0, less_than=1.0)
+    recurrent_dropout: float = option(
+        0.0, "Variational dropout in the recurrent layers (Gal & Ghahramani 2016): this share of the cell's inputs "
+        "and of its state is zeroed, one mask per document, while training (0: none).", minimum=0.0, less_than=1.0)
     seed: int = option(42, "Seed of initialisers, Dropout and shuffles: seeded runs are bit-identical on CPU, also "
                        "across a kill and resume.", minimum=0)
 

@@ -154,6 +154,7 @@ def generic_rnn_path(model: keras.Model) -> Iterator[None]:
     semantics; the export's checks compare the results with the eager model.  A
     tf_keras without the ``_could_use_gpu_kernel`` attribute just keeps its path.
     """
+    models.forget_dropout_masks(model)
     switched = [layer for layer in model.submodules if getattr(layer, "_could_use_gpu_kernel", False) is True]
     for layer in switched:
         layer._could_use_gpu_kernel = False

@@ -66,10 +66,16 @@ class _Seeds:
     def __init__(self, base: int) -> None:
         self._base = base
         self._next = base * 1000
+        self._aside = 0
 
-    def aside(self) -> int:
+    def aside(self, offset: int = 0) -> int:
         """A seed outside the sequence `take` hands out (for layers that must not shift the others' seeds)."""
-        return self._base * 1000 + 999
+        return self._base * 1000 + 999 - offset
+
+    def aside_next(self) -> int:
+        """Another seed outside `take`'s sequence, distinct from `aside()` and from earlier calls."""
+        self._aside += 1
+        return self.aside(self._aside)
 
     def take(self) -> int:
         seed = self._next
@@ -90,14 +96,33 @@ def _recurrent_layer(
     Default activations (and GRU reset_after=True) are kept on purpose: the
     NumPy step in `rnn_step` hard-codes exactly those.
     """
-    return _CELL_LAYERS[config.cell](
+    layer = _CELL_LAYERS[config.cell](
         units,
         return_sequences=return_sequences,
         go_backwards=go_backwards,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.take()),
         recurrent_initializer=keras.initializers.Orthogonal(seed=seeds.take()),
+        dropout=config.recurrent_dropout,
+        recurrent_dropout=config.recurrent_dropout,
         name=name,
     )
+    if config.recurrent_dropout > 0:
+        _seed_dropout(layer, seeds)
+    return layer
+
+
+def _seed_dropout(layer: keras.layers.Layer, seeds: _Seeds) -> None:
+    """Gives a recurrent layer with dropout seeded generators whose state the trainer can save.
+
+    Keras builds the cell without a seed and with TF1 stateful random ops (state inside the
+    kernel, lost on a kill). A seeded tf.random.Generator instead (state in a variable the
+    trainer's checkpoints save), seeded aside so the initial weights do not change with the rate.
+    tf_keras exports no public way to seed a cell's generator, hence its private class (tf_keras 2.21).
+    """
+    from tf_keras.src.backend import RandomGenerator  # pylint: disable=import-outside-toplevel
+
+    for owner in (layer.cell, layer):  # the cell draws the masks; the layer has a generator of its own too
+        owner._random_generator = RandomGenerator(seeds.aside_next(), rng_type="stateful")  # pylint: disable=protected-access
 
 
 def _bidirectional(config: ModelConfig, units: int, seeds: _Seeds, name: str, return_sequences: bool) -> keras.layers.Layer:
@@ -105,7 +130,11 @@ def _bidirectional(config: ModelConfig, units: int, seeds: _Seeds, name: str, re
     # layer's config, seeds included, and both directions start identical.
     forward = _recurrent_layer(config, units, seeds, f"{name}_forward", return_sequences)
     backward = _recurrent_layer(config, units, seeds, f"{name}_backward", return_sequences, go_backwards=True)
-    return keras.layers.Bidirectional(forward, backward_layer=backward, name=name)
+    wrapper = keras.layers.Bidirectional(forward, backward_layer=backward, name=name)
+    if config.recurrent_dropout > 0:  # Bidirectional rebuilt both layers from their configs: seed its copies
+        for layer in (wrapper.forward_layer, wrapper.backward_layer):
+            _seed_dropout(layer, seeds)
+    return wrapper
 
 
 class PerTokenOutputs(keras.layers.Layer):
@@ -190,7 +219,23 @@ def build_classifier(config: ModelConfig, *, per_token: bool = False) -> keras.M
     )(x)
     if per_token:
         logits = PerTokenOutputs(name="per_token_outputs")(logits)
-    return keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
+    model = keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
+    forget_dropout_masks(model)
+    return model
+
+
+def forget_dropout_masks(model: keras.Model) -> None:
+    """Drops the recurrent dropout masks Keras cached in its last graphs (each call draws new ones anyway).
+
+    Left in place (``recurrent_dropout`` > 0, once the model was built or trained), they make
+    `tf.Module.submodules` fail (it cannot order the cache's graphs); call this before walking it.
+    """
+    for layer in model.layers:
+        for rnn in (layer.forward_layer, layer.backward_layer) if isinstance(layer, keras.layers.Bidirectional) else (layer,):
+            for owner in (rnn, getattr(rnn, "cell", None)):
+                if hasattr(owner, "reset_dropout_mask"):
+                    owner.reset_dropout_mask()
+                    owner.reset_recurrent_dropout_mask()
 
 
 def _require_streaming(config: ModelConfig) -> None:
