@@ -55,13 +55,13 @@ def test_refit_trains_the_exported_model_on_both_splits_for_the_kept_epochs(bina
     assert info["train_examples"] == _documents(binary_dir, C.TRAIN_PREFIX) + _documents(binary_dir, C.EVAL_PREFIX)
     assert "selection run's" in info["note"]
     model_dir = tmp_path / "refit" / C.MODEL_LSTM
-    history = [json.loads(line) for line in (model_dir / refit.REFIT_DIR / trainer.HISTORY_FILE).read_text().splitlines()]
+    history = [json.loads(line) for line in (model_dir / trainer.REFIT_DIR / trainer.HISTORY_FILE).read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, info["epochs"] + 1))
     assert not any(k.startswith("val_") for h in history for k in h), "the refit has no validation"
     assert json.loads((model_dir / trainer.METRICS_FILE).read_text())["refit"] == info
     # weights/ holds the refit model (other weights than the selection run's), and nothing is left to resume.
     assert any(not np.array_equal(a, b) for a, b in zip(_weights(str(model_dir)), _weights(str(tmp_path / "plain" / C.MODEL_LSTM))))
-    assert not (model_dir / trainer.BACKUP_DIR).exists() and not (model_dir / refit.REFIT_DIR / trainer.BACKUP_DIR).exists()
+    assert not (model_dir / trainer.BACKUP_DIR).exists() and not (model_dir / trainer.REFIT_DIR / trainer.BACKUP_DIR).exists()
 
 
 def _selection_then_refit(transformed_dir, output_dir, config, callbacks=()):
@@ -85,7 +85,7 @@ def test_a_refit_killed_mid_epoch_resumes_bit_identically_without_training_the_s
     assert result["metrics"]["refit"]["epochs"] == selection["metrics"]["best_epoch"]
     for a, b in zip(_weights(str(reference / C.MODEL_LSTM)), _weights(str(resumed / C.MODEL_LSTM))):
         assert np.array_equal(a, b)
-    ref_dir, res_dir = (d / C.MODEL_LSTM / refit.REFIT_DIR for d in (reference, resumed))
+    ref_dir, res_dir = (d / C.MODEL_LSTM / trainer.REFIT_DIR for d in (reference, resumed))
     names = sorted(p.name[: -len(".index")] for p in (ref_dir / trainer.CHECKPOINTS_DIR).glob("epoch_*.index"))
     assert len(names) == result["metrics"]["refit"]["epochs"]
     for name in names:  # every epoch's weights, average and optimizer state
@@ -101,17 +101,17 @@ def test_a_run_without_refit_after_a_killed_refit_exports_the_selection_and_drop
     with pytest.raises(_Killed):
         _selection_then_refit(binary_dir, str(out), TrainConfig(**CONFIG, refit=True), callbacks=[_KillAt(0, batch=2)])
     model_dir = out / C.MODEL_LSTM
-    assert (model_dir / refit.REFIT_DIR).exists()
+    assert (model_dir / trainer.REFIT_DIR).exists()
     metrics = trainer.run_training(binary_dir, str(out), TrainConfig(**CONFIG), export=False)[C.MODEL_LSTM]
     assert metrics["resumed"] and metrics["epochs_this_run"] == 0 and "refit" not in metrics
-    assert not (model_dir / refit.REFIT_DIR).exists() and not (model_dir / trainer.BACKUP_DIR).exists()
+    assert not (model_dir / trainer.REFIT_DIR).exists() and not (model_dir / trainer.BACKUP_DIR).exists()
     for a, b in zip(_weights(str(model_dir)), _weights(str(tmp_path / "plain" / C.MODEL_LSTM))):
         assert np.array_equal(a, b)  # the selection run's model, as a plain run exports it
     # A finished refit is wiped too when a changed config starts the model afresh.
     trainer.run_training(binary_dir, str(out), TrainConfig(**CONFIG, refit=True), export=False)
-    assert (model_dir / refit.REFIT_DIR).exists()
+    assert (model_dir / trainer.REFIT_DIR).exists()
     trainer.run_training(binary_dir, str(out), TrainConfig(**dict(CONFIG, learning_rate=1e-3)), export=False)
-    assert not (model_dir / refit.REFIT_DIR).exists()
+    assert not (model_dir / trainer.REFIT_DIR).exists()
 
 
 def test_the_refit_of_a_finished_selection_read_back_from_its_directory(binary_dir, tmp_path):  # noqa: F811

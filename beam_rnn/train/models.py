@@ -219,9 +219,7 @@ def build_classifier(config: ModelConfig, *, per_token: bool = False) -> keras.M
     )(x)
     if per_token:
         logits = PerTokenOutputs(name="per_token_outputs")(logits)
-    model = keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
-    forget_dropout_masks(model)
-    return model
+    return keras.Model(inputs=inputs, outputs=logits, name=f"{config.kind}_classifier")
 
 
 def forget_dropout_masks(model: keras.Model) -> None:

@@ -36,7 +36,6 @@ from beam_rnn.train.callbacks import CommitState, EpochLog, TrainingProgress
 from beam_rnn.train.checks import TrainingInputs, check_training_inputs
 from beam_rnn.train.config import TrainConfig
 
-REFIT_DIR = trainer.REFIT_DIR
 NOTE = ("the validation figures are the selection run's (trained on the train split alone); the exported model was "
         "refit on the train and eval splits together, so no split of its preprocessing is held out")
 
@@ -78,7 +77,7 @@ def refit(transformed_dir: str, config: TrainConfig, *, selection: Mapping[str, 
     kind, model_config, model_dir = selection["kind"], selection["model_config"], selection["model_dir"]
     epochs = refit_epochs(selection["metrics"])
     config = dataclasses.replace(config, epochs=epochs)
-    work = os.path.join(model_dir, REFIT_DIR)
+    work = os.path.join(model_dir, trainer.REFIT_DIR)
     files = [data.train_pattern(transformed_dir), data.eval_pattern(transformed_dir)]
     lengths, boundaries = trainer._length_buckets(files, config)  # pylint: disable=protected-access
 
