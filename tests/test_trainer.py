@@ -348,6 +348,15 @@ def test_batches_are_padded_per_batch(binary_dir):
         assert len(set(buckets)) == 1
 
 
+def test_training_input_runs_without_tf_data_autotuning(binary_dir):
+    # Its optimisation thread held the end of fit ~25 s idle (benchmarks/RESULTS.md, "Training speed").
+    pattern = data.train_pattern(binary_dir)
+    for kwargs in ({"shuffle": True, "seed": 1, "epochs": range(2)}, {"shuffle": False}):
+        ds = data.make_dataset(pattern, batch_size=16, **kwargs)
+        assert ds.options().autotune.enabled is False
+        assert sum(1 for _ in ds) > 0
+
+
 def test_truncation_and_empty_documents(binary_dir):
     stats = json.loads(Path(binary_dir, C.STATS_FILE).read_text())
     assert stats["splits"]["train"]["empty_documents"] + stats["splits"]["eval"]["empty_documents"] == 8

@@ -16,6 +16,7 @@ from beam_rnn.core import constants as C
 from beam_rnn.train.errors import TrainerInputError
 
 TAIL_BUCKET_GROWTH = 1.5
+PREFETCH_BATCHES = 2
 _PARSE_BATCH = 512
 
 
@@ -263,4 +264,8 @@ def make_dataset(
         out = one_epoch(epochs[0])
     else:
         out = tf.data.Dataset.from_tensor_slices(tf.constant(epochs, tf.int64)).flat_map(one_epoch)
-    return out.prefetch(tf.data.AUTOTUNE)
+    # No tf.data autotuning: at the end of fit its optimisation thread held the training iterator's deletion for
+    # ~25 s (idle) in 7 of 8 IMDB benchmark runs (TF 2.21; benchmarks/RESULTS.md); two prefetched batches are as fast.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return out.prefetch(PREFETCH_BATCHES).with_options(options)
