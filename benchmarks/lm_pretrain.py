@@ -37,9 +37,9 @@ BUCKETS = [32, 64, 128, 192, 256, 320]
 
 def documents(prep: str, max_len: int, seed: int, epoch: int, batch: int) -> tf.data.Dataset:
     """Right-padded batches of the train split's token ids (first max_len + 1 of each), shuffled per epoch."""
-    spec = {C.TOKEN_IDS_KEY: tf.io.VarLenFeature(tf.int64)}
+    spec = {C.TOKEN_IDS_KEY: data.FEATURE_SPEC[C.TOKEN_IDS_KEY]}  # the trainer's own parsing of the ids
     ds = tf.data.TFRecordDataset(data.shard_files(data.train_pattern(prep)), compression_type="GZIP")
-    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec)[C.TOKEN_IDS_KEY].values[: max_len + 1])
+    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec)[C.TOKEN_IDS_KEY][: max_len + 1])
     ds = ds.shuffle(30_000, seed=seed * 100 + epoch)
     return ds.bucket_by_sequence_length(lambda t: tf.shape(t)[0], BUCKETS, [batch] * (len(BUCKETS) + 1)).prefetch(2)
 

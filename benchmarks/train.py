@@ -129,7 +129,7 @@ def run_ours(input_path: str, workdir: str, epochs: int, seed: int, kind: str = 
     config = TrainConfig(kinds=(kind,), epochs=epochs, early_stopping_patience=epochs, model=ModelSettings(seed=seed))
     result = trainer.train(prep, os.path.join(workdir, "models"), config, kind=kind)
     m = result["metrics"]
-    with open(os.path.join(workdir, "models", kind, "history.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(workdir, "models", kind, trainer.HISTORY_FILE), encoding="utf-8") as f:
         epoch_seconds = sum(json.loads(line)["seconds"] for line in f)
     return {"kind": kind, "examples_per_second": m["examples_per_second"], "eval_accuracy": m["accuracy"],
             "epoch_examples_per_second": m["train_examples"] * m["epochs_this_run"] / epoch_seconds,
