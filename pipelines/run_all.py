@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=int, default=None,
                         help=f"Vocabulary size (default {PreprocessConfig.vocab_size}, quick {QUICK['vocab_size']}).")
     add_config_flags(parser, PreprocessConfig, exclude=[f.name for f in dataclasses.fields(PreprocessConfig)
-                                                        if f.name != "group_column"])
+                                                        if f.name not in ("group_column", "class_names")])
     return parser
 
 
@@ -89,7 +89,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         corpus = dataclasses.replace(corpus, sample_fraction=QUICK["sample_fraction"])
     vocab = known.vocab_size or (QUICK["vocab_size"] if known.quick else PreprocessConfig.vocab_size)
     epochs = known.epochs or (QUICK["epochs"] if known.quick else None)
-    prep_config = PreprocessConfig(vocab_size=vocab, group_column=known.group_column, **corpus.label_settings())
+    prep_config = PreprocessConfig(vocab_size=vocab, group_column=known.group_column, class_names=known.class_names,
+                                   **corpus.label_settings())
     train_config = TrainConfig(kinds=C.MODEL_NAMES, **({"epochs": epochs} if epochs else {}),
                                **({"max_length": QUICK["max_length"]} if known.quick else {}))
     out = known.output

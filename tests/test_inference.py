@@ -98,6 +98,7 @@ def env(tmp_path_factory):
     card_path = Path(dirs["multi"]) / C.MODEL_CARD_FILE
     card = json.loads(card_path.read_text())
     card["label_names"] = ["neg", "neu", "pos"]
+    card["preprocess_config"]["label_type"] = "string"  # as a string-labelled preprocessing writes it
     card_path.write_text(json.dumps(card))
     write_manifest(dirs["multi"])  # the card was edited after the export
     docs, bad = _corpus_rows(seed=3)
@@ -485,6 +486,32 @@ def test_handler_makes_one_serving_call_per_batch(env):
     assert np.max(np.abs(np.array([r.inference[0][0] for r in results]) - probs)) <= TOL
     assert [r.inference[0][1] for r in results] == labels.tolist()
     assert all(type(r.inference[0][0]) is float and type(r.inference[0][1]) is int for r in results)
+
+
+def test_int_labels_with_class_names_accept_ids_and_names():
+    named_ints = inference.ModelInfo(name="m", model_dir="d", kind="lstm", num_classes=2,
+                                     label_names=("negative", "positive"), label_type="int")
+    assert [named_ints.class_index(v) for v in (0, "1", " 1 ", "positive", "2", "pos", True)] == [
+        0, 1, 1, 1, None, None, None]
+    # String labels are their names: "1" is the class named "1" (id 0), not the id 1.
+    strings = inference.ModelInfo(name="m", model_dir="d", kind="lstm", num_classes=2, label_names=("1", "2"))
+    assert strings.label_type == "string" and [strings.class_index(v) for v in ("1", "2", "0")] == [0, 1, None]
+
+
+def test_the_corpus_takes_int_labels_from_a_card_that_names_them(tmp_path):
+    import dataclasses
+
+    from beam_rnn.core.errors import InputError
+    from beam_rnn.io import CorpusConfig
+    from beam_rnn.preprocess.config import Corpus
+    from beam_rnn.serve.run import fit_corpus_to_models
+
+    info = inference.ModelInfo(name="m", model_dir="d", kind="lstm", num_classes=2,
+                               label_names=("negative", "positive"), label_type="int")
+    corpus = Corpus(("x.csv",), CorpusConfig(format="csv", label_type="string"), label_type_from_model=True)
+    assert fit_corpus_to_models(corpus, [info]).config.label_type == "int"
+    with pytest.raises(InputError, match=r"trained on int labels \(0=negative, 1=positive\)"):
+        fit_corpus_to_models(dataclasses.replace(corpus, label_type_from_model=False), [info])
 
 
 def test_auc_histogram_mode_is_bounded_and_within_its_error_bound():

@@ -172,6 +172,8 @@ def _run_in_process(argv, capsys):
     ("labels_not_class_ids", "--labels: declared int labels [0, 2] are not 0..1"),
     ("negative_declared_label", "negative label -1"),
     ("max_document_chars", "--max-document-chars must be >= 1, got 0"),
+    ("class_names_of_strings", "--class-names names int labels; string labels are their own names"),
+    ("class_names_beyond_labels", "--labels 2: 2 --class-names name the ids 0..1"),
 ])
 def test_bad_inputs_exit_2_before_any_work(tmp_path, capsys, case, message):
     good = tmp_path / "good.csv"
@@ -194,7 +196,9 @@ def test_bad_inputs_exit_2_before_any_work(tmp_path, capsys, case, message):
     else:
         inputs = [str(good)]
         extra = {"labels_not_class_ids": ["--labels", "0,2"], "negative_declared_label": ["--labels=-1,0"],
-                 "max_document_chars": ["--max-document-chars", "0"]}[case]
+                 "max_document_chars": ["--max-document-chars", "0"],
+                 "class_names_of_strings": ["--class-names", "neg,pos", "--label-type", "string"],
+                 "class_names_beyond_labels": ["--class-names", "neg,pos", "--labels", "0,1,2"]}[case]
     code, errors = _run_in_process(["--input", *inputs, "--format", "csv", "--output", str(tmp_path / "o"),
                                     *extra], capsys)
     assert code == 2

@@ -52,6 +52,32 @@ def test_config_validation_and_round_trip():
             PreprocessConfig(**bad)
 
 
+def test_class_names_name_int_ids_and_declare_them():
+    from beam_rnn.core.errors import InputError
+
+    cfg = PreprocessConfig(class_names=("negative", "positive"))
+    assert cfg.label_set == ("0", "1")  # naming K classes declares the ids 0..K-1
+    assert PreprocessConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert PreprocessConfig(class_names=("a", "b", "c"), label_set=("0", "02")).label_set == ("0", "02")
+    for bad, message in (({"label_type": "string"}, "string labels are their own names"),
+                         ({"labelled": False}, "labelled corpus"),
+                         ({"class_names": ("only",)}, "two or more distinct"),
+                         ({"class_names": ("a", "a")}, "two or more distinct"),
+                         ({"class_names": ("a", "")}, "two or more distinct"),
+                         ({"label_set": ("0", "2")}, "--labels 2: 2 --class-names name the ids 0..1")):
+        with pytest.raises(InputError, match=message):
+            PreprocessConfig(**{"class_names": ("negative", "positive"), **bad})
+
+
+def test_class_names_reach_the_stats_even_for_a_class_without_rows(tmp_path):
+    cfg = PreprocessConfig(vocab_size=10, min_frequency=1, class_names=("neg", "neu", "pos"), eval_fraction=0.0)
+    stats = run_transform(_docs(["a b", "c d", "e", "f g"], labels=[0, 2, 2, 0]), str(tmp_path), cfg)
+    assert stats["label_names"] == ["neg", "neu", "pos"] and stats["num_classes"] == 3
+    assert stats["label_counts"] == {"0": 2, "2": 2}
+    rows = read_examples(str(tmp_path), C.TRAIN_PREFIX)
+    assert [rows[f"doc{i}"][1][0] for i in range(4)] == [0, 2, 2, 0]  # the ids stay the labels
+
+
 def test_split_is_deterministic_and_close_to_fraction():
     ids = [f"doc-{i}" for i in range(20000)]
     splits = [split_for_id(i, 0.2) for i in ids]

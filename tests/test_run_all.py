@@ -21,13 +21,14 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
         words = [f"w{rng.randrange(40)}" for _ in range(rng.randint(3, 40))]
         words.insert(rng.randrange(len(words)), rng.choice(good if label else bad))
         lines.append(f"d{i},{label},{' '.join(words)}")
-    lines.append("broken,1,")
+    lines += ["broken,1,", "stray,2,superb loved great"]  # an empty text; a label that --class-names does not name
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "beam_rnn.cli", "run-all", "--input", str(corpus), "--format", "csv",
-         "--id-column", "id", "--output", str(out), "--quick", "--refit", "--runner", "DirectRunner"],
+         "--id-column", "id", "--output", str(out), "--quick", "--refit", "--class-names", "negative,positive",
+         "--runner", "DirectRunner"],
         capture_output=True, text=True, cwd=str(ROOT), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
@@ -44,13 +45,22 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
         assert refitted["refit"]["train_examples"] == selected["train_examples"] + selected["eval_examples"]
         assert (out / "models-refit" / kind / "saved_model" / "saved_model.pb").exists()
     stats = json.loads((out / "prep" / "stats.json").read_text())
-    assert stats["reconciled"] and stats["dead_lettered"] == 1 and stats["sampled_out"] > 1000
+    assert stats["reconciled"] and stats["sampled_out"] > 1000
+    assert stats["dead_letter_by_reason"] == {"empty_text": 1, "label_not_in_set": 1}
+    assert stats["label_names"] == ["negative", "positive"]
     for kind in ("bilstm", "lstm"):
         assert (out / "models" / kind / "saved_model" / "saved_model.pb").exists()
+        card = json.loads((out / "models" / kind / "model_card.json").read_text())
+        assert card["label_names"] == ["negative", "positive"]
     summary = json.loads((out / "scores" / "scores-summary.json").read_text())
-    assert summary["counters"]["reconciled"] is True and summary["counters"]["scored"] == 1500
+    # Score scores every document; the stray label is no class, so its true label is null.
+    assert summary["counters"]["reconciled"] is True and summary["counters"]["scored"] == 1501
+    scores = {r["id"]: r for r in map(json.loads, (out / "scores" / "scores-00000-of-00001.jsonl").open())}
+    assert (scores["d1"]["true_label"], scores["d1"]["true_label_name"]) == (1, "positive")
+    assert scores["stray"]["true_label"] is None and set(scores["d0"]["lstm_probabilities"]) == {"negative", "positive"}
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"bilstm", "lstm"} and metrics["split"] == "eval"
+    assert metrics["class_names"] == ["negative", "positive"]
     assert (out / "report" / "report.html").stat().st_size > 10000
 
 
@@ -170,3 +180,5 @@ def test_run_all_on_the_imdb_copy_splits_by_film(tmp_path, monkeypatch, extra, e
     with pytest.raises(Stop):
         run_all.run(["--imdb", str(imdb), "--output", str(tmp_path / "run"), *extra])
     assert seen["config"].group_column == expected
+    # Its labels are 0/1 by sentiment: outputs name them.
+    assert seen["config"].class_names == ("negative", "positive") and seen["config"].label_set == ("0", "1")

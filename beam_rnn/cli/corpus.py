@@ -75,6 +75,10 @@ def resolve_corpus(known: argparse.Namespace) -> Corpus:
             known.group_column = source.group_column
             logging.getLogger(__name__).info("Split: by %s (the reviews of one film stay on one side)",
                                              source.group_column)
+        # Its labels are 0/1 by sentiment: name them, so scores and reports read "positive", not "1".
+        if (getattr(known, "class_names", False) is None and not known.unlabelled
+                and known.label_type in (None, C.LABEL_TYPE_INT)):
+            known.class_names = C.IMDB_CLASS_NAMES
     if known.format is None:
         known.format = C.FORMAT_CSV
     if known.format == C.FORMAT_TEXT:

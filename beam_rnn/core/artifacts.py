@@ -79,7 +79,9 @@ class ModelInfo:
       model_dir: The export directory (holds ``saved_model/`` and ``model_card.json``).
       kind: The model card's kind.
       num_classes: Number of classes (2 = binary: one probability per document).
-      label_names: Class names by id, or None (int labels).
+      label_names: Class names by id (string labels, or int labels given --class-names), or None.
+      label_type: The labels the model was trained on: int (class ids, which `label_names` may
+        name) or string (the names are the labels); default: string when there are names.
     """
 
     name: str
@@ -87,6 +89,12 @@ class ModelInfo:
     kind: str
     num_classes: int
     label_names: tuple[str, ...] | None = None
+    label_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_type is None:
+            object.__setattr__(self, "label_type",
+                               C.LABEL_TYPE_STRING if self.label_names is not None else C.LABEL_TYPE_INT)
 
     @property
     def binary(self) -> bool:
@@ -102,7 +110,7 @@ class ModelInfo:
             text = value.strip()
             if self.label_names is not None and text in self.label_names:
                 return self.label_names.index(text)
-            if self.label_names is None and text.isascii() and text.isdigit():
+            if self.label_type == C.LABEL_TYPE_INT and text.isascii() and text.isdigit():
                 return self.class_index(int(text))
         return None
 
@@ -155,8 +163,13 @@ def read_model_info(model_dir: str, name: str | None = None) -> ModelInfo:
         names = tuple(names)
     kind = card.get("kind")
     kind = kind if isinstance(kind, str) and kind else os.path.basename(model_dir.rstrip("/")) or "model"
+    preprocess_config = card.get("preprocess_config")
+    label_type = preprocess_config.get("label_type") if isinstance(preprocess_config, dict) else None
+    if label_type != C.LABEL_TYPE_INT or names is None:  # string labels are their names (older cards: no type)
+        label_type = None
     verify_model_files(model_dir, [C.SAVED_MODEL_DIR + "/", C.MODEL_CARD_FILE])
-    return ModelInfo(name=name or kind, model_dir=model_dir, kind=kind, num_classes=num_classes, label_names=names)
+    return ModelInfo(name=name or kind, model_dir=model_dir, kind=kind, num_classes=num_classes, label_names=names,
+                     label_type=label_type)
 
 
 def verify_model_files(model_dir: str, files: Sequence[str]) -> None:

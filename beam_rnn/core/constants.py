@@ -14,6 +14,8 @@ LABEL_KEY = "label"
 GROUP_KEY = "group"
 # The aclImdb tree names each review's film in urls_{pos,neg}.txt: its one group column.
 ACLIMDB_GROUP_COLUMN = "movie"
+# IMDB's labels are 0 (aclImdb's neg/) and 1 (pos/; the CSV's label 1): the class names a run on it shows.
+IMDB_CLASS_NAMES = ("negative", "positive")
 
 # --- Output vocabulary (score files, summaries, evaluate records, stream outputs,
 # `Prediction` objects, extra serving_default outputs): one set of names everywhere.

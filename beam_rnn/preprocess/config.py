@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from beam_rnn.io import CorpusConfig, ReadCorpus
 
 
+def _as_id(label: str) -> str:
+    """An int label as its canonical digits ("01" -> "1"); anything else unchanged."""
+    text = str(label).strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
+
+
+def parse_class_names(text: str) -> tuple[str, ...] | None:
+    """The ``--class-names`` value: comma-separated names of the ids 0, 1, ... (None if empty)."""
+    return tuple(name.strip() for name in text.split(",")) if text else None
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """Configuration of the text → token id mapping (the one home of its defaults).
@@ -32,6 +43,11 @@ class PreprocessConfig:
         labelled: Whether documents carry labels.
         label_type: "int" (labels are already 0..K-1) or "string" (a label vocabulary is built).
         label_set: Declared labels; for string labels their order defines the ids.
+        class_names: Names of the int label ids 0..K-1 (e.g. ``negative,positive``):
+            stats.json, the model card, scores and reports show them instead of ids.
+            Int labels only (string labels are their own names); naming K classes
+            declares the labels 0..K-1 (rows with others are dead letters) unless
+            `label_set` declares some of them.
         eval_fraction: Fraction held out for evaluation, by hash of the id, or of the
             group with `group_column`.
         group_column: Column whose value groups documents (IMDB: ``movie``): every
@@ -51,6 +67,10 @@ class PreprocessConfig:
     labelled: bool = option(True, "Whether documents carry labels.", cli=False)
     label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False, choices=C.LABEL_TYPES)
     label_set: tuple[str, ...] | None = option(None, "Declared labels, in id order.", cli=False)
+    class_names: tuple[str, ...] | None = option(
+        None, "Names of the int labels 0, 1, ..., comma-separated (e.g. negative,positive): outputs, reports and "
+        "the model card show them instead of ids; rows with other labels are dead-lettered.", metavar="NAMES",
+        parse=parse_class_names, show_default="ids; negative,positive for the IMDB copy")
     eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id (or of the group).",
                                   minimum=0.0, less_than=1.0)
     group_column: str | None = option(
@@ -62,11 +82,30 @@ class PreprocessConfig:
         check_options(self)
         if self.label_set is not None:
             object.__setattr__(self, "label_set", tuple(str(x) for x in self.label_set))
+        if self.class_names is not None:
+            self._check_class_names()
+
+    def _check_class_names(self) -> None:
+        names = tuple(str(n) for n in self.class_names)
+        object.__setattr__(self, "class_names", names)
+        if self.label_type != C.LABEL_TYPE_INT:
+            raise InputError("--class-names names int labels; string labels are their own names")
+        if len(names) < 2 or len(set(names)) != len(names) or not all(n.strip() == n and n for n in names):
+            raise InputError(f"--class-names needs two or more distinct, non-empty names, got {','.join(names)!r}")
+        if not self.labelled:
+            raise InputError("--class-names names the labels of a labelled corpus")
+        ids = tuple(str(i) for i in range(len(names)))
+        if self.label_set is None:
+            object.__setattr__(self, "label_set", ids)  # naming K classes declares 0..K-1
+        elif not {_as_id(x) for x in self.label_set} <= set(ids):
+            strangers = sorted(set(self.label_set) - set(ids))
+            raise InputError(f"--labels {','.join(strangers)}: {len(names)} --class-names name the ids 0..{len(ids) - 1}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (written next to the transform_fn)."""
         d = dataclasses.asdict(self)
-        d["label_set"] = list(self.label_set) if self.label_set is not None else None
+        for key in ("label_set", "class_names"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
     @classmethod
@@ -74,8 +113,9 @@ class PreprocessConfig:
         """Inverse of `to_dict` (unknown keys are ignored for forward compatibility)."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
-        if kwargs.get("label_set") is not None:
-            kwargs["label_set"] = tuple(kwargs["label_set"])
+        for key in ("label_set", "class_names"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
     def to_json(self) -> str:
@@ -148,6 +188,11 @@ class Corpus:
             dataclasses.replace(self.config, group_column=group_column)
         except ValueError as e:
             raise InputError(f"--group-column {group_column}: {e}") from e
+
+    def declaring(self, labels: tuple[str, ...]) -> Corpus:
+        """This corpus with `labels` declared (``--labels``): rows with other labels are dead letters."""
+        config = dataclasses.replace(self.config, label_set=labels)  # re-validated against the label type
+        return dataclasses.replace(self, labels=tuple(labels), config=config)
 
     def label_settings(self) -> dict[str, Any]:
         """The `PreprocessConfig` fields this corpus decides: ``PreprocessConfig(**corpus.label_settings())``."""

@@ -137,9 +137,9 @@ preprocessing_fn = make_preprocessing_fn(PreprocessConfig())
 
 
 def label_names(config: PreprocessConfig, label_vocab: Sequence[str] | None = None) -> list[str] | None:
-    """Names of label ids 0..K-1 for string labels (declared set or built vocabulary)."""
+    """Names of label ids 0..K-1: string labels' (declared set or built vocabulary), int labels' --class-names."""
     if config.label_type != C.LABEL_TYPE_STRING:
-        return None
+        return list(config.class_names) if config.class_names is not None else None
     if config.label_set is not None:
         return list(config.label_set)
     return list(label_vocab) if label_vocab is not None else None

@@ -21,7 +21,7 @@ import pyarrow as pa
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import dead_letter_problem
 from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
-from beam_rnn.preprocess.tft_graph import make_preprocessing_fn, raw_feature_spec
+from beam_rnn.preprocess.tft_graph import label_names, make_preprocessing_fn, raw_feature_spec
 
 SPLIT_TRAIN = 0
 SPLIT_EVAL = 1
@@ -389,9 +389,7 @@ def finalize_stats(
     label_counts: collections.Counter = collections.Counter()
     for s in splits.values():
         label_counts.update(s["label_counts"])
-    names = None
-    if config.label_type == C.LABEL_TYPE_STRING:
-        names = list(config.label_set) if config.label_set else label_vocab
+    names = label_names(config, label_vocab)
     stats = {
         "rows_in": rows_in,
         "documents_out": documents,
@@ -409,7 +407,7 @@ def finalize_stats(
         "vocab_size_with_reserved": len(vocab) + config.num_oov_buckets + 1,
         "splits": splits,
         "label_counts": dict(sorted(label_counts.items(), key=lambda kv: int(kv[0]))),
-        "num_classes": (max(int(k) for k in label_counts) + 1) if label_counts else 0,
+        "num_classes": _num_classes(config, label_counts),
         "label_names": names,
         # What the train/eval split was drawn from (see PreprocessConfig.group_column).
         "split_by": config.group_column or C.ID_KEY,
@@ -420,6 +418,13 @@ def finalize_stats(
     with tf.io.gfile.GFile(os.path.join(output_dir, C.STATS_FILE), "w") as f:
         f.write(json.dumps(stats, indent=2))
     return stats
+
+
+def _num_classes(config: PreprocessConfig, label_counts: Mapping[str, int]) -> int:
+    """K: the named classes (--class-names), else the highest label id seen + 1."""
+    if config.class_names is not None:
+        return len(config.class_names)
+    return (max(int(k) for k in label_counts) + 1) if label_counts else 0
 
 
 def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,

@@ -80,8 +80,13 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
     info = infos[0]
     if not corpus.config.labelled:
         return corpus
-    want = C.LABEL_TYPE_STRING if info.label_names is not None else C.LABEL_TYPE_INT
-    classes = ", ".join(info.label_names) if info.label_names is not None else f"0..{info.num_classes - 1}"
+    want = info.label_type
+    if info.label_names is None:
+        classes = f"0..{info.num_classes - 1}"
+    elif want == C.LABEL_TYPE_INT:
+        classes = ", ".join(f"{i}={name}" for i, name in enumerate(info.label_names))
+    else:
+        classes = ", ".join(info.label_names)
     if corpus.config.label_type != want:
         if not corpus.label_type_from_model:
             raise InputError(f"--label-type {corpus.config.label_type} does not fit the model {info.model_dir}: it was "
