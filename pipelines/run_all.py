@@ -111,7 +111,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["train"] = _stage(
         2, total, "train (bilstm + lstm)", lambda: trainer.run_training(prep, models, train_config),
         lambda r: "validation accuracy " + ", ".join(f"{k} {m['accuracy']:.3f}" for k, m in r.items())
-        + _on_documents(next(iter(r.values())).get("eval_examples")) + f" -> {models}")
+        + _on_documents(next(iter(r.values())).get("eval_examples"))
+        # The report (stage 4) reads whole documents: say why its accuracy may differ from this one.
+        + (f" (their first {train_config.max_length} tokens)" if train_config.max_length else "") + f" -> {models}")
     model_dirs = [os.path.join(models, k) for k in C.MODEL_NAMES]
     # Scoring covers the whole corpus (even with --quick): it is the batch job users run
     # on large collections, and its counts reconcile against every row read.

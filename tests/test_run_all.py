@@ -12,6 +12,12 @@ import pytest
 from tests.conftest import ROOT, shared_data_path
 
 
+def run_all_quick_length() -> int:
+    from pipelines.run_all import QUICK
+
+    return QUICK["max_length"]
+
+
 def test_run_all_quick_completes_end_to_end(tmp_path):
     rng = random.Random(1)
     good, bad = ["great", "superb", "loved"], ["awful", "boring", "hated"]
@@ -35,6 +41,9 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
     for stage in ("[1/5] preprocess done", "[2/5] train", "[3/5] score", "[4/5] evaluate", "[5/5] refit"):
         assert any(line.startswith(stage) for line in lines), proc.stdout
     assert lines[-1] == f"Report: {out / 'report' / 'report.html'}"
+    # --quick trains on each document's first tokens; the report reads them whole: the train line says so.
+    [train_line] = [line for line in lines if line.startswith("[2/5] train") and " done in " in line]
+    assert train_line.endswith(f"held-out documents (their first {run_all_quick_length()} tokens) -> {out / 'models'}")
     # --refit: the models to ship, trained on train + eval for the kept epochs, beside the report's models.
     [refit_line] = [line for line in lines if line.startswith("[5/5] refit") and " done in " in line]
     assert refit_line.endswith(f"-> {out / 'models-refit'} (the models to ship)"), refit_line
