@@ -9,13 +9,8 @@ import sys
 
 import pytest
 
+from pipelines.run_all import QUICK
 from tests.conftest import ROOT, shared_data_path
-
-
-def run_all_quick_length() -> int:
-    from pipelines.run_all import QUICK
-
-    return QUICK["max_length"]
 
 
 def test_run_all_quick_completes_end_to_end(tmp_path):
@@ -43,7 +38,7 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
     assert lines[-1] == f"Report: {out / 'report' / 'report.html'}"
     # --quick trains on each document's first tokens; the report reads them whole: the train line says so.
     [train_line] = [line for line in lines if line.startswith("[2/5] train") and " done in " in line]
-    assert train_line.endswith(f"held-out documents (their first {run_all_quick_length()} tokens) -> {out / 'models'}")
+    assert train_line.endswith(f"held-out documents (their first {QUICK['max_length']} tokens) -> {out / 'models'}")
     # --refit: the models to ship, trained on train + eval for the kept epochs, beside the report's models.
     [refit_line] = [line for line in lines if line.startswith("[5/5] refit") and " done in " in line]
     assert refit_line.endswith(f"-> {out / 'models-refit'} (the models to ship)"), refit_line

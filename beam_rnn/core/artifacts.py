@@ -164,9 +164,9 @@ def read_model_info(model_dir: str, name: str | None = None) -> ModelInfo:
     kind = card.get("kind")
     kind = kind if isinstance(kind, str) and kind else os.path.basename(model_dir.rstrip("/")) or "model"
     preprocess_config = card.get("preprocess_config")
-    label_type = preprocess_config.get("label_type") if isinstance(preprocess_config, dict) else None
-    if label_type != C.LABEL_TYPE_INT or names is None:  # string labels are their names (older cards: no type)
-        label_type = None
+    card_type = preprocess_config.get("label_type") if isinstance(preprocess_config, dict) else None
+    # Only named int labels need saying: otherwise ModelInfo infers the type from the names (older cards too).
+    label_type = C.LABEL_TYPE_INT if card_type == C.LABEL_TYPE_INT else None
     verify_model_files(model_dir, [C.SAVED_MODEL_DIR + "/", C.MODEL_CARD_FILE])
     return ModelInfo(name=name or kind, model_dir=model_dir, kind=kind, num_classes=num_classes, label_names=names,
                      label_type=label_type)

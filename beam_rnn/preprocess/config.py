@@ -97,9 +97,11 @@ class PreprocessConfig:
         ids = tuple(str(i) for i in range(len(names)))
         if self.label_set is None:
             object.__setattr__(self, "label_set", ids)  # naming K classes declares 0..K-1
-        elif not {_as_id(x) for x in self.label_set} <= set(ids):
-            strangers = sorted(set(self.label_set) - set(ids))
-            raise InputError(f"--labels {','.join(strangers)}: {len(names)} --class-names name the ids 0..{len(ids) - 1}")
+        else:
+            strangers = sorted(x for x in self.label_set if _as_id(x) not in ids)
+            if strangers:
+                raise InputError(f"--labels {','.join(strangers)}: {len(names)} --class-names name the ids "
+                                 f"0..{len(ids) - 1}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (written next to the transform_fn)."""
