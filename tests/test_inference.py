@@ -509,7 +509,12 @@ def test_the_corpus_takes_int_labels_from_a_card_that_names_them(tmp_path):
     info = inference.ModelInfo(name="m", model_dir="d", kind="lstm", num_classes=2,
                                label_names=("negative", "positive"), label_type="int")
     corpus = Corpus(("x.csv",), CorpusConfig(format="csv", label_type="string"), label_type_from_model=True)
-    assert fit_corpus_to_models(corpus, [info]).config.label_type == "int"
+    fitted = fit_corpus_to_models(corpus, [info]).config
+    assert (fitted.label_type, fitted.class_names) == ("int", ("negative", "positive"))  # rows by id or by name
+    declared = dataclasses.replace(corpus, labels=("positive", "negative"))
+    assert fit_corpus_to_models(declared, [info]).config.label_set == frozenset({0, 1})
+    with pytest.raises(InputError, match=r"--labels positive: .*not 0\.\.0: .*\(the model's classes: 0=negative"):
+        fit_corpus_to_models(dataclasses.replace(corpus, labels=("positive",)), [info])
     with pytest.raises(InputError, match=r"trained on int labels \(0=negative, 1=positive\)"):
         fit_corpus_to_models(dataclasses.replace(corpus, label_type_from_model=False), [info])
 

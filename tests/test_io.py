@@ -36,6 +36,7 @@ from beam_rnn.core.constants import (
 )
 from beam_rnn.io import (
     REASON_CODES,
+    CorpusConfig,
     ReadCorpus,
     ReadCorpusResult,
     WriteJsonLines,
@@ -165,6 +166,21 @@ def test_parse_label(value, label_type, polarity, expected):
 def test_parse_label_rejects(value):
     with pytest.raises(ValueError):
         parse_label(value, LABEL_TYPE_INT)
+
+
+def test_named_int_labels_read_by_id_or_by_name():
+    names = ("negative", "positive")
+    read = [parse_label(v, LABEL_TYPE_INT, class_names=names) for v in ("positive", " negative ", "1", 0, "+1")]
+    assert read == [1, 0, 1, 0, 1]
+    assert parse_label("pos", LABEL_TYPE_INT, accept_polarity=True, class_names=names) == 1  # aclImdb's folders
+    for bad in ("Positive", "neutral", "pos"):
+        with pytest.raises(ValueError, match=r"neither a class id nor one of the class names \['negative', 'positive'\]"):
+            parse_label(bad, LABEL_TYPE_INT, class_names=names)
+    config = CorpusConfig(format="csv", class_names=names, label_set=("positive", "negative"))
+    assert config.label_set == frozenset({0, 1})
+    for bad in ({"label_type": LABEL_TYPE_STRING}, {"class_names": ("a", "a")}):
+        with pytest.raises(ValueError, match="distinct names of int labels"):
+            CorpusConfig(**{"format": "csv", "class_names": names, **bad})
 
 
 @pytest.mark.parametrize("value", ["-3", " -1 ", -1, -2.0])

@@ -59,11 +59,13 @@ def test_class_names_name_int_ids_and_declare_them():
     assert cfg.label_set == ("0", "1")  # naming K classes declares the ids 0..K-1
     assert PreprocessConfig.from_dict(json.loads(cfg.to_json())) == cfg
     assert PreprocessConfig(class_names=("a", "b", "c"), label_set=("0", "02")).label_set == ("0", "02")
+    assert PreprocessConfig(class_names=("a", "b", "c"), label_set=("c", "0")).label_set == ("2", "0")  # by name
     for bad, message in (({"label_type": "string"}, "string labels are their own names"),
                          ({"labelled": False}, "labelled corpus"),
                          ({"class_names": ("only",)}, "two or more distinct"),
                          ({"class_names": ("a", "a")}, "two or more distinct"),
                          ({"class_names": ("a", "")}, "two or more distinct"),
+                         ({"class_names": ("bad", "1")}, "--class-names 1: a class name cannot be a number"),
                          ({"label_set": ("0", "2")}, "--labels 2: 2 --class-names name the ids 0..1")):
         with pytest.raises(InputError, match=message):
             PreprocessConfig(**{"class_names": ("negative", "positive"), **bad})

@@ -21,7 +21,8 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
         label = i % 2
         words = [f"w{rng.randrange(40)}" for _ in range(rng.randint(3, 40))]
         words.insert(rng.randrange(len(words)), rng.choice(good if label else bad))
-        lines.append(f"d{i},{label},{' '.join(words)}")
+        shown = ("negative", "positive")[label] if i % 5 == 0 else label  # rows may name their class
+        lines.append(f"d{i},{shown},{' '.join(words)}")
     lines += ["broken,1,", "stray,2,superb loved great"]  # an empty text; a label that --class-names does not name
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("\n".join(lines) + "\n")
@@ -61,10 +62,12 @@ def test_run_all_quick_completes_end_to_end(tmp_path):
     assert summary["counters"]["reconciled"] is True and summary["counters"]["scored"] == 1501
     scores = {r["id"]: r for r in map(json.loads, (out / "scores" / "scores-00000-of-00001.jsonl").open())}
     assert (scores["d1"]["true_label"], scores["d1"]["true_label_name"]) == (1, "positive")
+    assert (scores["d5"]["true_label"], scores["d10"]["true_label"]) == (1, 0)  # labelled "positive" / "negative"
     assert scores["stray"]["true_label"] is None and set(scores["d0"]["lstm_probabilities"]) == {"negative", "positive"}
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"bilstm", "lstm"} and metrics["split"] == "eval"
     assert metrics["class_names"] == ["negative", "positive"]
+    assert metrics["rows_in"] == 1502 and metrics["dead_lettered"] <= 2  # the rows labelled by name are read
     assert (out / "report" / "report.html").stat().st_size > 10000
 
 

@@ -104,7 +104,12 @@ def corpus_from_flags(known: argparse.Namespace) -> Corpus:
     label_type = known.label_type
     if label_type is None:  # from the model card, later (`beam_rnn.serve.run.fit_corpus_to_models`)
         label_type = C.LABEL_TYPE_INT if all(_is_int(x) for x in known.label_set or ()) else C.LABEL_TYPE_STRING
-    config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled, label_type=label_type)
+    # preprocess / run-all --class-names: rows and --labels may name int labels ("positive" for 1)
+    # (repeated names are left to PreprocessConfig's message about --class-names)
+    names = getattr(known, "class_names", None) if label_type == C.LABEL_TYPE_INT else None
+    names = tuple(names) if names and len(set(names)) == len(names) else None
+    config = config_from_flags(CorpusConfig, known, labelled=not known.unlabelled, label_type=label_type,
+                               class_names=names)
     return Corpus(tuple(known.input), config, labels=known.label_set,
                   sample_fraction=getattr(known, "sample_fraction", Corpus.sample_fraction),
                   max_dead_letter_fraction=getattr(known, "max_dead_letter_fraction", Corpus.max_dead_letter_fraction),

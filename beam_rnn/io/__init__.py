@@ -54,7 +54,9 @@ Decisions worth knowing:
   ``2 * max_document_chars + 1 MiB`` characters.  There is no other parser limit
   (the csv module's field size limit is raised to match).
 * Int labels are class ids ``0..K-1``: a negative one is an ``invalid_label``
-  dead letter, and a declared int label set must be exactly ``{0, ..., K-1}``.
+  dead letter, and a declared int label set must be exactly ``{0, ..., K-1}``.  With
+  ``class_names`` (``preprocess --class-names``, or a model card's names when scoring)
+  a label equal to a name reads as its id.
 * Every pattern must match at least one file; otherwise the pipeline fails.
 * Undecodable bytes become U+FFFD, one per byte, counted in ``replaced_chars``.
 

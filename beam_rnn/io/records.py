@@ -222,7 +222,8 @@ def _class_id(label: int) -> int:
     return label
 
 
-def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -> int | str:
+def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False,
+                class_names: tuple[str, ...] | None = None) -> int | str:
     """Parses one raw label value.
 
     Args:
@@ -231,6 +232,8 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
       label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
       accept_polarity: Map ``"pos"`` -> 1 and ``"neg"`` -> 0 (case-insensitive) for
         int labels.
+      class_names: Names of the int labels 0..K-1: a label equal to one (after
+        stripping) reads as its id (digits stay ids, before names and "pos"/"neg").
 
     Returns:
       A python int (int labels) or a stripped str (string labels).
@@ -258,12 +261,16 @@ def parse_label(value: Any, label_type: str, *, accept_polarity: bool = False) -
         raise ValueError(f"label {value!r} is not an integer")
     if isinstance(value, str):
         stripped = value.strip()
-        if accept_polarity and stripped.lower() in POLARITY_LABELS:
-            return POLARITY_LABELS[stripped.lower()]
         # A regex rather than bare int(): int() also accepts "1_000" and non-ASCII
         # digits, which are not labels anyone meant to write.
-        if _INT_RE.fullmatch(stripped):
+        if _INT_RE.fullmatch(stripped):  # digits are ids, even where a class is named "1"
             return _class_id(int(stripped))
+        if class_names is not None and stripped in class_names:
+            return class_names.index(stripped)
+        if accept_polarity and stripped.lower() in POLARITY_LABELS:
+            return POLARITY_LABELS[stripped.lower()]
+        if class_names is not None:
+            raise ValueError(f"label {value!r} is neither a class id nor one of the class names {list(class_names)}")
         raise ValueError(f"label {value!r} is not an integer")
     raise ValueError(f"label of type {type(value).__name__} is not an integer")
 
@@ -289,6 +296,9 @@ class CorpusConfig:
       labelled: Whether documents carry a label.
       label_type: `LABEL_TYPE_INT` or `LABEL_TYPE_STRING`.
       label_set: Declared labels (already parsed to `label_type`), or None.
+      class_names: Names of the int labels 0..K-1 (the preprocessing's
+        ``--class-names``, or the model card's when scoring): a label equal to a
+        name reads as its id, so ``positive`` and ``1`` are the same class.
       encoding: ASCII-compatible text encoding of the files.
       max_document_chars: Longest accepted text, in characters; longer documents
         are `document_too_large` dead letters.  It also bounds what is held in
@@ -323,6 +333,8 @@ class CorpusConfig:
         parse=parse_label_list,
         metavar="LABELS",
     )
+    # Set from PreprocessConfig.class_names, or from the model card by score / evaluate.
+    class_names: tuple[str, ...] | None = option(None, cli=False)
     encoding: str = option("utf-8", "ASCII-compatible text encoding of the corpus files.")
     max_document_chars: int = option(
         DEFAULT_MAX_DOCUMENT_CHARS,
@@ -367,6 +379,11 @@ class CorpusConfig:
         if isinstance(self.max_document_chars, bool) or not isinstance(self.max_document_chars, int):
             raise ValueError(f"max_document_chars must be a positive integer, got {self.max_document_chars!r}.")
         check_options(self)
+        if self.class_names is not None:
+            names = tuple(str(n) for n in self.class_names)
+            if self.label_type != LABEL_TYPE_INT or len(set(names)) != len(names):
+                raise ValueError(f"class_names {list(names)}: distinct names of int labels only")
+            object.__setattr__(self, "class_names", names)
         if self.label_set is not None:
             object.__setattr__(self, "label_set", self._normalise_label_set(self.label_set))
 
@@ -391,7 +408,8 @@ class CorpusConfig:
         normalised = set()
         for label in labels:
             try:
-                normalised.add(parse_label(label, self.label_type, accept_polarity=self.accepts_polarity))
+                normalised.add(parse_label(label, self.label_type, accept_polarity=self.accepts_polarity,
+                                           class_names=self.class_names))
             except ValueError as e:
                 raise ValueError(f"Invalid entry {label!r} in label_set: {e}") from e
         if not normalised:
@@ -468,7 +486,8 @@ def build_document(
     if raw_label is None or (isinstance(raw_label, str) and not raw_label.strip()):
         return None, make_reason(REASON_MISSING_LABEL, f"no value for {config.field_name(LABEL_KEY)!r}")
     try:
-        label = parse_label(raw_label, config.label_type, accept_polarity=config.accepts_polarity)
+        label = parse_label(raw_label, config.label_type, accept_polarity=config.accepts_polarity,
+                            class_names=config.class_names)
     except ValueError as e:
         return None, make_reason(REASON_INVALID_LABEL, str(e))
     if config.label_set is not None and label not in config.label_set:

@@ -68,8 +68,9 @@ class PreprocessConfig:
     label_type: str = option(C.LABEL_TYPE_INT, "int or string labels.", cli=False, choices=C.LABEL_TYPES)
     label_set: tuple[str, ...] | None = option(None, "Declared labels, in id order.", cli=False)
     class_names: tuple[str, ...] | None = option(
-        None, "Names of the int labels 0, 1, ..., comma-separated (e.g. negative,positive): outputs, reports and "
-        "the model card show them instead of ids; rows with other labels are dead-lettered.", metavar="NAMES",
+        None, "Names of the int labels 0, 1, ..., comma-separated (e.g. negative,positive): the corpus may label "
+        "rows by id or by name; outputs, reports and the model card show the names; rows with other labels are "
+        "dead-lettered.", metavar="NAMES",
         parse=parse_class_names, show_default="ids; negative,positive for the IMDB copy")
     eval_fraction: float = option(0.2, "Fraction held out for evaluation, by hash of the id (or of the group).",
                                   minimum=0.0, less_than=1.0)
@@ -92,12 +93,16 @@ class PreprocessConfig:
             raise InputError("--class-names names int labels; string labels are their own names")
         if len(names) < 2 or len(set(names)) != len(names) or not all(n.strip() == n and n for n in names):
             raise InputError(f"--class-names needs two or more distinct, non-empty names, got {','.join(names)!r}")
+        numbers = [n for n in names if n.lstrip("+-").isdigit()]
+        if numbers:
+            raise InputError(f"--class-names {','.join(numbers)}: a class name cannot be a number (numbers are the ids)")
         if not self.labelled:
             raise InputError("--class-names names the labels of a labelled corpus")
         ids = tuple(str(i) for i in range(len(names)))
         if self.label_set is None:
             object.__setattr__(self, "label_set", ids)  # naming K classes declares 0..K-1
-        else:
+        else:  # declared by id or by name
+            object.__setattr__(self, "label_set", tuple(str(names.index(x)) if x in names else x for x in self.label_set))
             strangers = sorted(x for x in self.label_set if _as_id(x) not in ids)
             if strangers:
                 raise InputError(f"--labels {','.join(strangers)}: {len(names)} --class-names name the ids "
@@ -195,6 +200,10 @@ class Corpus:
         """This corpus with `labels` declared (``--labels``): rows with other labels are dead letters."""
         config = dataclasses.replace(self.config, label_set=labels)  # re-validated against the label type
         return dataclasses.replace(self, labels=tuple(labels), config=config)
+
+    def naming(self, class_names: tuple[str, ...]) -> Corpus:
+        """This corpus with its int labels named: a label equal to a name reads as its id ("positive" as 1)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, class_names=tuple(class_names)))
 
     def label_settings(self) -> dict[str, Any]:
         """The `PreprocessConfig` fields this corpus decides: ``PreprocessConfig(**corpus.label_settings())``."""

@@ -123,8 +123,10 @@ class PreprocessCorpus(beam.PTransform):
                  batch_size: int = PreprocessJob.batch_size, keep_tmp: bool = PreprocessJob.keep_tmp,
                  finish: bool = True, fail_on_problem: bool = True) -> None:
         super().__init__()
-        if config.class_names is not None and corpus.labels is None:
-            corpus = corpus.declaring(config.label_set)  # K class names declare the ids 0..K-1
+        if config.class_names is not None:
+            corpus = corpus.naming(config.class_names)  # rows may be labelled "positive" as well as 1
+            if corpus.labels is None:
+                corpus = corpus.declaring(config.label_set)  # K class names declare the ids 0..K-1
         self._corpus = corpus
         self._config = config
         self._output_dir = output_dir

@@ -69,7 +69,8 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
     """The corpus read with the labels of the models' card: label type, and declared labels checked.
 
     A corpus whose ``--label-type`` was not given takes the model's (string labels
-    when the card names the classes); one that was given and differs, or declared
+    when the card names the classes); a model with named int classes reads a row's
+    label by id or by name (``1`` or ``positive``); one that was given and differs, or declared
     ``--labels`` that are not classes of the model, is an `InputError` before any
     work.  Rows whose label is no class of the model are scored with a null
     ``true_label`` by `run_score`, and dead-lettered (``label_not_in_model``) by
@@ -91,6 +92,14 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
         if not corpus.label_type_from_model:
             raise InputError(f"--label-type {corpus.config.label_type} does not fit the model {info.model_dir}: it was "
                              f"trained on {want} labels ({classes}); leave --label-type out to use the model's")
+    if want == C.LABEL_TYPE_INT:  # rows may give a named int class by id or by name ("positive" as 1)
+        names = tuple(info.label_names) if info.label_names is not None else None
+        try:
+            corpus = dataclasses.replace(corpus, config=dataclasses.replace(
+                corpus.config, label_type=want, class_names=names, label_set=corpus.labels))
+        except ValueError as e:
+            raise InputError(f"--labels {','.join(corpus.labels or ())}: {e} (the model's classes: {classes})") from e
+    elif corpus.config.label_type != want:
         corpus = dataclasses.replace(corpus, config=dataclasses.replace(
             corpus.config, label_type=want, label_set=corpus.labels))
     if corpus.labels:
