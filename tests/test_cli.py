@@ -29,6 +29,9 @@ def test_version_and_usage():
     assert proc.returncode == 0 and proc.stdout.strip() == f"beam-rnn {version('beam-rnn')}"
     proc = _cli()
     assert proc.returncode == 2 and "commands:" in proc.stdout
+    # Each command says what it does (its driver's first docstring line), and where to start.
+    assert "  run-all      The main job: corpus → preprocess → train both models" in proc.stdout
+    assert "python -m pipelines" not in proc.stdout and "Start with: beam-rnn run-all" in proc.stdout
     proc = _cli("no-such-command")
     assert proc.returncode == 2 and "unknown command 'no-such-command'" in proc.stderr
 

@@ -39,11 +39,27 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _summary(module: str) -> str:
+    """The first line of a driver's docstring, read from its source (importing it would load its dependencies)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    try:
+        with open(spec.origin, encoding="utf-8") as f:
+            doc = ast.get_docstring(ast.parse(f.read()))
+    except (OSError, SyntaxError, TypeError, AttributeError):  # no readable source: the module's name says enough
+        doc = None
+    return doc.splitlines()[0] if doc else f"python -m {module}"
+
+
 def _usage() -> str:
     lines = ["usage: beam-rnn [--version] <command> [options] [--verbose] [Beam pipeline flags]", "", "commands:"]
     for name, module in COMMANDS.items():
-        lines.append(f"  {name:<12} python -m {module}")
-    lines += ["", "--verbose (any command): also show TensorFlow's and Beam's logging, which is hidden by default."]
+        lines.append(f"  {name:<12} {_summary(module)}")
+    lines += ["", "Start with: beam-rnn run-all --output runs/imdb   (IMDB end to end; add --quick for a ~2-minute run)",
+              "Flags of a command: beam-rnn <command> --help",
+              "--verbose (any command): also show TensorFlow's and Beam's logging, which is hidden by default."]
     return "\n".join(lines)
 
 
