@@ -320,3 +320,23 @@ def test_preprocess_flags_come_from_the_configs_with_the_documented_defaults(tmp
     assert (config.vocab_size, config.max_tokens, config.label_type, config.label_set) == (7, 9, "string", ("b", "a"))
     assert config_from_flags(PreprocessJob, known) == PreprocessJob(batch_size=5, keep_tmp=True)
     assert corpus.sample_fraction == 0.5 and corpus.labels == ("b", "a")
+
+
+def test_a_corpus_labelled_by_name_is_told_how_to_read_it():
+    """Kaggle's IMDB CSV labels rows "positive"/"negative": read as int ids every row is a dead letter; the one
+    line says which flag reads them (and with --class-names, which labels it accepts)."""
+    from beam_rnn.preprocess.config import PreprocessConfig
+    from beam_rnn.preprocess.transform import output_problem
+
+    stats = {"rows_in": 300, "documents_out": 0, "dead_lettered": 300, "sampled_out": 0,
+             "dead_letter_by_reason": {"invalid_label": 300}, "label_counts": {}}
+    problem = output_problem(stats, PreprocessConfig())
+    assert problem.startswith("no documents: 300 rows read, 300 dead-lettered (invalid_label: 300)")
+    assert problem.endswith("pass --class-names with them in id order (negative,positive), or --label-type string")
+    mostly = dict(stats, documents_out=100, dead_lettered=200, dead_letter_by_reason={"invalid_label": 150, "empty_text": 50})
+    named = output_problem(mostly, PreprocessConfig(class_names=("neg", "pos")), max_dead_letter_fraction=0.5)
+    assert named.startswith("200 of 300 rows (67%) were dead-lettered")
+    assert named.endswith("labels must be class ids 0..1 or one of --class-names neg,pos")
+    other = dict(mostly, dead_letter_by_reason={"invalid_label": 50, "empty_text": 150})  # not mostly labels: no hint
+    assert output_problem(other, PreprocessConfig(), max_dead_letter_fraction=0.5).endswith("--max-dead-letter-fraction 0.5")
+    assert "--label-type" not in output_problem(dict(stats), PreprocessConfig(label_type="string"))

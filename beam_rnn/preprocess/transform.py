@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.errors import dead_letter_problem
+from beam_rnn.io.records import REASON_INVALID_LABEL
 from beam_rnn.preprocess.config import PreprocessConfig, PreprocessJob
 from beam_rnn.preprocess.tft_graph import label_names, make_preprocessing_fn, raw_feature_spec
 
@@ -450,14 +451,14 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,
     if stats["documents_out"] == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in stats["dead_letter_by_reason"].items()) or "none"
         return (f"no documents: {stats['rows_in']} rows read, {stats['dead_lettered']} dead-lettered "
-                f"({reasons}), {stats['sampled_out']} sampled out; nothing to train on")
+                f"({reasons}), {stats['sampled_out']} sampled out; nothing to train on{_label_hint(stats, config)}")
     if config.group_column is not None and stats.get("documents_without_group") == stats["documents_out"]:
         return (f"no document had a value in the group column {config.group_column!r}: check --group-column "
                 "(documents of one group must share a value there)")
     too_many = dead_letter_problem(stats["dead_lettered"], stats["rows_in"], max_dead_letter_fraction,
                                    stats.get("dead_letter_by_reason"))
     if too_many:
-        return too_many
+        return too_many + _label_hint(stats, config)
     if config.labelled and config.label_type == C.LABEL_TYPE_INT and not config.label_set:
         seen = sorted(int(k) for k in stats["label_counts"])
         if seen != list(range(len(seen))):
@@ -469,6 +470,17 @@ def output_problem(stats: Mapping[str, Any], config: PreprocessConfig,
             return (f"int labels must be class ids 0..K-1, but the labels seen are {seen}: {declare}"
                     f"pass --label-type string to treat them as names")
     return None
+
+
+def _label_hint(stats: Mapping[str, Any], config: PreprocessConfig) -> str:
+    """What to do when most dead letters are int labels that did not parse (e.g. a corpus labelled "positive")."""
+    reasons = stats.get("dead_letter_by_reason") or {}
+    if config.label_type != C.LABEL_TYPE_INT or 2 * reasons.get(REASON_INVALID_LABEL, 0) <= stats["dead_lettered"]:
+        return ""
+    if config.class_names is not None:
+        return f"; labels must be class ids 0..{len(config.class_names) - 1} or one of --class-names {','.join(config.class_names)}"
+    return ("; int labels are class ids 0..K-1: for labels that are names (e.g. negative/positive) pass "
+            "--class-names with them in id order (negative,positive), or --label-type string")
 
 
 def vocabulary_path(output_dir: str, name: str = C.VOCAB_FILENAME) -> str:
