@@ -708,8 +708,9 @@ def test_string_labels_come_from_the_model_card(env, tmp_path, capsys):
 def test_a_run_that_is_mostly_dead_letters_fails(env, tmp_path, capsys):
     corpus = tmp_path / "mostly_bad.csv"  # 2 documents, 3 rows with empty texts (dead letters)
     corpus.write_text("id,text,label\ng1,a good film,1\nb0,,1\nb1,,0\ng2,a bad film,0\nb2,,1\n")
-    base = ["--model", env["dirs"]["lstm"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
-            *SMALL_BATCHES, "--runner=DirectRunner"]
+    inputs = ["--model", env["dirs"]["lstm"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
+              "--runner=DirectRunner"]
+    base = [*inputs, *SMALL_BATCHES]
     code, errors, _ = _cli_in_process("score", base + ["--output", str(tmp_path / "a" / "s")], capsys)
     assert code == 1 and len(errors) == 1, errors
     assert "3 of 5 rows (60%) were dead-lettered (most: empty_text 3), more than --max-dead-letter-fraction 0.5" \
@@ -718,6 +719,11 @@ def test_a_run_that_is_mostly_dead_letters_fails(env, tmp_path, capsys):
     code, errors, _ = _cli_in_process(
         "score", base + ["--output", str(tmp_path / "b" / "s"), "--max-dead-letter-fraction", "0.6"], capsys)
     assert code == 0 and errors == []
+    # evaluate names the commonest reasons the same way, and keeps them in metrics.json
+    code, errors, _ = _cli_in_process("evaluate", [*inputs, "--output", str(tmp_path / "report")], capsys)
+    assert code == 1 and len(errors) == 1, errors
+    assert "3 of 5 rows (60%) were dead-lettered (most: empty_text 3), more than" in errors[0]
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["dead_letter_by_reason"] == {"empty_text": 3}
 
 
 def test_score_without_a_waiting_driver_finishes_or_fails_the_job_itself(env, tmp_path, capsys):
@@ -751,4 +757,4 @@ def test_evaluate_on_zero_documents_is_an_error(env, tmp_path, capsys):
         "--model", env["dirs"]["lstm"], "--input", str(corpus), "--format", "csv", "--id-column", "id",
         "--output", str(tmp_path / "report"), "--max-dead-letter-fraction", "1", "--runner=DirectRunner"], capsys)
     assert code == 1 and len(errors) == 1, errors
-    assert "no document was evaluated (3 rows read, 3 dead-lettered)" in errors[0]
+    assert "no document was evaluated (3 rows read, 3 dead-lettered (label_not_in_model 3))" in errors[0]

@@ -61,6 +61,7 @@ def test_every_metric_equals_a_direct_computation(evaluated):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["documents"] == len(records) == 240
     assert saved["dead_lettered"] == 1 and saved["rows_in"] == 241
+    assert saved["dead_letter_by_reason"] == {"empty_text": 1}
     labels = np.array([r["true_label"] for r in records])
     lengths = np.array([r["length"] for r in records])
     for name in ("bilstm", "lstm"):

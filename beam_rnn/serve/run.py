@@ -250,6 +250,7 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     from beam_rnn.io import WriteJsonLines  # pylint: disable=import-outside-toplevel
     from beam_rnn.io.progress import Progress  # pylint: disable=import-outside-toplevel
     from beam_rnn.preprocess.pipeline import maybe_sample  # pylint: disable=import-outside-toplevel
+    from beam_rnn.preprocess.transform import dead_letter_reason_counts  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.evaluate import EvaluateModels  # pylint: disable=import-outside-toplevel
     from beam_rnn.serve.report import (  # pylint: disable=C0415
         REPORT_FILE,
@@ -295,16 +296,20 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
         _ = dead | "WriteDeadLetters" >> WriteJsonLines(os.path.join(output, "dead_letter"))
         counts = [pc | f"Count{name}" >> beam.combiners.Count.Globally()
                   for name, pc in (("Read", read), ("ReadDeadLetters", read_dead), ("DeadLetters", dead))]
+        counts.append(dead_letter_reason_counts(dead))
         _ = (result.metrics
              | "CompleteMetrics" >> beam.Map(_complete_metrics, *map(beam.pvalue.AsSingleton, counts), extra=extra)
              | "WriteReport" >> beam.Map(_write_report, output))
     metrics = read_metrics(output)
     metrics["report"] = os.path.join(output, REPORT_FILE)
     where = f"see {os.path.join(output, 'dead_letter-*.jsonl')}"
+    reasons = metrics.get("dead_letter_by_reason") or {}
     if not metrics["documents"]:
+        why = f" ({', '.join(f'{k} {v:,}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])})" if reasons else ""
         raise RunFailed(f"no document was evaluated ({metrics['rows_in']:,} rows read, {metrics['dead_lettered']:,} "
-                        f"dead-lettered{'' if config.split == 'all' else f', --split {config.split}'}); {where}")
-    problem = dead_letter_problem(metrics["dead_lettered"], metrics["rows_in"], corpus.max_dead_letter_fraction)
+                        f"dead-lettered{why}{'' if config.split == 'all' else f', --split {config.split}'}); {where}")
+    problem = dead_letter_problem(metrics["dead_lettered"], metrics["rows_in"], corpus.max_dead_letter_fraction,
+                                  reasons)
     if problem:
         raise RunFailed(f"{problem}; {where}")
     return metrics
@@ -327,10 +332,11 @@ def model_split(card: dict[str, Any], split: str) -> tuple[Any, str | None]:
     return (lambda doc: split_of(doc, eval_fraction) == wanted), preprocess_config.get("group_column")
 
 
-def _complete_metrics(metrics: dict[str, Any], rows_read: int, read_dead: int, dead: int, *,
+def _complete_metrics(metrics: dict[str, Any], rows_read: int, read_dead: int, dead: int, reasons: dict[str, int], *,
                       extra: dict[str, Any]) -> dict[str, Any]:
-    """`ReportCombineFn`'s output plus the run's counts (every row read, every dead letter) and `extra`."""
-    return dict(metrics, rows_in=rows_read + read_dead, dead_lettered=dead, **extra)
+    """`ReportCombineFn`'s output plus the run's counts (every row read, every dead letter, by reason) and `extra`."""
+    return dict(metrics, rows_in=rows_read + read_dead, dead_lettered=dead,
+                dead_letter_by_reason=dict(sorted(reasons.items())), **extra)
 
 
 def _write_report(metrics: dict[str, Any], output: str) -> None:
