@@ -62,6 +62,8 @@ def test_every_metric_equals_a_direct_computation(evaluated):
     assert saved["documents"] == len(records) == 240
     assert saved["dead_lettered"] == 1 and saved["rows_in"] == 241
     assert saved["dead_letter_by_reason"] == {"empty_text": 1}
+    page = (out / "report.html").read_text()
+    assert "Of the 241 rows read, 1 was a dead letter (empty_text 1), not in these figures" in page
     labels = np.array([r["true_label"] for r in records])
     lengths = np.array([r["length"] for r in records])
     for name in ("bilstm", "lstm"):

@@ -103,7 +103,7 @@ def comparison_text(metrics: Mapping[str, Any], comparison: Mapping[str, Any]) -
     method = ("exact binomial test" if comparison["method"] == "exact_binomial"
               else "chi-square with continuity correction")
     evidence = (f"McNemar's test on the {comparison['documents']:,} paired predictions: only the "
-                f"{model_label(better)} is right on {better_only:,} documents, only the {model_label(worse)} on "
+                f"{model_label(better)} is right on {better_only:,} document{'' if better_only == 1 else 's'}, only the {model_label(worse)} on "
                 f"{worse_only:,}; {method}, {_p(comparison['p_value'])}")
     if comparison["significant"]:
         return (f"The {model_label(better)} is more accurate than the {model_label(worse)} by {diff:.1f} points, "
@@ -237,6 +237,18 @@ def _incremental_table(metrics: Mapping[str, Any]) -> str:
             "(incremental); the BiLSTM is re-run on every prefix (restart-incremental).</p>")
 
 
+def _dead_letter_note(metrics: Mapping[str, Any]) -> str:
+    """The report's sentence on the rows that are not in its figures (empty when every row was evaluated)."""
+    dead = metrics.get("dead_lettered") or 0
+    if not dead:
+        return ""
+    reasons = sorted((metrics.get("dead_letter_by_reason") or {}).items(), key=lambda kv: -kv[1])
+    why = f" ({', '.join(f'{html.escape(k)} {v:,}' for k, v in reasons)})" if reasons else ""
+    were = "was a dead letter" if dead == 1 else "were dead letters"
+    return (f" Of the {metrics.get('rows_in', 0):,} rows read, {dead:,} {were}{why}, not in these figures:"
+            " see <code>dead_letter-*.jsonl</code>.")
+
+
 def _latency_table(latency: Mapping[str, float]) -> str:
     """Median latencies (`measure_latency`), one row each, on the launcher's CPU."""
     rows = []
@@ -286,7 +298,7 @@ def render_html(metrics: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
 <html><head><meta charset="utf-8"><title>beam_rnn: streaming vs bidirectional</title>
 <style>{_STYLE}</style></head><body>
 <h1>Streaming LSTM vs BiLSTM</h1>
-<p class=note>Measured on {html.escape(measured_on(metrics))}; {len(metrics['class_names'])} classes.</p>
+<p class=note>Measured on {html.escape(measured_on(metrics))}; {len(metrics['class_names'])} classes.{_dead_letter_note(metrics)}</p>
 {warning_box}
 <h2>Conclusion</h2>{summary}
 <h2>Metrics</h2>
