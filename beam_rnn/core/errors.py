@@ -40,6 +40,12 @@ def exit_code(error: BaseException) -> int:
     return getattr(error, "exit_code", EXIT_RUN_FAILED) if isinstance(error, BeamRnnError) else EXIT_RUN_FAILED
 
 
+def reason_counts_text(reasons: dict[str, int] | None, limit: int | None = 3) -> str:
+    """The commonest dead-letter reasons first, as ``"empty_text 3, invalid_label 1"`` (at most `limit`; "" if none)."""
+    top = sorted((reasons or {}).items(), key=lambda kv: -kv[1])[:limit]
+    return ", ".join(f"{k} {v:,}" for k, v in top)
+
+
 def dead_letter_problem(dead_lettered: int, rows: int, limit: float, reasons: dict[str, int] | None = None) -> str | None:
     """Why a run whose rows were mostly dead-lettered failed (None: at most `limit` of `rows` were).
 
@@ -48,7 +54,7 @@ def dead_letter_problem(dead_lettered: int, rows: int, limit: float, reasons: di
     """
     if rows <= 0 or dead_lettered / rows <= limit:
         return None
-    top = sorted((reasons or {}).items(), key=lambda kv: -kv[1])[:3]
-    why = f" (most: {', '.join(f'{k} {v:,}' for k, v in top)})" if top else ""
+    top = reason_counts_text(reasons)
+    why = f" (most: {top})" if top else ""
     return (f"{dead_lettered:,} of {rows:,} rows ({dead_lettered / rows:.0%}) were dead-lettered{why}, "
             f"more than --max-dead-letter-fraction {limit:g}")

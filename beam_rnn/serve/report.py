@@ -21,6 +21,7 @@ import numpy as np
 
 from beam_rnn.core import constants as C
 from beam_rnn.core.artifacts import ModelInfo
+from beam_rnn.core.errors import reason_counts_text
 from beam_rnn.serve.evaluate import PREFIX_FRACTIONS, EvaluationModels
 from beam_rnn.serve.plots import CONFUSION_PREFIX, make_plots, measured_on, model_label, plot_file
 
@@ -242,8 +243,8 @@ def _dead_letter_note(metrics: Mapping[str, Any]) -> str:
     dead = metrics.get("dead_lettered") or 0
     if not dead:
         return ""
-    reasons = sorted((metrics.get("dead_letter_by_reason") or {}).items(), key=lambda kv: -kv[1])
-    why = f" ({', '.join(f'{html.escape(k)} {v:,}' for k, v in reasons)})" if reasons else ""
+    reasons = reason_counts_text(metrics.get("dead_letter_by_reason"), limit=None)
+    why = f" ({html.escape(reasons)})" if reasons else ""
     were = "was a dead letter" if dead == 1 else "were dead letters"
     return (f" Of the {metrics.get('rows_in', 0):,} rows read, {dead:,} {were}{why}, not in these figures:"
             " see <code>dead_letter-*.jsonl</code>.")

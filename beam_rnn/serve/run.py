@@ -20,7 +20,7 @@ from beam_rnn.core.artifacts import (
     resolve_models,
     verify_model_files,
 )
-from beam_rnn.core.errors import InputError, RunFailed, dead_letter_problem
+from beam_rnn.core.errors import InputError, RunFailed, dead_letter_problem, reason_counts_text
 from beam_rnn.preprocess.config import PreprocessConfig
 from beam_rnn.serve.config import EvaluateConfig, ScoreConfig
 
@@ -88,20 +88,16 @@ def fit_corpus_to_models(corpus: Any, infos: Sequence[ModelInfo]) -> Any:
         classes = ", ".join(f"{i}={name}" for i, name in enumerate(info.label_names))
     else:
         classes = ", ".join(info.label_names)
-    if corpus.config.label_type != want:
-        if not corpus.label_type_from_model:
-            raise InputError(f"--label-type {corpus.config.label_type} does not fit the model {info.model_dir}: it was "
-                             f"trained on {want} labels ({classes}); leave --label-type out to use the model's")
-    if want == C.LABEL_TYPE_INT:  # rows may give a named int class by id or by name ("positive" as 1)
-        names = tuple(info.label_names) if info.label_names is not None else None
-        try:
-            corpus = dataclasses.replace(corpus, config=dataclasses.replace(
-                corpus.config, label_type=want, class_names=names, label_set=corpus.labels))
-        except ValueError as e:
-            raise InputError(f"--labels {','.join(corpus.labels or ())}: {e} (the model's classes: {classes})") from e
-    elif corpus.config.label_type != want:
+    if corpus.config.label_type != want and not corpus.label_type_from_model:
+        raise InputError(f"--label-type {corpus.config.label_type} does not fit the model {info.model_dir}: it was "
+                         f"trained on {want} labels ({classes}); leave --label-type out to use the model's")
+    # Named int classes: a row may give its class by id or by name ("positive" as 1).
+    names = tuple(info.label_names) if want == C.LABEL_TYPE_INT and info.label_names is not None else None
+    try:
         corpus = dataclasses.replace(corpus, config=dataclasses.replace(
-            corpus.config, label_type=want, label_set=corpus.labels))
+            corpus.config, label_type=want, class_names=names, label_set=corpus.labels))
+    except ValueError as e:
+        raise InputError(f"--labels {','.join(corpus.labels or ())}: {e} (the model's classes: {classes})") from e
     if corpus.labels:
         strangers = [label for label in corpus.labels if info.class_index(label) is None]
         if strangers:
@@ -305,7 +301,7 @@ def run_evaluate(models: Any, corpus: Any, config: EvaluateConfig, output: str,
     where = f"see {os.path.join(output, 'dead_letter-*.jsonl')}"
     reasons = metrics.get("dead_letter_by_reason") or {}
     if not metrics["documents"]:
-        why = f" ({', '.join(f'{k} {v:,}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])})" if reasons else ""
+        why = f" ({reason_counts_text(reasons)})" if reasons else ""
         raise RunFailed(f"no document was evaluated ({metrics['rows_in']:,} rows read, {metrics['dead_lettered']:,} "
                         f"dead-lettered{why}{'' if config.split == 'all' else f', --split {config.split}'}); {where}")
     problem = dead_letter_problem(metrics["dead_lettered"], metrics["rows_in"], corpus.max_dead_letter_fraction,
